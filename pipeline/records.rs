@@ -1,0 +1,1 @@
+//! Records: the nouns of the pipeline (placeholder, filled by the consent-gate issue).

@@ -1,0 +1,8 @@
+//! Integration tests, compiled as one binary: a module per area, each driving the real CLI or the
+//! library on real inputs in temporary folders.
+
+mod common;
+mod select;
+mod storage;
+mod vision;
+mod redact;
