@@ -20,6 +20,7 @@
 pub mod anonymize;
 pub mod cli;
 pub mod consent;
+pub mod emit;
 pub mod hashing;
 pub mod inference;
 pub mod media;
@@ -28,4 +29,5 @@ pub mod redact;
 pub mod schema;
 pub mod select;
 pub mod storage;
+pub mod verify;
 pub mod vision;

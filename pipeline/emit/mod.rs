@@ -1,0 +1,815 @@
+//! The last stage, `emit`: turns redacted, detected frames into the dataset folder that people
+//! downstream use and that can prove where each item came from.
+//!
+//! Given an output folder and a stream of `(ManifestEntry, JPEG bytes)`, an [`Emitter`] writes:
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `frames/<video_id>/<frame:06>.jpg` | the redacted frames, as given (see [`encode_jpeg`]) |
+//! | `manifest.jsonl` | one [`ManifestEntry`] per frame, sorted by `(video_id, frame)` |
+//! | `selection.jsonl` | a byte copy of the selection the run used |
+//! | `annotations/coco.json` | COCO 1.0 detection ([`coco`]) |
+//! | `annotations/labelstudio.json`, `annotations/labelstudio.xml` | Label Studio tasks and labelling config ([`labelstudio`]) |
+//! | `annotations/cvat/<video_id>.xml` | CVAT for video 1.1, one per clip, with tracks ([`cvat`]) |
+//! | `report.html` | a self-contained page for people ([`report`]) |
+//! | `dataset.json` | the [`DatasetRecord`]: Merkle root, inputs, counts, file hashes; written last, atomically |
+//!
+//! Every file is written to a temporary file in its folder and renamed into place. Entries may
+//! arrive in any order; they are sorted before anything but the frames is written, and nothing
+//! reads the clock, so the same inputs give byte-identical outputs. [`crate::verify`] checks a
+//! folder written here.
+
+pub mod coco;
+pub mod cvat;
+pub mod labelstudio;
+pub mod merkle;
+pub mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::vision::{BBox, Detection, coco as coco_names};
+
+/// Version of the dataset layout, recorded in `dataset.json` as `format`.
+pub const DATASET_FORMAT: &str = "clearframe-dataset/1";
+
+/// JPEG quality used by [`encode_jpeg`]; fixed so that encoding is reproducible.
+pub const JPEG_QUALITY: u8 = 90;
+
+/// File names inside the dataset folder.
+pub mod paths {
+    /// The manifest, one JSON object per line.
+    pub const MANIFEST: &str = "manifest.jsonl";
+    /// The dataset record, written last.
+    pub const DATASET: &str = "dataset.json";
+    /// Copy of the selection used by the run.
+    pub const SELECTION: &str = "selection.jsonl";
+    /// The HTML report.
+    pub const REPORT: &str = "report.html";
+    /// COCO detection annotations.
+    pub const COCO: &str = "annotations/coco.json";
+    /// Label Studio tasks.
+    pub const LABELSTUDIO: &str = "annotations/labelstudio.json";
+    /// Label Studio labelling config matching the tasks.
+    pub const LABELSTUDIO_CONFIG: &str = "annotations/labelstudio.xml";
+    /// Folder of the per-clip CVAT XML files.
+    pub const CVAT_DIR: &str = "annotations/cvat";
+    /// Folder of the frames.
+    pub const FRAMES_DIR: &str = "frames";
+}
+
+/// Errors of the emit stage, grouped by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// The caller handed in something the dataset cannot contain (bad id, duplicate frame, a
+    /// frame whose clip is not included by the selection, size mismatch...).
+    #[error("invalid input for {what}: {reason}")]
+    Input {
+        /// The object at fault (video id and frame, selection line...).
+        what: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output folder holds files the emitter did not write; it refuses to delete them.
+    #[error("output folder {} holds {entry:?}, which is not part of a dataset; choose an empty folder", path.display())]
+    ForeignFile {
+        /// The output folder.
+        path: PathBuf,
+        /// The unexpected entry.
+        entry: String,
+    },
+    /// JPEG encoding failed.
+    #[error("cannot encode JPEG: {0}")]
+    Encode(#[from] image::ImageError),
+}
+
+fn input_err(what: impl Into<String>, reason: impl Into<String>) -> EmitError {
+    EmitError::Input {
+        what: what.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The consent basis a clip was selected on, as recorded in `selection.jsonl`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct ConsentBasis {
+    /// Kind of basis (for example `consent` or `household`), as the consent module names it.
+    pub kind: String,
+    /// Id of the ledger event that grants it.
+    pub event_id: String,
+    /// blake3 (hex) of that ledger event's canonical bytes.
+    pub event_blake3: String,
+}
+
+/// One object detection as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EmittedDetection {
+    /// COCO class name (see [`crate::vision::coco::NAMES`]).
+    pub class: String,
+    /// Official COCO 2017 category id of the class.
+    pub category_id: u32,
+    /// Detector confidence in 0..1.
+    pub score: f32,
+    /// Box in absolute pixels of the frame.
+    pub bbox: BBox,
+}
+
+impl EmittedDetection {
+    /// Converts a detector output (contiguous COCO class index) into a manifest detection.
+    pub fn from_detection(d: &Detection) -> Result<Self, EmitError> {
+        let i = d.class_id as usize;
+        let (Some(name), Some(id)) = (coco_names::NAMES.get(i), coco_names::CATEGORY_IDS.get(i))
+        else {
+            return Err(input_err(
+                "detection",
+                format!("class index {i} is not a COCO class"),
+            ));
+        };
+        Ok(Self {
+            class: (*name).to_string(),
+            category_id: *id,
+            score: d.score,
+            bbox: d.bbox,
+        })
+    }
+}
+
+/// What the redaction verifier found in the emitted frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct VerifierResult {
+    /// True when the verifier found nothing left to redact.
+    pub passed: bool,
+    /// Faces the verifier still found after redaction (0 when `passed`).
+    pub faces_found: u32,
+}
+
+/// What redaction did to a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RedactionSummary {
+    /// Number of face regions masked.
+    pub faces_masked: u32,
+    /// Names of the privacy zones masked in this frame (sorted).
+    pub zones: Vec<String>,
+    /// Indoor policy applied to the clip, as the redact module names it (e.g. `none`, `mask`).
+    pub indoor_policy: String,
+    /// The verifier's result on the redacted frame.
+    pub verifier: VerifierResult,
+}
+
+/// Where a frame came from and under which software and consent it was produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Provenance {
+    /// blake3 (hex) of the source clip's bytes.
+    pub source_blake3: String,
+    /// The consent basis from the selection.
+    pub consent: ConsentBasis,
+    /// blake3 (hex) of each model file used, by model name.
+    pub models: BTreeMap<String, String>,
+    /// blake3 (hex) of the effective configuration (canonical TOML or JSON bytes).
+    pub config_blake3: String,
+    /// Version of clearframe that produced the frame.
+    pub clearframe_version: String,
+    /// `ffmpeg -version` first line's version.
+    pub ffmpeg_version: String,
+    /// ONNX Runtime version.
+    pub onnxruntime_version: String,
+}
+
+/// One line of `manifest.jsonl`: one emitted frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ManifestEntry {
+    /// Catalog id of the clip (letters, digits, `.`, `_`, `-`).
+    pub video_id: String,
+    /// Frame index in the decoded clip.
+    pub frame: u64,
+    /// Presentation time of the frame in seconds.
+    pub timestamp_s: f64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Path relative to the dataset root: `frames/<video_id>/<frame:06>.jpg`. Set by the emitter.
+    pub path: String,
+    /// blake3 (hex) of the JPEG file. Set by the emitter.
+    pub blake3: String,
+    /// Object detections on the redacted frame.
+    pub detections: Vec<EmittedDetection>,
+    /// What redaction did.
+    pub redaction: RedactionSummary,
+    /// Provenance.
+    pub provenance: Provenance,
+}
+
+impl ManifestEntry {
+    /// The dataset-relative path of a frame: `frames/<video_id>/<frame:06>.jpg`.
+    pub fn frame_path(video_id: &str, frame: u64) -> String {
+        format!("{}/{video_id}/{frame:06}.jpg", paths::FRAMES_DIR)
+    }
+}
+
+/// The part of a `selection.jsonl` line (see [`crate::records`]) that the emitter and the
+/// verifier read; other fields are ignored, so the select stage may add to its lines freely.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SelectionView {
+    /// 1-based catalog line, when given.
+    #[serde(default)]
+    pub line: Option<u64>,
+    /// Catalog id of the clip; null when the catalog line could not be read.
+    #[serde(default)]
+    pub video_id: Option<String>,
+    /// `include` or `exclude`.
+    pub decision: String,
+    /// The consent basis (present for included clips).
+    #[serde(default)]
+    pub basis: Option<ConsentBasis>,
+    /// Human-readable reasons, when the selection gives them (`reasons` array or `reason`).
+    #[serde(default, alias = "reason", deserialize_with = "one_or_many")]
+    pub reasons: Vec<String>,
+}
+
+impl SelectionView {
+    /// How to name the line in messages: the video id, else the catalog line number.
+    pub fn label(&self) -> String {
+        match (&self.video_id, self.line) {
+            (Some(v), _) => v.clone(),
+            (None, Some(l)) => format!("(catalog line {l})"),
+            (None, None) => "(unnamed)".into(),
+        }
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Null(()),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+        OneOrMany::Null(()) => vec![],
+    })
+}
+
+/// Parses `selection.jsonl` bytes (blank lines skipped). Errors name the 1-based line.
+pub fn parse_selection(bytes: &[u8]) -> Result<Vec<SelectionView>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: SelectionView =
+            serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        out.push(parsed);
+    }
+    Ok(out)
+}
+
+/// A frame that was decoded but not emitted, and why (for example: the verifier still found a
+/// face).
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct WithheldFrame {
+    /// Catalog id of the clip.
+    pub video_id: String,
+    /// Frame index in the decoded clip.
+    pub frame: u64,
+    /// Why it was withheld.
+    pub reason: String,
+}
+
+/// A clip that was selected but could not be processed (corrupt file, decode error...).
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct ClipFailure {
+    /// Catalog id of the clip.
+    pub video_id: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Per-clip counts in `dataset.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClipCounts {
+    /// Frames emitted.
+    pub frames: u64,
+    /// Frames withheld.
+    pub withheld: u64,
+    /// Detections over all emitted frames.
+    pub detections: u64,
+    /// Faces masked over all emitted frames.
+    pub faces_masked: u64,
+}
+
+/// Counts in `dataset.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Counts {
+    /// Clips per selection decision (`include`, `exclude`).
+    pub decisions: BTreeMap<String, u64>,
+    /// Detections per class name.
+    pub classes: BTreeMap<String, u64>,
+    /// Per clip with at least one emitted or withheld frame.
+    pub clips: BTreeMap<String, ClipCounts>,
+}
+
+/// The inputs of a run that the dataset version records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetInputs {
+    /// blake3 (hex) of the catalog file.
+    pub catalog_blake3: String,
+    /// blake3 (hex) of the consent ledger file.
+    pub ledger_blake3: String,
+    /// The instant consent was evaluated at (RFC 3339), as given to `select`.
+    pub as_of: String,
+    /// The bytes of `selection.jsonl`, copied verbatim into the dataset.
+    pub selection_jsonl: Vec<u8>,
+}
+
+/// `dataset.json`: the dataset version.
+///
+/// `merkle_root` is computed as documented in [`merkle`]. `files` holds the blake3 of every
+/// file other than frames, `manifest.jsonl` (both covered by the root) and `dataset.json`
+/// itself. `seal` is the blake3 of this record serialised as in the file (pretty JSON, two-space
+/// indent, trailing newline) with `seal` set to the empty string; it makes every byte of
+/// `dataset.json` checkable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DatasetRecord {
+    /// Layout version, [`DATASET_FORMAT`].
+    pub format: String,
+    /// Version of clearframe that emitted the dataset.
+    pub clearframe_version: String,
+    /// Merkle construction id, [`merkle::CONSTRUCTION`].
+    pub merkle: String,
+    /// Merkle root (hex) over `manifest.jsonl` lines.
+    pub merkle_root: String,
+    /// Number of frames (= manifest lines).
+    pub frames: u64,
+    /// blake3 (hex) of the catalog.
+    pub catalog_blake3: String,
+    /// blake3 (hex) of the ledger.
+    pub ledger_blake3: String,
+    /// Consent evaluation instant (RFC 3339).
+    pub as_of: String,
+    /// blake3 (hex) of each recorded file, by dataset-relative path.
+    pub files: BTreeMap<String, String>,
+    /// Counts per decision, class and clip.
+    pub counts: Counts,
+    /// Frames decoded but not emitted, sorted by clip and frame.
+    pub withheld: Vec<WithheldFrame>,
+    /// Selected clips that failed, sorted by clip.
+    pub failed_clips: Vec<ClipFailure>,
+    /// blake3 of this record with `seal` empty (see the type docs).
+    pub seal: String,
+}
+
+impl DatasetRecord {
+    /// The canonical bytes of the record as written to `dataset.json`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("DatasetRecord serialises");
+        v.push(b'\n');
+        v
+    }
+
+    /// The seal of this record: blake3 of [`Self::to_bytes`] with `seal` empty.
+    pub fn compute_seal(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.seal.clear();
+        crate::hashing::hash_bytes(&unsealed.to_bytes())
+    }
+}
+
+/// Settings of the emitter that are not inputs of the dataset version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmitOptions {
+    /// Prefix of `data.image` in Label Studio tasks; the dataset-relative frame path is appended.
+    /// The default, `/data/local-files/?d=`, is what Label Studio serves local files under when
+    /// `LOCAL_FILES_SERVING_ENABLED=true` and `LOCAL_FILES_DOCUMENT_ROOT` is the dataset folder.
+    pub labelstudio_image_prefix: String,
+    /// Minimum IoU to link a detection to a track in the previous emitted frame (CVAT tracks).
+    pub track_iou: f32,
+    /// At most this many frames per clip in the report's contact sheet (evenly spaced).
+    pub report_frames_per_clip: usize,
+}
+
+impl Default for EmitOptions {
+    fn default() -> Self {
+        Self {
+            labelstudio_image_prefix: "/data/local-files/?d=".into(),
+            track_iou: 0.3,
+            report_frames_per_clip: 12,
+        }
+    }
+}
+
+/// True when `id` is a safe single path component: 1..=128 of `[A-Za-z0-9._-]`, not `.`/`..`.
+pub fn is_safe_video_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Encodes a redacted frame as JPEG with fixed settings (baseline, quality [`JPEG_QUALITY`],
+/// no metadata): the same pixels always give the same bytes.
+pub fn encode_jpeg(image: &image::RgbImage) -> Result<Vec<u8>, EmitError> {
+    let mut out = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY);
+    image.write_with_encoder(encoder)?;
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EmitError> {
+    use std::io::Write;
+    let io = |source| EmitError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Names a dataset folder may hold at its top level.
+const KNOWN_TOP: [&str; 7] = [
+    "frames",
+    "annotations",
+    "manifest.jsonl",
+    "dataset.json",
+    "selection.jsonl",
+    "report.html",
+    ".tmp-",
+];
+
+/// Writes a dataset folder. Create with [`Emitter::create`], feed frames with
+/// [`Emitter::add_frame`], record what was left out with [`Emitter::withhold`] and
+/// [`Emitter::clip_failed`], and finish with [`Emitter::finish`], which writes everything but the
+/// frames and `dataset.json` last.
+///
+/// ```no_run
+/// # use clearframe::emit::*;
+/// # fn f(inputs: DatasetInputs, entry: ManifestEntry, img: image::RgbImage) -> Result<(), EmitError> {
+/// let mut emitter = Emitter::create("out".as_ref(), inputs, EmitOptions::default())?;
+/// emitter.add_frame(entry, &encode_jpeg(&img)?)?;
+/// let record = emitter.finish()?;
+/// println!("dataset {}", record.merkle_root);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Emitter {
+    root: PathBuf,
+    inputs: DatasetInputs,
+    options: EmitOptions,
+    selection: Vec<SelectionView>,
+    included: BTreeMap<String, ConsentBasis>,
+    entries: BTreeMap<(String, u64), ManifestEntry>,
+    withheld: BTreeSet<WithheldFrame>,
+    failed: BTreeSet<ClipFailure>,
+}
+
+impl Emitter {
+    /// Prepares `root` for a new dataset. The folder is created if missing. If it holds an
+    /// earlier dataset, `dataset.json` is removed first (so a half-written folder never looks
+    /// complete) and the old outputs are cleared; any other content is an error
+    /// ([`EmitError::ForeignFile`]). `inputs.selection_jsonl` must parse as selection lines.
+    pub fn create(
+        root: &Path,
+        inputs: DatasetInputs,
+        options: EmitOptions,
+    ) -> Result<Self, EmitError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| EmitError::Io { path: p, source }
+        };
+        let selection =
+            parse_selection(&inputs.selection_jsonl).map_err(|e| input_err(paths::SELECTION, e))?;
+        let mut included = BTreeMap::new();
+        for line in &selection {
+            if line.decision == "include" {
+                let what = format!("selection line {}", line.label());
+                let (Some(video_id), Some(basis)) = (&line.video_id, &line.basis) else {
+                    return Err(input_err(what, "included without a video id and a basis"));
+                };
+                if included.insert(video_id.clone(), basis.clone()).is_some() {
+                    return Err(input_err(what, "the clip is included twice"));
+                }
+            }
+        }
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let mut names: Vec<String> = Vec::new();
+        for entry in std::fs::read_dir(root).map_err(io(root))? {
+            let entry = entry.map_err(io(root))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        for name in &names {
+            if !KNOWN_TOP
+                .iter()
+                .any(|k| name == k || (k.ends_with('-') && name.starts_with(k)))
+            {
+                return Err(EmitError::ForeignFile {
+                    path: root.to_path_buf(),
+                    entry: name.clone(),
+                });
+            }
+        }
+        // dataset.json first: from here on the folder is not a complete dataset.
+        for name in std::iter::once(paths::DATASET.to_string()).chain(names) {
+            let p = root.join(&name);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).map_err(io(&p))?,
+                Ok(_) => std::fs::remove_file(&p).map_err(io(&p))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&p)(e)),
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            inputs,
+            options,
+            selection,
+            included,
+            entries: BTreeMap::new(),
+            withheld: BTreeSet::new(),
+            failed: BTreeSet::new(),
+        })
+    }
+
+    /// The dataset folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes one frame and keeps its manifest entry. The emitter sets `entry.path` and
+    /// `entry.blake3` from the bytes; it refuses a frame whose clip the selection does not include
+    /// on exactly `entry.provenance.consent`, a duplicate `(video_id, frame)`, an unsafe video id,
+    /// bytes that are not a JPEG, or a JPEG whose size differs from `width`x`height`.
+    /// Returns the completed entry.
+    pub fn add_frame(
+        &mut self,
+        mut entry: ManifestEntry,
+        jpeg: &[u8],
+    ) -> Result<&ManifestEntry, EmitError> {
+        let what = format!("{} frame {}", entry.video_id, entry.frame);
+        if !is_safe_video_id(&entry.video_id) {
+            return Err(input_err(
+                what,
+                "video id must be 1..=128 of [A-Za-z0-9._-]",
+            ));
+        }
+        match self.included.get(&entry.video_id) {
+            None => return Err(input_err(what, "the selection does not include this clip")),
+            Some(b) if *b != entry.provenance.consent => {
+                return Err(input_err(
+                    what,
+                    "consent basis differs from the selection's",
+                ));
+            }
+            Some(_) => {}
+        }
+        let key = (entry.video_id.clone(), entry.frame);
+        if self.entries.contains_key(&key) {
+            return Err(input_err(what, "frame given twice"));
+        }
+        let reader = image::ImageReader::new(Cursor::new(jpeg))
+            .with_guessed_format()
+            .map_err(|e| input_err(&what, e.to_string()))?;
+        if reader.format() != Some(image::ImageFormat::Jpeg) {
+            return Err(input_err(what, "frame bytes are not a JPEG"));
+        }
+        let (w, h) = reader
+            .into_dimensions()
+            .map_err(|e| input_err(&what, e.to_string()))?;
+        if (w, h) != (entry.width, entry.height) {
+            return Err(input_err(
+                what,
+                format!(
+                    "JPEG is {w}x{h}, entry says {}x{}",
+                    entry.width, entry.height
+                ),
+            ));
+        }
+        for d in &entry.detections {
+            let i = coco_names::index_of(&d.class);
+            if i.map(|i| coco_names::CATEGORY_IDS[i]) != Some(d.category_id) {
+                return Err(input_err(
+                    what,
+                    format!(
+                        "detection class {:?} / category {} is not a COCO pair",
+                        d.class, d.category_id
+                    ),
+                ));
+            }
+        }
+        entry.path = ManifestEntry::frame_path(&entry.video_id, entry.frame);
+        entry.blake3 = crate::hashing::hash_bytes(jpeg);
+        write_atomic(&self.root.join(&entry.path), jpeg)?;
+        Ok(self.entries.entry(key).or_insert(entry))
+    }
+
+    /// Records a frame that was decoded but is not part of the dataset.
+    pub fn withhold(&mut self, frame: WithheldFrame) {
+        self.withheld.insert(frame);
+    }
+
+    /// Records a selected clip that could not be processed.
+    pub fn clip_failed(&mut self, failure: ClipFailure) {
+        self.failed.insert(failure);
+    }
+
+    /// Writes the manifest, the selection copy, the annotations and the report, then
+    /// `dataset.json`, and returns the record.
+    pub fn finish(self) -> Result<DatasetRecord, EmitError> {
+        let entries: Vec<&ManifestEntry> = self.entries.values().collect();
+        let mut files = BTreeMap::new();
+        let mut put = |rel: &str, bytes: &[u8]| -> Result<(), EmitError> {
+            write_atomic(&self.root.join(rel), bytes)?;
+            files.insert(rel.to_string(), crate::hashing::hash_bytes(bytes));
+            Ok(())
+        };
+
+        // Manifest and its root.
+        let mut manifest = Vec::new();
+        let mut leaves = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let line = serde_json::to_vec(e).expect("ManifestEntry serialises");
+            leaves.push(merkle::leaf(&line));
+            manifest.extend_from_slice(&line);
+            manifest.push(b'\n');
+        }
+        write_atomic(&self.root.join(paths::MANIFEST), &manifest)?;
+        let root_hash = merkle::root(&leaves);
+
+        put(paths::SELECTION, &self.inputs.selection_jsonl)?;
+
+        let counts = self.counts();
+        let labels = used_classes(&entries);
+        put(paths::COCO, &coco::render(&entries))?;
+        put(
+            paths::LABELSTUDIO,
+            &labelstudio::render(&entries, &self.options),
+        )?;
+        put(
+            paths::LABELSTUDIO_CONFIG,
+            labelstudio::config(&labels).as_bytes(),
+        )?;
+        let mut by_clip: BTreeMap<&str, Vec<&ManifestEntry>> = BTreeMap::new();
+        for e in &entries {
+            by_clip.entry(e.video_id.as_str()).or_default().push(e);
+        }
+        for (video_id, clip) in &by_clip {
+            let rel = format!("{}/{video_id}.xml", paths::CVAT_DIR);
+            put(
+                &rel,
+                cvat::render(video_id, clip, &labels, self.options.track_iou).as_bytes(),
+            )?;
+        }
+
+        let mut record = DatasetRecord {
+            format: DATASET_FORMAT.into(),
+            clearframe_version: env!("CARGO_PKG_VERSION").into(),
+            merkle: merkle::CONSTRUCTION.into(),
+            merkle_root: crate::hashing::hex(&root_hash),
+            frames: entries.len() as u64,
+            catalog_blake3: self.inputs.catalog_blake3.clone(),
+            ledger_blake3: self.inputs.ledger_blake3.clone(),
+            as_of: self.inputs.as_of.clone(),
+            files: BTreeMap::new(),
+            counts,
+            withheld: self.withheld.iter().cloned().collect(),
+            failed_clips: self.failed.iter().cloned().collect(),
+            seal: String::new(),
+        };
+        let html = report::render(&report::ReportInput {
+            record: &record,
+            entries: &entries,
+            selection: &self.selection,
+            frames_per_clip: self.options.report_frames_per_clip,
+        });
+        put(paths::REPORT, html.as_bytes())?;
+
+        record.files = files;
+        record.seal = record.compute_seal();
+        write_atomic(&self.root.join(paths::DATASET), &record.to_bytes())?;
+        Ok(record)
+    }
+
+    fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for line in &self.selection {
+            *c.decisions.entry(line.decision.clone()).or_default() += 1;
+        }
+        for e in self.entries.values() {
+            let clip = c.clips.entry(e.video_id.clone()).or_default();
+            clip.frames += 1;
+            clip.detections += e.detections.len() as u64;
+            clip.faces_masked += u64::from(e.redaction.faces_masked);
+            for d in &e.detections {
+                *c.classes.entry(d.class.clone()).or_default() += 1;
+            }
+        }
+        for w in &self.withheld {
+            c.clips.entry(w.video_id.clone()).or_default().withheld += 1;
+        }
+        c
+    }
+}
+
+/// Classes used by the entries, in COCO order (the label set of the Label Studio and CVAT files;
+/// `person` always included so that an empty dataset still has a valid labelling config).
+fn used_classes(entries: &[&ManifestEntry]) -> Vec<&'static str> {
+    let mut used = BTreeSet::from([0usize]);
+    for e in entries {
+        for d in &e.detections {
+            if let Some(i) = coco_names::index_of(&d.class) {
+                used.insert(i);
+            }
+        }
+    }
+    used.into_iter().map(|i| coco_names::NAMES[i]).collect()
+}
+
+/// Rounds to `places` decimals (for stable, readable coordinates in annotation files).
+pub(crate) fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    let r = (v * f).round() / f;
+    if r == 0.0 { 0.0 } else { r }
+}
+
+/// Escapes text for XML and HTML content and attribute values.
+pub(crate) fn escape_xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_ids_must_be_single_safe_components() {
+        assert!(is_safe_video_id("clip-01_a.b"));
+        for bad in ["", ".", "..", "a/b", "a b", "a\\b", "é"] {
+            assert!(!is_safe_video_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn selection_reasons_accept_one_or_many() {
+        let lines = parse_selection(
+            b"{\"video_id\":\"a\",\"decision\":\"exclude\",\"reason\":\"revoked\"}\n\n{\"video_id\":\"b\",\"decision\":\"include\",\"basis\":{\"kind\":\"consent\",\"event_id\":\"e1\",\"event_blake3\":\"00\"},\"reasons\":[\"x\",\"y\"],\"extra\":1}\n",
+        )
+        .unwrap();
+        assert_eq!(lines[0].reasons, vec!["revoked"]);
+        assert_eq!(lines[1].reasons, vec!["x", "y"]);
+        assert!(parse_selection(b"{}\n").unwrap_err().starts_with("line 1"));
+    }
+
+    #[test]
+    fn jpeg_encoding_is_deterministic() {
+        let img =
+            image::RgbImage::from_fn(33, 17, |x, y| image::Rgb([x as u8 * 7, y as u8 * 13, 99]));
+        let a = encode_jpeg(&img).unwrap();
+        assert_eq!(a, encode_jpeg(&img).unwrap());
+        assert_eq!(&a[..2], &[0xFF, 0xD8]);
+    }
+}

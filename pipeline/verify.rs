@@ -1,0 +1,378 @@
+//! `clearframe verify DIR`: checks that a dataset folder is exactly what the emitter wrote and
+//! that every item in it is allowed to be there.
+//!
+//! It re-hashes every file and checks, naming the file (and manifest line) of each mismatch:
+//! - `dataset.json` parses, is in canonical form and its `seal` matches (so every byte counts);
+//! - `manifest.jsonl` parses line by line and its Merkle root ([`crate::emit::merkle`]) equals
+//!   `merkle_root`, and its line count equals `frames`;
+//! - every manifest line's frame exists at `frames/<video_id>/<frame:06>.jpg` with the recorded
+//!   blake3, no frame path appears twice, and every file under `frames/` has a manifest line;
+//! - every file recorded in `files` (annotations, report, selection copy) has its blake3, and no
+//!   other file exists in the folder;
+//! - each entry's consent basis is the basis of an `include` line for its clip in the recorded
+//!   `selection.jsonl`.
+//!
+//! A folder that cannot be read at all is an error; everything else is a [`Problem`] in the
+//! [`VerifyReport`], so one run lists every mismatch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::emit::{self, ConsentBasis, DatasetRecord, ManifestEntry, merkle, paths};
+use crate::hashing;
+
+/// One mismatch: where (a dataset-relative path, with `:line` for manifest lines) and what.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Problem {
+    /// Dataset-relative path, `manifest.jsonl:<line>` for a manifest line.
+    pub path: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The folder checked.
+    pub dir: PathBuf,
+    /// Files hashed.
+    pub files_checked: u64,
+    /// Manifest lines read.
+    pub frames: u64,
+    /// Merkle root recomputed from `manifest.jsonl` (hex), when it could be read.
+    pub merkle_root: Option<String>,
+    /// Every mismatch found, sorted by path.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "{}: {}", p.path, p.what)?;
+        }
+        if self.ok() {
+            write!(
+                f,
+                "verified {}: {} frames, {} files, Merkle root {}",
+                self.dir.display(),
+                self.frames,
+                self.files_checked,
+                self.merkle_root.as_deref().unwrap_or("?")
+            )
+        } else {
+            write!(
+                f,
+                "{}: {} problem(s) found",
+                self.dir.display(),
+                self.problems.len()
+            )
+        }
+    }
+}
+
+/// Why verification could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The folder cannot be listed.
+    #[error("cannot read dataset folder {}: {source}", path.display())]
+    Io {
+        /// The folder or file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Lists every regular file under `dir`, as sorted `/`-separated relative paths. Symlinks and
+/// other non-regular entries are listed too (and later reported), never followed.
+fn list_files(dir: &Path) -> Result<Vec<(String, bool)>, VerifyError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((abs, rel)) = stack.pop() {
+        let rd = std::fs::read_dir(&abs).map_err(|source| VerifyError::Io {
+            path: abs.clone(),
+            source,
+        })?;
+        for entry in rd {
+            let entry = entry.map_err(|source| VerifyError::Io {
+                path: abs.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = entry.file_type().map_err(|source| VerifyError::Io {
+                path: entry.path(),
+                source,
+            })?;
+            if ft.is_dir() {
+                stack.push((entry.path(), r));
+            } else {
+                out.push((r, ft.is_file()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Verifies the dataset folder `dir` (see the module docs).
+pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, what: String| {
+        problems.push(Problem {
+            path: path.to_string(),
+            what,
+        })
+    };
+    let files = list_files(dir)?;
+    let mut hashes: BTreeMap<String, String> = BTreeMap::new();
+    let mut files_checked = 0u64;
+    for (rel, regular) in &files {
+        if !regular {
+            problem(rel, "is not a regular file".into());
+            continue;
+        }
+        match hashing::hash_file(&dir.join(rel)) {
+            Ok(h) => {
+                files_checked += 1;
+                hashes.insert(rel.clone(), h);
+            }
+            Err(e) => problem(rel, format!("cannot read: {e}")),
+        }
+    }
+    let mut accounted: BTreeSet<String> = BTreeSet::new();
+
+    // dataset.json
+    accounted.insert(paths::DATASET.into());
+    let record: Option<DatasetRecord> = match std::fs::read(dir.join(paths::DATASET)) {
+        Err(e) => {
+            problem(
+                paths::DATASET,
+                format!("cannot read ({e}); the emit stage did not finish"),
+            );
+            None
+        }
+        Ok(bytes) => match serde_json::from_slice::<DatasetRecord>(&bytes) {
+            Err(e) => {
+                problem(paths::DATASET, format!("not a dataset record: {e}"));
+                None
+            }
+            Ok(r) => {
+                if r.to_bytes() != bytes {
+                    problem(
+                        paths::DATASET,
+                        "not in canonical form: the file was edited".into(),
+                    );
+                }
+                let seal = r.compute_seal();
+                if seal != r.seal {
+                    problem(
+                        paths::DATASET,
+                        format!("seal is {}, the record's content hashes to {seal}", r.seal),
+                    );
+                }
+                if r.format != emit::DATASET_FORMAT {
+                    problem(
+                        paths::DATASET,
+                        format!("format {:?} is not {:?}", r.format, emit::DATASET_FORMAT),
+                    );
+                }
+                if r.merkle != merkle::CONSTRUCTION {
+                    problem(
+                        paths::DATASET,
+                        format!(
+                            "Merkle construction {:?} is not {:?}",
+                            r.merkle,
+                            merkle::CONSTRUCTION
+                        ),
+                    );
+                }
+                Some(r)
+            }
+        },
+    };
+
+    // Recorded files.
+    if let Some(r) = &record {
+        for (rel, want) in &r.files {
+            accounted.insert(rel.clone());
+            match hashes.get(rel) {
+                None => problem(rel, "recorded in dataset.json but missing".into()),
+                Some(got) if got != want => {
+                    problem(rel, format!("blake3 is {got}, dataset.json records {want}"))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    // Selection.
+    let mut included: BTreeMap<String, ConsentBasis> = BTreeMap::new();
+    match std::fs::read(dir.join(paths::SELECTION)) {
+        Err(e) => problem(
+            paths::SELECTION,
+            format!("cannot read the recorded selection: {e}"),
+        ),
+        Ok(bytes) => match emit::parse_selection(&bytes) {
+            Err(e) => problem(paths::SELECTION, e),
+            Ok(lines) => {
+                for l in lines {
+                    if let (true, Some(v), Some(b)) = (l.decision == "include", l.video_id, l.basis)
+                    {
+                        included.insert(v, b);
+                    }
+                }
+            }
+        },
+    }
+
+    // Manifest.
+    accounted.insert(paths::MANIFEST.into());
+    let mut frames = 0u64;
+    let mut merkle_root = None;
+    match std::fs::read(dir.join(paths::MANIFEST)) {
+        Err(e) => problem(paths::MANIFEST, format!("cannot read: {e}")),
+        Ok(bytes) => {
+            match merkle::manifest_root(&bytes) {
+                Err(e) => problem(paths::MANIFEST, e),
+                Ok(root) => {
+                    let root = hashing::hex(&root);
+                    if let Some(r) = &record {
+                        if r.merkle_root != root {
+                            problem(
+                                paths::MANIFEST,
+                                format!(
+                                    "Merkle root is {root}, dataset.json records {}",
+                                    r.merkle_root
+                                ),
+                            );
+                        }
+                    }
+                    merkle_root = Some(root);
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            for (i, line) in text.lines().enumerate() {
+                let at = format!("{}:{}", paths::MANIFEST, i + 1);
+                frames += 1;
+                let e: ManifestEntry = match serde_json::from_str(line) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        problem(&at, format!("not a manifest entry: {err}"));
+                        continue;
+                    }
+                };
+                let expected = ManifestEntry::frame_path(&e.video_id, e.frame);
+                if !emit::is_safe_video_id(&e.video_id) || e.path != expected {
+                    problem(&at, format!("path {:?} is not {expected:?}", e.path));
+                }
+                if !accounted.insert(e.path.clone()) {
+                    problem(&at, format!("{} is listed twice", e.path));
+                }
+                match hashes.get(&e.path) {
+                    None => problem(&e.path, format!("missing; listed on {at}")),
+                    Some(h) if *h != e.blake3 => {
+                        problem(&e.path, format!("blake3 is {h}, {at} records {}", e.blake3))
+                    }
+                    Some(_) => {}
+                }
+                match included.get(&e.video_id) {
+                    None => problem(
+                        &at,
+                        format!(
+                            "clip {} is not included by the recorded selection",
+                            e.video_id
+                        ),
+                    ),
+                    Some(b) if *b != e.provenance.consent => problem(
+                        &at,
+                        format!(
+                            "consent basis {}/{} is not the selection's {}/{}",
+                            e.provenance.consent.kind,
+                            e.provenance.consent.event_id,
+                            b.kind,
+                            b.event_id
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            if let Some(r) = &record {
+                if r.frames != frames {
+                    problem(
+                        paths::MANIFEST,
+                        format!("{frames} lines, dataset.json records {} frames", r.frames),
+                    );
+                }
+            }
+        }
+    }
+
+    // Anything else is not part of the dataset.
+    for (rel, regular) in &files {
+        if *regular && !accounted.contains(rel) {
+            if rel.starts_with(&format!("{}/", paths::FRAMES_DIR)) {
+                problem(rel, "frame has no manifest line".into());
+            } else {
+                problem(rel, "not recorded in dataset.json".into());
+            }
+        }
+    }
+
+    problems.sort();
+    problems.dedup();
+    Ok(VerifyReport {
+        dir: dir.to_path_buf(),
+        files_checked,
+        frames,
+        merkle_root,
+        problems,
+    })
+}
+
+/// Arguments of `clearframe verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// The dataset folder written by `clearframe run` or `clearframe emit`.
+    pub dir: PathBuf,
+    /// Print the report as JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `clearframe verify`: prints the report to stdout, exits 0 when the dataset verifies and
+/// 1 when any mismatch was found.
+pub fn run_cli(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let report = verify(&args.dir).with_context(|| format!("verifying {}", args.dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if !report.ok() {
+        eprintln!(
+            "hint: the dataset differs from what was emitted; re-run `clearframe emit` or restore the files named above"
+        );
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
