@@ -1,0 +1,633 @@
+//! The emit stage and `verify` on a small dataset built from real media: three frames of
+//! `bikes.mp4` decoded by the ffmpeg CLI (a cyclist, cars) with the face area masked as redaction
+//! does, and `dog.jpg` (dog, bicycle, truck). Detections are given as data (the detectors are
+//! tested in `vision`), placed on the objects in those frames. The outputs must satisfy the real
+//! consumers (pycocotools, datumaro, the Label Studio SDK: `scripts/check_annotations.py`), verify
+//! must pass, and fail naming the file after any single byte anywhere changes; emitting twice, or
+//! in another order, gives the same bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clearframe::emit::{
+    self, ClipFailure, ConsentBasis, DatasetInputs, DatasetRecord, EmitOptions, EmittedDetection,
+    Emitter, ManifestEntry, Provenance, RedactionSummary, VerifierResult, WithheldFrame,
+};
+use clearframe::hashing::hash_bytes;
+use clearframe::verify::{VerifyArgs, run_cli, verify};
+use clearframe::vision::{BBox, Detection, coco};
+
+use crate::common::{fixture, root};
+
+const BIKES_FRAMES: [u64; 3] = [30, 35, 40];
+
+/// Decodes the given frames of a clip into memory with the ffmpeg CLI (rgb24 raw video).
+fn decode(path: &Path, frames: &[u64]) -> Vec<image::RgbImage> {
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (scripts/setup.sh installs ffmpeg)");
+    let dims = String::from_utf8(probe.stdout).unwrap();
+    let (w, h) = dims.trim().split_once(',').expect("width,height");
+    let (w, h): (u32, u32) = (w.parse().unwrap(), h.parse().unwrap());
+    let select = frames
+        .iter()
+        .map(|n| format!("eq(n\\,{n})"))
+        .collect::<Vec<_>>()
+        .join("+");
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(path)
+        .args([
+            "-vf",
+            &format!("select='{select}'"),
+            "-vsync",
+            "0",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = (w * h * 3) as usize;
+    assert_eq!(
+        out.stdout.len(),
+        size * frames.len(),
+        "ffmpeg gave {} bytes",
+        out.stdout.len()
+    );
+    out.stdout
+        .chunks(size)
+        .map(|c| image::RgbImage::from_raw(w, h, c.to_vec()).unwrap())
+        .collect()
+}
+
+/// Masks a box with its mean colour, as the redact stage's solid mask does.
+fn mask(img: &mut image::RgbImage, b: [u32; 4]) {
+    let mut sum = [0u64; 3];
+    let mut n = 0u64;
+    for y in b[1]..b[3] {
+        for x in b[0]..b[2] {
+            let p = img.get_pixel(x, y);
+            for c in 0..3 {
+                sum[c] += u64::from(p[c]);
+            }
+            n += 1;
+        }
+    }
+    let mean = image::Rgb(sum.map(|s| (s / n.max(1)) as u8));
+    for y in b[1]..b[3] {
+        for x in b[0]..b[2] {
+            img.put_pixel(x, y, mean);
+        }
+    }
+}
+
+fn det(class: &str, score: f32, b: [f32; 4]) -> EmittedDetection {
+    let d = Detection {
+        bbox: BBox {
+            x0: b[0],
+            y0: b[1],
+            x1: b[2],
+            y1: b[3],
+        },
+        score,
+        class_id: coco::index_of(class).unwrap() as u16,
+    };
+    EmittedDetection::from_detection(&d).unwrap()
+}
+
+fn basis(kind: &str, event: &str) -> ConsentBasis {
+    ConsentBasis {
+        kind: kind.into(),
+        event_id: event.into(),
+        event_blake3: hash_bytes(event.as_bytes()),
+    }
+}
+
+/// `selection.jsonl` in the select stage's line format (see `records::SelectionLine`).
+fn selection() -> Vec<u8> {
+    let b1 = basis("consent", "ev-0001");
+    let b2 = basis("neighbors", "ev-0007");
+    let b3 = basis("consent", "ev-0009");
+    let lines = [
+        serde_json::json!({"line": 1, "video_id": "street-bikes", "decision": "include", "basis": {"kind": b1.kind, "event_id": b1.event_id, "event_blake3": b1.event_blake3, "event_line": 1}, "reasons": [], "reason_codes": []}),
+        serde_json::json!({"line": 2, "video_id": "kitchen-cam", "decision": "exclude", "basis": null, "reasons": ["consent was revoked by the owner (event ev-0004)"], "reason_codes": ["no_basis"]}),
+        serde_json::json!({"line": 3, "video_id": "porch-dog", "decision": "include", "basis": {"kind": b2.kind, "event_id": b2.event_id, "event_blake3": b2.event_blake3, "event_line": 7}, "reasons": [], "reason_codes": []}),
+        serde_json::json!({"line": 4, "video_id": null, "decision": "exclude", "basis": null, "reasons": ["catalog line 4 is not valid JSON"], "reason_codes": ["invalid_line"]}),
+        serde_json::json!({"line": 5, "video_id": "garage-corrupt", "decision": "include", "basis": {"kind": b3.kind, "event_id": b3.event_id, "event_blake3": b3.event_blake3, "event_line": 9}, "reasons": [], "reason_codes": []}),
+    ];
+    let mut out = Vec::new();
+    for l in lines {
+        out.extend_from_slice(serde_json::to_string(&l).unwrap().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn provenance(source: &Path, consent: ConsentBasis) -> Provenance {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/manifest.json")).unwrap())
+            .unwrap();
+    let models = ["centerface", "nanodet"]
+        .iter()
+        .filter_map(|m| {
+            let h = manifest["models"][m]["blake3"].as_str()?;
+            Some(((*m).to_string(), h.to_string()))
+        })
+        .collect::<BTreeMap<_, _>>();
+    assert!(!models.is_empty(), "models/manifest.json names the models");
+    Provenance {
+        source_blake3: clearframe::hashing::hash_file(source).unwrap(),
+        consent,
+        models,
+        config_blake3: hash_bytes(b"[sampling]\nfps = 5\n"),
+        clearframe_version: env!("CARGO_PKG_VERSION").into(),
+        ffmpeg_version: "5.1.9".into(),
+        onnxruntime_version: "1.32.0".into(),
+    }
+}
+
+fn redaction(faces: u32, zones: &[&str]) -> RedactionSummary {
+    RedactionSummary {
+        faces_masked: faces,
+        zones: zones.iter().map(|z| z.to_string()).collect(),
+        indoor_policy: "none".into(),
+        verifier: VerifierResult {
+            passed: true,
+            faces_found: 0,
+        },
+    }
+}
+
+/// The frames of the test dataset with their entries, in a fixed order.
+fn frames() -> Vec<(ManifestEntry, Vec<u8>)> {
+    let bikes = fixture("media/bikes.mp4");
+    let mut out = Vec::new();
+    // Cyclist riding left to right, cars on both sides; the face is masked.
+    let faces = [[245, 0, 325, 95], [325, 0, 405, 95], [400, 0, 480, 95]];
+    let person = [
+        [165., 0., 385., 272.],
+        [240., 0., 465., 272.],
+        [315., 0., 540., 272.],
+    ];
+    let car_right = [
+        [380., 15., 640., 272.],
+        [410., 10., 640., 272.],
+        [440., 5., 640., 272.],
+    ];
+    let car_left = [[0., 112., 125., 272.], [0., 105., 110., 272.]];
+    for (i, mut img) in decode(&bikes, &BIKES_FRAMES).into_iter().enumerate() {
+        mask(&mut img, faces[i]);
+        let mut detections = vec![
+            det("person", 0.91 - i as f32 * 0.02, person[i]),
+            det("car", 0.87, car_right[i]),
+        ];
+        if let Some(b) = car_left.get(i) {
+            detections.push(det("car", 0.64, *b));
+        }
+        let entry = ManifestEntry {
+            video_id: "street-bikes".into(),
+            frame: BIKES_FRAMES[i],
+            timestamp_s: BIKES_FRAMES[i] as f64 / 25.0,
+            width: img.width(),
+            height: img.height(),
+            path: String::new(),
+            blake3: String::new(),
+            detections,
+            redaction: redaction(1, &[]),
+            provenance: provenance(&bikes, basis("consent", "ev-0001")),
+        };
+        out.push((entry, emit::encode_jpeg(&img).unwrap()));
+    }
+    let dog_path = fixture("media/dog.jpg");
+    let mut dog = image::open(&dog_path).unwrap().to_rgb8();
+    // A privacy zone over the street behind the porch.
+    mask(&mut dog, [560, 0, 768, 60]);
+    let entry = ManifestEntry {
+        video_id: "porch-dog".into(),
+        frame: 0,
+        timestamp_s: 0.0,
+        width: dog.width(),
+        height: dog.height(),
+        path: String::new(),
+        blake3: String::new(),
+        detections: vec![
+            det("bicycle", 0.92, [99., 124., 574., 451.]),
+            det("dog", 0.9, [128., 224., 314., 537.]),
+            det("truck", 0.78, [462., 82., 694., 168.]),
+        ],
+        redaction: redaction(0, &["street"]),
+        provenance: provenance(&dog_path, basis("neighbors", "ev-0007")),
+    };
+    out.push((entry, emit::encode_jpeg(&dog).unwrap()));
+    out
+}
+
+fn inputs() -> DatasetInputs {
+    DatasetInputs {
+        catalog_blake3: hash_bytes(b"catalog"),
+        ledger_blake3: hash_bytes(b"ledger"),
+        as_of: "2026-11-01T00:00:00Z".into(),
+        selection_jsonl: selection(),
+    }
+}
+
+fn build(dir: &Path, frames: Vec<(ManifestEntry, Vec<u8>)>) -> DatasetRecord {
+    let mut emitter = Emitter::create(dir, inputs(), EmitOptions::default()).unwrap();
+    for (entry, jpeg) in frames {
+        emitter.add_frame(entry, &jpeg).unwrap();
+    }
+    emitter.withhold(WithheldFrame {
+        video_id: "street-bikes".into(),
+        frame: 45,
+        reason: "verifier found 1 face after redaction".into(),
+    });
+    emitter.clip_failed(ClipFailure {
+        video_id: "garage-corrupt".into(),
+        reason: "ffmpeg could not decode the clip: moov atom not found".into(),
+    });
+    emitter.finish().unwrap()
+}
+
+/// Every file under `dir`, relative, sorted, with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p
+                    .strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn consumers_python() -> PathBuf {
+    let cache = std::env::var_os("CLEARFRAME_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/clearframe")
+        });
+    cache.join("consumers-venv/bin/python")
+}
+
+#[test]
+fn emitted_dataset_verifies_and_real_consumers_accept_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dataset");
+    let record = build(&dir, frames());
+
+    let files = snapshot(&dir);
+    let expected_frames = [
+        "frames/porch-dog/000000.jpg",
+        "frames/street-bikes/000030.jpg",
+        "frames/street-bikes/000035.jpg",
+        "frames/street-bikes/000040.jpg",
+    ];
+    let frame_files: Vec<&str> = files
+        .keys()
+        .filter(|k| k.starts_with("frames/"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(frame_files, expected_frames);
+    for f in [
+        "manifest.jsonl",
+        "dataset.json",
+        "selection.jsonl",
+        "report.html",
+        "annotations/coco.json",
+        "annotations/labelstudio.json",
+        "annotations/labelstudio.xml",
+        "annotations/cvat/street-bikes.xml",
+        "annotations/cvat/porch-dog.xml",
+    ] {
+        assert!(
+            files.contains_key(f),
+            "{f} missing; have {:?}",
+            files.keys()
+        );
+    }
+    assert_eq!(files.len(), expected_frames.len() + 9, "{:?}", files.keys());
+
+    // The record: counts, withheld, failures, the root of the manifest as documented.
+    assert_eq!(record.frames, 4);
+    assert_eq!(
+        record.counts.decisions,
+        BTreeMap::from([("exclude".into(), 2), ("include".into(), 3)])
+    );
+    assert_eq!(record.counts.classes.get("car"), Some(&5));
+    assert_eq!(record.counts.classes.get("person"), Some(&3));
+    assert_eq!(record.counts.clips["street-bikes"].frames, 3);
+    assert_eq!(record.counts.clips["street-bikes"].withheld, 1);
+    assert_eq!(record.counts.clips["street-bikes"].faces_masked, 3);
+    assert_eq!(record.failed_clips[0].video_id, "garage-corrupt");
+    let manifest = &files["manifest.jsonl"];
+    let leaves: Vec<blake3::Hash> = manifest
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(blake3::hash)
+        .collect();
+    assert_eq!(leaves.len(), 4);
+    let node = |l: &blake3::Hash, r: &blake3::Hash| {
+        let mut h = blake3::Hasher::new();
+        h.update(&[1]);
+        h.update(l.as_bytes());
+        h.update(r.as_bytes());
+        h.finalize()
+    };
+    let expected_root = node(&node(&leaves[0], &leaves[1]), &node(&leaves[2], &leaves[3]));
+    assert_eq!(record.merkle_root, expected_root.to_hex().to_string());
+    assert_eq!(
+        std::fs::read(dir.join("dataset.json")).unwrap(),
+        record.to_bytes()
+    );
+    assert_eq!(files["selection.jsonl"], selection());
+
+    // Manifest lines: sorted by clip, paths and hashes set by the emitter.
+    let first: ManifestEntry =
+        serde_json::from_slice(manifest.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first.path, "frames/porch-dog/000000.jpg");
+    assert_eq!(first.blake3, hash_bytes(&files[&first.path]));
+    assert_eq!(
+        first.detections[1].category_id, 18,
+        "dog is COCO category 18"
+    );
+
+    // COCO: ids from 1, [x, y, w, h] in pixels, official category ids.
+    let coco: serde_json::Value = serde_json::from_slice(&files["annotations/coco.json"]).unwrap();
+    assert_eq!(coco["images"][0]["id"], 1);
+    assert_eq!(coco["images"][0]["file_name"], "porch-dog/000000.jpg");
+    assert_eq!(coco["annotations"][0]["id"], 1);
+    assert_eq!(
+        coco["annotations"][0]["bbox"],
+        serde_json::json!([99.0, 124.0, 475.0, 327.0])
+    );
+    assert_eq!(coco["annotations"][0]["category_id"], 2);
+    assert_eq!(coco["categories"].as_array().unwrap().len(), 80);
+    // Label Studio: percent coordinates.
+    let ls: serde_json::Value =
+        serde_json::from_slice(&files["annotations/labelstudio.json"]).unwrap();
+    let r = &ls[0]["predictions"][0]["result"][0];
+    assert_eq!(r["type"], "rectanglelabels");
+    assert_eq!(r["value"]["x"], serde_json::json!(12.8906));
+    assert_eq!(r["value"]["width"], serde_json::json!(61.849));
+    // CVAT: the cyclist is one track over the three frames.
+    let cvat = String::from_utf8(files["annotations/cvat/street-bikes.xml"].clone()).unwrap();
+    assert_eq!(cvat.matches("<track ").count(), 3, "{cvat}");
+    assert!(
+        cvat.contains("<track id=\"0\" label=\"person\" source=\"auto\">\n    <box frame=\"0\"")
+    );
+    // The report shows only redacted frames, by relative path, and names the decisions.
+    let html = String::from_utf8(files["report.html"].clone()).unwrap();
+    assert!(html.contains("src=\"frames/street-bikes/000030.jpg\""));
+    assert!(html.contains("consent was revoked by the owner"));
+    assert!(html.contains("moov atom not found"));
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script"));
+
+    if let Some(keep) = std::env::var_os("CLEARFRAME_KEEP_TEST_DATASET") {
+        // For looking at the outputs by hand (scripts/check_report.sh, an annotation tool).
+        let status = Command::new("cp")
+            .arg("-rT")
+            .arg(&dir)
+            .arg(&keep)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    let report = verify(&dir).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.frames, 4);
+    assert_eq!(
+        report.merkle_root.as_deref(),
+        Some(record.merkle_root.as_str())
+    );
+    assert_eq!(
+        run_cli(&VerifyArgs {
+            dir: dir.clone(),
+            json: false
+        })
+        .unwrap(),
+        std::process::ExitCode::SUCCESS
+    );
+
+    // Real consumers: pycocotools, datumaro (COCO and CVAT), the Label Studio SDK.
+    let python = consumers_python();
+    assert!(
+        python.exists(),
+        "{} is missing\nhint: run scripts/setup-consumers.sh (it installs pycocotools, datumaro and label-studio-sdk)",
+        python.display()
+    );
+    let out = Command::new(&python)
+        .arg(root().join("scripts/check_annotations.py"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "check_annotations.py failed:\n{text}");
+    assert!(
+        text.contains("coco: ok") && text.contains("datumaro-coco: ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("datumaro-cvat: ok") && text.contains("labelstudio: ok"),
+        "{text}"
+    );
+}
+
+#[test]
+fn any_changed_byte_fails_verify_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dataset");
+    build(&dir, frames());
+    assert!(verify(&dir).unwrap().ok());
+    let files = snapshot(&dir);
+    for (rel, bytes) in &files {
+        let positions = [0, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1];
+        for pos in positions {
+            let mut changed = bytes.clone();
+            changed[pos] ^= 0x01;
+            std::fs::write(dir.join(rel), &changed).unwrap();
+            let report = verify(&dir).unwrap();
+            assert!(!report.ok(), "flipping byte {pos} of {rel} went unnoticed");
+            assert!(
+                report
+                    .problems
+                    .iter()
+                    .any(|p| p.path == *rel || p.path.starts_with(&format!("{rel}:"))),
+                "flipping byte {pos} of {rel}: problems do not name it: {report}"
+            );
+            std::fs::write(dir.join(rel), bytes).unwrap();
+        }
+    }
+    assert!(verify(&dir).unwrap().ok());
+
+    // A removed frame, an extra file.
+    std::fs::remove_file(dir.join("frames/street-bikes/000035.jpg")).unwrap();
+    std::fs::write(dir.join("frames/street-bikes/000036.jpg"), b"x").unwrap();
+    let report = verify(&dir).unwrap();
+    let named: Vec<&str> = report.problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(
+        named.contains(&"frames/street-bikes/000035.jpg"),
+        "{report}"
+    );
+    assert!(
+        named.contains(&"frames/street-bikes/000036.jpg"),
+        "{report}"
+    );
+    assert_eq!(
+        run_cli(&VerifyArgs { dir, json: true }).unwrap(),
+        std::process::ExitCode::from(1)
+    );
+}
+
+#[test]
+fn verify_checks_each_basis_against_the_recorded_selection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dataset");
+    build(&dir, frames());
+    // Rewrite the selection as if porch-dog had been excluded, and re-seal dataset.json so that
+    // only the basis check can notice.
+    let text = String::from_utf8(std::fs::read(dir.join("selection.jsonl")).unwrap()).unwrap();
+    let edited: String = text
+        .lines()
+        .map(|l| {
+            if l.contains("porch-dog") {
+                l.replace("\"include\"", "\"exclude\"") + "\n"
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_ne!(edited, text);
+    std::fs::write(dir.join("selection.jsonl"), &edited).unwrap();
+    let mut record: DatasetRecord =
+        serde_json::from_slice(&std::fs::read(dir.join("dataset.json")).unwrap()).unwrap();
+    record
+        .files
+        .insert("selection.jsonl".into(), hash_bytes(edited.as_bytes()));
+    record.seal = record.compute_seal();
+    std::fs::write(dir.join("dataset.json"), record.to_bytes()).unwrap();
+
+    let report = verify(&dir).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert_eq!(report.problems[0].path, "manifest.jsonl:1");
+    assert!(
+        report.problems[0]
+            .what
+            .contains("porch-dog is not included"),
+        "{report}"
+    );
+}
+
+#[test]
+fn emitter_refuses_frames_the_selection_does_not_allow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut emitter =
+        Emitter::create(&tmp.path().join("d"), inputs(), EmitOptions::default()).unwrap();
+    let (entry, jpeg) = frames().pop().unwrap();
+
+    let mut wrong_basis = entry.clone();
+    wrong_basis.provenance.consent = basis("consent", "ev-0001");
+    let err = emitter
+        .add_frame(wrong_basis, &jpeg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("porch-dog frame 0") && err.contains("basis"),
+        "{err}"
+    );
+
+    let mut excluded = entry.clone();
+    excluded.video_id = "kitchen-cam".into();
+    let err = emitter.add_frame(excluded, &jpeg).unwrap_err().to_string();
+    assert!(err.contains("does not include"), "{err}");
+
+    let mut wrong_size = entry.clone();
+    wrong_size.width += 1;
+    assert!(
+        emitter
+            .add_frame(wrong_size, &jpeg)
+            .unwrap_err()
+            .to_string()
+            .contains("769x576")
+    );
+
+    let mut escape = entry.clone();
+    escape.video_id = "../porch-dog".into();
+    assert!(emitter.add_frame(escape, &jpeg).is_err());
+
+    emitter.add_frame(entry.clone(), &jpeg).unwrap();
+    assert!(
+        emitter
+            .add_frame(entry, &jpeg)
+            .unwrap_err()
+            .to_string()
+            .contains("twice")
+    );
+
+    // A folder with someone else's file is not cleared.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+    assert!(Emitter::create(&other, inputs(), EmitOptions::default()).is_err());
+    assert_eq!(std::fs::read(other.join("notes.txt")).unwrap(), b"mine");
+}
+
+#[test]
+fn same_inputs_give_the_same_bytes_in_any_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let ra = build(&a, frames());
+    let mut reversed = frames();
+    reversed.reverse();
+    let rb = build(&b, reversed);
+    assert_eq!(ra.merkle_root, rb.merkle_root);
+    assert_eq!(snapshot(&a), snapshot(&b));
+    // Re-emitting into an existing dataset folder replaces it exactly.
+    let rc = build(&c, frames());
+    let rc2 = build(&c, frames());
+    assert_eq!(rc, rc2);
+    assert_eq!(snapshot(&a), snapshot(&c));
+    // A different frame changes the root.
+    let mut changed = frames();
+    changed[0].0.detections[0].score = 0.5;
+    let rd = build(&tmp.path().join("d"), changed);
+    assert_ne!(ra.merkle_root, rd.merkle_root);
+}
