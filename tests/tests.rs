@@ -2,6 +2,7 @@
 //! library on real inputs in temporary folders.
 
 mod common;
+mod emit;
 mod select;
 mod storage;
 mod vision;
