@@ -288,30 +288,35 @@ fn clip_frames(name: &str, every: usize, size: Option<(u32, u32)>) -> Vec<image:
         .collect()
 }
 
-/// Faces found by `reference` (score >= `min_score`) and how many of them `candidate` also found
-/// (a candidate box with IoU >= 0.3), over all frames; plus the candidate's mean time per frame.
+/// For each minimum score: the faces `reference` found with at least that score, and how many of
+/// them `candidate` also found (a candidate box with IoU >= 0.3), over all frames. Also the
+/// candidate's mean time per frame and its total number of detections.
 fn recall(
     frames: &[image::RgbImage],
     reference: &[Vec<Detection>],
     candidate: &CenterFace,
-    min_score: f32,
-) -> (usize, usize, std::time::Duration) {
-    let (mut total, mut found) = (0, 0);
+    min_scores: &[f32],
+) -> (Vec<(usize, usize)>, std::time::Duration, usize) {
     let start = std::time::Instant::now();
     let cand: Vec<Vec<Detection>> = frames
         .iter()
         .map(|f| candidate.detect(f).unwrap())
         .collect();
     let per_frame = start.elapsed() / frames.len() as u32;
-    for (r, c) in reference.iter().zip(&cand) {
-        for face in r.iter().filter(|d| d.score >= min_score) {
-            total += 1;
-            if c.iter().any(|d| d.bbox.iou(&face.bbox) >= 0.3) {
-                found += 1;
+    let counts = min_scores
+        .iter()
+        .map(|&min| {
+            let (mut total, mut found) = (0, 0);
+            for (r, c) in reference.iter().zip(&cand) {
+                for face in r.iter().filter(|d| d.score >= min) {
+                    total += 1;
+                    found += c.iter().any(|d| d.bbox.iou(&face.bbox) >= 0.3) as usize;
+                }
             }
-        }
-    }
-    (total, found, per_frame)
+            (total, found)
+        })
+        .collect();
+    (counts, per_frame, cand.iter().map(Vec::len).sum())
 }
 
 fn centerface(variant: CenterFaceVariant, scale: Option<(u32, u32)>, threshold: f32) -> CenterFace {
@@ -354,19 +359,40 @@ fn fast_centerface_variants_keep_the_reference_recall_on_real_frames() {
     let clean = centerface(CenterFaceVariant::Clean, None, DEFAULT_FACE_THRESHOLD);
     let int8 = centerface(CenterFaceVariant::Int8, None, DEFAULT_FACE_THRESHOLD);
     // The clean float model is the same network: same faces.
-    let (total, found, _) = recall(&frames, &ref_dets, &clean, DEFAULT_FACE_THRESHOLD);
+    let (counts, _, _) = recall(&frames, &ref_dets, &clean, &[DEFAULT_FACE_THRESHOLD]);
+    let (total, found) = counts[0];
     assert!(total > 20, "the clips have faces: {total}");
     assert_eq!(found, total, "clean model lost faces");
     // INT8 keeps (nearly) every confident face and most weak ones.
-    let (total, found, _) = recall(&frames, &ref_dets, &int8, 0.5);
+    let (counts, _, _) = recall(&frames, &ref_dets, &int8, &[0.5, DEFAULT_FACE_THRESHOLD]);
+    let ((t5, f5), (t2, f2)) = (counts[0], counts[1]);
     assert!(
-        found * 100 >= total * 95,
-        "INT8 recall of confident faces {found}/{total}"
+        f5 * 100 >= t5 * 95,
+        "INT8 recall of confident faces {f5}/{t5}"
     );
-    let (total, found, _) = recall(&frames, &ref_dets, &int8, DEFAULT_FACE_THRESHOLD);
+    assert!(f2 * 100 >= t2 * 85, "INT8 recall of all faces {f2}/{t2}");
+}
+
+#[test]
+fn fast_preset_keeps_every_confident_face_on_real_frames_at_anchor_size() {
+    let size = (768, 576);
+    let mut frames = clip_frames("carphone_pristine.mp4", 8, Some(size));
+    frames.extend(clip_frames("bikes.mp4", 15, Some(size)));
+    let reference = centerface(CenterFaceVariant::Reference, None, DEFAULT_FACE_THRESHOLD);
+    let ref_dets: Vec<Vec<Detection>> = frames
+        .iter()
+        .map(|f| reference.detect(f).unwrap())
+        .collect();
+    let config = CenterFaceConfig::fast(size);
+    assert_eq!(config.scale, Some((512, 384)));
+    let fast = CenterFace::new(&opts(), config).unwrap();
+    let (counts, _, _) = recall(&frames, &ref_dets, &fast, &[0.5, DEFAULT_FACE_THRESHOLD]);
+    let ((t5, f5), (t2, f2)) = (counts[0], counts[1]);
+    assert!(t5 >= 10, "the clips have confident faces: {t5}");
+    assert_eq!(f5, t5, "fast preset lost a confident face");
     assert!(
-        found * 100 >= total * 85,
-        "INT8 recall of all faces {found}/{total}"
+        f2 * 100 >= t2 * 85,
+        "fast preset recall of all faces {f2}/{t2}"
     );
 }
 
@@ -386,18 +412,20 @@ fn face_speed_table() {
         intra_threads: threads,
         ..opts()
     };
-    let make = |variant, scale| {
-        CenterFace::new(
+    let make = |variant, scale, threshold| {
+        let cf = CenterFace::new(
             &options,
             CenterFaceConfig {
-                threshold: DEFAULT_FACE_THRESHOLD,
+                threshold,
                 scale,
                 variant,
             },
         )
-        .unwrap()
+        .unwrap();
+        cf.detect(&frames[0]).unwrap(); // warm-up: the first run allocates
+        cf
     };
-    let reference = make(CenterFaceVariant::Reference, None);
+    let reference = make(CenterFaceVariant::Reference, None, DEFAULT_FACE_THRESHOLD);
     let start = std::time::Instant::now();
     let ref_dets: Vec<Vec<Detection>> = frames
         .iter()
@@ -409,19 +437,20 @@ fn face_speed_table() {
         frames.len(),
         ref_time.as_secs_f64() * 1e3
     );
-    for (variant, scale) in [
-        (CenterFaceVariant::Reference, None),
-        (CenterFaceVariant::Clean, None),
-        (CenterFaceVariant::Int8, None),
-        (CenterFaceVariant::Reference, Some((384, 288))),
-        (CenterFaceVariant::Int8, Some((576, 448))),
-        (CenterFaceVariant::Int8, Some((384, 288))),
+    for (variant, scale, threshold) in [
+        (CenterFaceVariant::Clean, None, 0.2),
+        (CenterFaceVariant::Int8, None, 0.2),
+        (CenterFaceVariant::Int8, None, 0.15),
+        (CenterFaceVariant::Reference, Some((384, 288)), 0.2),
+        (CenterFaceVariant::Int8, Some((512, 384)), 0.15),
+        (CenterFaceVariant::Int8, Some((512, 384)), 0.1),
+        (CenterFaceVariant::Int8, Some((384, 288)), 0.1),
     ] {
-        let cf = make(variant, scale);
-        let (t5, f5, dt) = recall(&frames, &ref_dets, &cf, 0.5);
-        let (t2, f2, _) = recall(&frames, &ref_dets, &cf, DEFAULT_FACE_THRESHOLD);
+        let cf = make(variant, scale, threshold);
+        let (counts, dt, n) = recall(&frames, &ref_dets, &cf, &[0.5, DEFAULT_FACE_THRESHOLD]);
+        let ((t5, f5), (t2, f2)) = (counts[0], counts[1]);
         println!(
-            "{variant:?} {scale:?}: {:.1} ms/frame ({:.2}x), recall {f5}/{t5} (score>=0.5), {f2}/{t2} (all)",
+            "{variant:?} {scale:?} thr {threshold}: {:.1} ms/frame ({:.2}x), recall {f5}/{t5} (score>=0.5), {f2}/{t2} (all), {n} boxes",
             dt.as_secs_f64() * 1e3,
             ref_time.as_secs_f64() / dt.as_secs_f64()
         );

