@@ -1,8 +1,260 @@
-//! Stage 1: select (placeholder).
+//! Stage 1, `select`: catalog + consent ledger -> `selection.jsonl`, one decision per catalog line.
+//!
+//! The ledger is read and checked whole first; any bad ledger line stops the stage before
+//! anything is written. Catalog lines are decided independently: a bad one is excluded with a
+//! reason and the rest go on. Output is written atomically, the small `select.json` record last.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use jiff::Timestamp;
+use rayon::prelude::*;
+
+use crate::consent::{ConsentIndex, Ledger, Verdict, split_lines};
+use crate::records::{CatalogClip, Decision, InputRef, ReasonCode, SelectRecord, SelectionLine};
+
 /// Arguments of `clearframe select`.
 #[derive(clap::Args, Debug)]
-pub struct SelectArgs {}
-/// Runs `clearframe select`.
-pub fn run_cli(_args: &SelectArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not yet")
+pub struct SelectArgs {
+    /// Catalog of clips (JSON Lines, one clip per line).
+    #[arg(long)]
+    pub catalog: PathBuf,
+    /// Consent ledger (JSON Lines, append-only events). Any invalid line stops the run.
+    #[arg(long)]
+    pub ledger: PathBuf,
+    /// Snapshot instant (RFC 3339 with an offset): only events at or before it count. Default: now.
+    #[arg(long, value_parser = parse_timestamp)]
+    pub as_of: Option<Timestamp>,
+    /// Output folder: receives selection.jsonl and select.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print the per-clip decision table (default: only when the catalog has at most 50 lines).
+    #[arg(long)]
+    pub table: bool,
+}
+
+/// Parses an RFC 3339 instant with an offset.
+pub fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
+    s.parse::<Timestamp>().map_err(|e| format!("not an RFC 3339 instant with an offset ({s:?}): {e}"))
+}
+
+/// The result of selecting a catalog against a ledger.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub lines: Vec<SelectionLine>,
+    pub as_of: Timestamp,
+}
+
+impl Selection {
+    /// Number of included clips.
+    pub fn included(&self) -> u64 {
+        self.lines.iter().filter(|l| l.decision == Decision::Include).count() as u64
+    }
+    /// Excluded clips counted by their first reason code.
+    pub fn excluded_by_reason(&self) -> BTreeMap<ReasonCode, u64> {
+        let mut m = BTreeMap::new();
+        for l in &self.lines {
+            if let Some(code) = l.reason_codes.first() {
+                *m.entry(*code).or_default() += 1;
+            }
+        }
+        m
+    }
+}
+
+/// Parses one catalog line into a checked clip, or says why it is not one.
+pub fn parse_catalog_line(raw: &[u8]) -> Result<CatalogClip, String> {
+    let clip: CatalogClip = serde_json::from_slice(raw).map_err(|e| format!("not a valid catalog clip: {e}"))?;
+    clip.check()?;
+    Ok(clip)
+}
+
+/// Best effort to name the clip on a line that did not parse as a clip.
+fn salvage_video_id(raw: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        video_id: String,
+    }
+    serde_json::from_slice::<IdOnly>(raw).ok().map(|x| x.video_id)
+}
+
+/// Decides every catalog line against an indexed ledger. Pure: no I/O.
+pub fn select(catalog: &[u8], index: &ConsentIndex<'_>) -> Selection {
+    let lines = split_lines(catalog);
+    let parsed: Vec<(u64, Option<String>, Result<CatalogClip, String>)> = lines
+        .par_iter()
+        .with_min_len(2048)
+        .map(|&(n, raw)| match parse_catalog_line(raw) {
+            Ok(clip) => (n, Some(clip.video_id.clone()), Ok(clip)),
+            Err(e) => (n, salvage_video_id(raw), Err(e)),
+        })
+        .collect();
+    // A video_id seen on more than one line (valid or not) excludes every copy: fail closed.
+    let mut seen: HashMap<&str, u32> = HashMap::with_capacity(parsed.len());
+    for (_, id, _) in &parsed {
+        if let Some(id) = id {
+            *seen.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    let out = parsed
+        .par_iter()
+        .with_min_len(2048)
+        .map(|(n, id, clip)| {
+            let dup = id.as_deref().and_then(|id| seen.get(id)).copied().unwrap_or(0) > 1;
+            let mut reasons: Vec<(ReasonCode, String)> = Vec::new();
+            if let Err(e) = clip {
+                reasons.push((ReasonCode::InvalidLine, e.clone()));
+            }
+            if dup {
+                let id = id.as_deref().unwrap_or_default();
+                reasons.push((ReasonCode::DuplicateVideoId, format!("video_id {id:?} appears on more than one catalog line")));
+            }
+            let (basis, clip_out) = match (reasons.is_empty(), clip) {
+                (true, Ok(clip)) => match index.decide(clip) {
+                    Verdict::Include(basis) => (Some(basis), Some(clip.clone())),
+                    Verdict::Exclude(r) => {
+                        reasons = r;
+                        (None, None)
+                    }
+                },
+                _ => (None, None),
+            };
+            SelectionLine {
+                line: *n,
+                video_id: id.clone(),
+                decision: if basis.is_some() { Decision::Include } else { Decision::Exclude },
+                basis,
+                reason_codes: reasons.iter().map(|r| r.0).collect(),
+                reasons: reasons.into_iter().map(|r| r.1).collect(),
+                clip: clip_out,
+            }
+        })
+        .collect();
+    Selection { lines: out, as_of: index.as_of() }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Serializes selection lines as JSON Lines (in parallel, order kept).
+pub fn to_jsonl(lines: &[SelectionLine]) -> Vec<u8> {
+    let chunks: Vec<Vec<u8>> = lines
+        .par_chunks(8192)
+        .map(|chunk| {
+            let mut buf = Vec::with_capacity(chunk.len() * 256);
+            for l in chunk {
+                serde_json::to_writer(&mut buf, l).expect("selection lines serialize");
+                buf.push(b'\n');
+            }
+            buf
+        })
+        .collect();
+    chunks.concat()
+}
+
+/// What `run_select` produced.
+#[derive(Debug)]
+pub struct SelectOutcome {
+    pub selection: Selection,
+    pub record: SelectRecord,
+}
+
+/// The whole stage on local files: read, check the ledger, decide, write `selection.jsonl` then
+/// `select.json`. A bad ledger returns an error before anything is written.
+pub fn run_select(catalog: &Path, ledger: &Path, as_of: Timestamp, out: &Path) -> anyhow::Result<SelectOutcome> {
+    let ledger_bytes = std::fs::read(ledger).with_context(|| format!("cannot read consent ledger {}", ledger.display()))?;
+    let catalog_bytes = std::fs::read(catalog).with_context(|| format!("cannot read catalog {}", catalog.display()))?;
+    let (ledger_hash, catalog_hash) =
+        rayon::join(|| crate::hashing::hash_bytes(&ledger_bytes), || crate::hashing::hash_bytes(&catalog_bytes));
+    let parsed = Ledger::parse(&ledger_bytes, &ledger.display().to_string()).context("the consent ledger is unusable; nothing was selected")?;
+    drop(ledger_bytes);
+    let index = parsed.index(as_of);
+    let selection = select(&catalog_bytes, &index);
+    drop(catalog_bytes);
+
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let jsonl = to_jsonl(&selection.lines);
+    let selection_path = out.join("selection.jsonl");
+    write_atomic(&selection_path, &jsonl).with_context(|| format!("cannot write {}", selection_path.display()))?;
+    let included = selection.included();
+    let record = SelectRecord {
+        clearframe_version: env!("CARGO_PKG_VERSION").to_string(),
+        as_of,
+        catalog: InputRef { uri: catalog.display().to_string(), blake3: catalog_hash, lines: selection.lines.len() as u64 },
+        ledger: InputRef { uri: ledger.display().to_string(), blake3: ledger_hash, lines: parsed.len() as u64 },
+        selection: InputRef {
+            uri: "selection.jsonl".into(),
+            blake3: crate::hashing::hash_bytes(&jsonl),
+            lines: selection.lines.len() as u64,
+        },
+        included,
+        excluded: selection.lines.len() as u64 - included,
+        excluded_by_reason: selection.excluded_by_reason(),
+    };
+    let mut rec = serde_json::to_vec_pretty(&record)?;
+    rec.push(b'\n');
+    let record_path = out.join("select.json");
+    write_atomic(&record_path, &rec).with_context(|| format!("cannot write {}", record_path.display()))?;
+    Ok(SelectOutcome { selection, record })
+}
+
+/// Prints the per-clip table to `w`.
+pub fn print_table(w: &mut impl Write, selection: &Selection) -> std::io::Result<()> {
+    writeln!(w, "{:>5}  {:<24} {:<8} {}", "line", "video_id", "decision", "basis / reason")?;
+    for l in &selection.lines {
+        let id = l.video_id.as_deref().unwrap_or("-");
+        let why = match (&l.basis, l.reasons.first()) {
+            (Some(b), _) => format!("{:?} {}", b.kind, b.event_id).to_lowercase(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => String::new(),
+        };
+        let decision = match l.decision {
+            Decision::Include => "include",
+            Decision::Exclude => "exclude",
+        };
+        writeln!(w, "{:>5}  {:<24} {:<8} {}", l.line, id, decision, why)?;
+    }
+    Ok(())
+}
+
+/// Prints the summary: counts by decision and by reason.
+pub fn print_summary(w: &mut impl Write, record: &SelectRecord, out: &Path) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "selected {} of {} clips as of {} ({} excluded); ledger: {} events",
+        record.included, record.catalog.lines, record.as_of, record.excluded, record.ledger.lines
+    )?;
+    for (code, n) in &record.excluded_by_reason {
+        writeln!(w, "  excluded, {:<20} {n}", code.as_str())?;
+    }
+    writeln!(w, "wrote {}", out.join("selection.jsonl").display())
+}
+
+/// Runs `clearframe select`. Exit 0: done; 1: done, but some catalog lines were invalid;
+/// errors (2) stop before anything is written.
+pub fn run_cli(args: &SelectArgs) -> anyhow::Result<ExitCode> {
+    let as_of = args.as_of.unwrap_or_else(Timestamp::now);
+    let _span = tracing::info_span!("select", as_of = %as_of).entered();
+    let outcome = run_select(&args.catalog, &args.ledger, as_of, &args.out)?;
+    let mut stdout = std::io::stdout().lock();
+    if args.table || outcome.selection.lines.len() <= 50 {
+        print_table(&mut stdout, &outcome.selection)?;
+    }
+    print_summary(&mut stdout, &outcome.record, &args.out)?;
+    let invalid = outcome.record.excluded_by_reason.get(&ReasonCode::InvalidLine).copied().unwrap_or(0);
+    if invalid > 0 {
+        tracing::warn!(invalid, "catalog lines could not be read; their clips were excluded");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 
 mod common;
 mod emit;
+mod schemas;
 mod select;
 mod storage;
 mod vision;
