@@ -462,21 +462,32 @@ impl Store for S3Store {
     fn get(&self, key: &str) -> Result<Bytes> {
         let full_key = self.full_key(key)?;
         let url = self.object_url(&full_key);
-        let bucket = self.bucket.clone();
-        let request = self.client.get_object().bucket(&self.bucket).key(&full_key);
-        block_on(async move {
-            let out = request
-                .send()
-                .await
-                .map_err(|e| sdk_error("GetObject", &url, &bucket, e))?;
-            let body = out.body.collect().await.map_err(|e| StorageError::S3 {
-                operation: "GetObject",
-                url: url.clone(),
-                code: None,
-                message: format!("reading the body: {}", DisplayErrorContext(&e)),
-            })?;
-            Ok(body.into_bytes())
-        })
+        // The SDK retries requests, not a body that fails after the headers arrived (a reset
+        // connection, or a checksum mismatch: s3s-fs, for one, renames the new body into place
+        // before its stored checksum, so a read racing a replace can pair the two). A whole
+        // object read starts again from scratch, up to `max_attempts` times.
+        let mut attempt = 1;
+        loop {
+            let request = self.client.get_object().bucket(&self.bucket).key(&full_key);
+            let out = block_on(request.send())
+                .map_err(|e| sdk_error("GetObject", &url, &self.bucket, e))?;
+            match block_on(out.body.collect()) {
+                Ok(body) => return Ok(body.into_bytes()),
+                Err(err) if attempt < self.options.max_attempts => {
+                    tracing::debug!(object = %url, attempt, error = %DisplayErrorContext(&err), "retrying a failed body read");
+                    std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Err(StorageError::S3 {
+                        operation: "GetObject",
+                        url,
+                        code: None,
+                        message: format!("reading the body: {}", DisplayErrorContext(&err)),
+                    });
+                }
+            }
+        }
     }
 
     fn reader(&self, key: &str) -> Result<Box<dyn Read + Send>> {
