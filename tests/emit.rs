@@ -183,16 +183,16 @@ fn frames() -> Vec<(ManifestEntry, Vec<u8>)> {
     let bikes = fixture("media/bikes.mp4");
     let mut out = Vec::new();
     // Cyclist riding left to right, cars on both sides; the face is masked.
-    let faces = [[245, 0, 325, 95], [325, 0, 405, 95], [400, 0, 480, 95]];
+    let faces = [[245, 0, 325, 95], [325, 0, 405, 95], [440, 0, 535, 100]];
     let person = [
         [165., 0., 385., 272.],
         [240., 0., 465., 272.],
-        [315., 0., 540., 272.],
+        [320., 0., 590., 272.],
     ];
     let car_right = [
         [380., 15., 640., 272.],
         [410., 10., 640., 272.],
-        [440., 5., 640., 272.],
+        [560., 0., 640., 272.],
     ];
     let car_left = [[0., 112., 125., 272.], [0., 105., 110., 272.]];
     for (i, mut img) in decode(&bikes, &BIKES_FRAMES).into_iter().enumerate() {

@@ -33,7 +33,7 @@ main{padding:20px 32px;max-width:1400px}h2{font-size:17px;margin:28px 0 10px}h3{
 table{border-collapse:collapse;background:var(--card);border:1px solid var(--line);border-radius:10px;overflow:hidden;width:100%}
 th,td{text-align:left;padding:7px 10px;border-bottom:1px solid var(--line);vertical-align:top;font-size:14px}th{background:#eef0f4;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:1px 8px;border-radius:99px;font-size:12px;font-weight:600}
+.badge{display:inline-block;white-space:nowrap;padding:1px 8px;border-radius:99px;font-size:12px;font-weight:600}
 .ok{background:var(--okbg);color:var(--ok)}.no{background:var(--nobg);color:var(--no)}.warn{background:var(--warnbg);color:var(--warn)}
 .bar{height:10px;background:#3b82f6;border-radius:5px;min-width:2px}
 .sheet{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
@@ -42,6 +42,7 @@ figure{margin:0;background:var(--card);border:1px solid var(--line);border-radiu
 .frame svg{position:absolute;left:0;top:0;width:100%;height:100%}
 figcaption{padding:6px 10px;font-size:12px;color:var(--mute);display:flex;justify-content:space-between;gap:8px}
 .muted{color:var(--mute)}
+code.id{word-break:normal;white-space:nowrap}
 "#;
 
 /// A stable colour per class name.
@@ -140,7 +141,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
         let basis = line
             .basis
             .as_ref()
-            .map(|b| format!("{} <code>{}</code>", esc(&b.kind), esc(&b.event_id)))
+            .map(|b| format!("{} <code class=\"id\">{}</code>", esc(&b.kind), esc(&b.event_id)))
             .unwrap_or_else(|| "<span class=\"muted\">—</span>".into());
         let clip_entries = by_clip.get(vid).map(Vec::as_slice).unwrap_or(&[]);
         let bad = clip_entries
@@ -162,7 +163,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
         };
         let _ = writeln!(
             s,
-            "<tr><td><code>{}</code></td><td>{decision}</td><td>{}</td><td>{basis}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{verifier}</td></tr>",
+            "<tr><td><code class=\"id\">{}</code></td><td>{decision}</td><td>{}</td><td>{basis}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{verifier}</td></tr>",
             esc(&line.label()),
             if reasons.is_empty() {
                 "<span class=\"muted\">—</span>".into()
@@ -242,7 +243,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
             }
             let _ = writeln!(
                 s,
-                "</svg></div><figcaption><span>frame {} · {:.2}s · {} faces masked</span>{}</figcaption></figure>",
+                "</svg></div><figcaption><span>frame {} · {:.2}s · faces masked: {}</span>{}</figcaption></figure>",
                 e.frame,
                 e.timestamp_s,
                 e.redaction.faces_masked,
