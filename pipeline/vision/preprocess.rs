@@ -62,32 +62,46 @@ pub fn to_tensor(img: &RgbImage, layout: &TensorLayout) -> Array4<f32> {
     );
     let (tw, th, rw, rh) = (tw as usize, th as usize, rw as usize, rh as usize);
     let mut out = Array4::<f32>::zeros((1, 3, th, tw));
-    let src_ch: [usize; 3] = match layout.order {
+    // Source channel feeding each tensor channel.
+    let [c0, c1, c2]: [usize; 3] = match layout.order {
         ChannelOrder::Rgb => [0, 1, 2],
         ChannelOrder::Bgr => [2, 1, 0],
     };
-    let inv_std = layout.std.map(|s| 1.0 / s);
+    let inv = layout.std.map(|s| 1.0 / s);
+    let mean = layout.mean;
     let raw = img.as_raw();
     let iw = img.width() as usize;
     let plane = th * tw;
     let data = out.as_slice_mut().expect("fresh array is contiguous");
+    let (p0, rest) = data.split_at_mut(plane);
+    let (p1, p2) = rest.split_at_mut(plane);
     let same = rw == iw && rh == img.height() as usize;
     let xt = taps(img.width(), rw as u32);
     let yt = taps(img.height(), rh as u32);
     for y in 0..rh {
-        for x in 0..rw {
-            let px = |sx: usize, sy: usize, c: usize| raw[(sy * iw + sx) * 3 + c] as f32;
-            for (tc, &sc) in src_ch.iter().enumerate() {
-                let v = if same {
-                    px(x, y, sc)
-                } else {
-                    let (x0, x1, wx) = xt[x];
-                    let (y0, y1, wy) = yt[y];
-                    let top = px(x0, y0, sc) * (1.0 - wx) + px(x1, y0, sc) * wx;
-                    let bottom = px(x0, y1, sc) * (1.0 - wx) + px(x1, y1, sc) * wx;
+        let o0 = &mut p0[y * tw..y * tw + rw];
+        let o1 = &mut p1[y * tw..y * tw + rw];
+        let o2 = &mut p2[y * tw..y * tw + rw];
+        if same {
+            let src = &raw[y * iw * 3..(y + 1) * iw * 3];
+            for (((px, a), b), c) in src.chunks_exact(3).zip(o0).zip(o1).zip(o2) {
+                *a = (px[c0] as f32 - mean[0]) * inv[0];
+                *b = (px[c1] as f32 - mean[1]) * inv[1];
+                *c = (px[c2] as f32 - mean[2]) * inv[2];
+            }
+        } else {
+            let (y0, y1, wy) = yt[y];
+            let r0 = &raw[y0 * iw * 3..(y0 + 1) * iw * 3];
+            let r1 = &raw[y1 * iw * 3..(y1 + 1) * iw * 3];
+            for ((((&(x0, x1, wx), a), b), c), _) in xt.iter().zip(o0).zip(o1).zip(o2).zip(0..rw) {
+                let sample = |ch: usize| {
+                    let top = r0[x0 * 3 + ch] as f32 * (1.0 - wx) + r0[x1 * 3 + ch] as f32 * wx;
+                    let bottom = r1[x0 * 3 + ch] as f32 * (1.0 - wx) + r1[x1 * 3 + ch] as f32 * wx;
                     top * (1.0 - wy) + bottom * wy
                 };
-                data[tc * plane + y * tw + x] = (v - layout.mean[tc]) * inv_std[tc];
+                *a = (sample(c0) - mean[0]) * inv[0];
+                *b = (sample(c1) - mean[1]) * inv[1];
+                *c = (sample(c2) - mean[2]) * inv[2];
             }
         }
     }
