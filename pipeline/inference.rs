@@ -340,6 +340,10 @@ pub struct ModelOptions {
     pub models_dir: Option<PathBuf>,
     /// Threads ONNX Runtime may use inside one operator; `None` lets it pick (all cores).
     pub intra_threads: Option<usize>,
+    /// Whether idle intra-op threads busy-wait for work (ONNX Runtime's default: yes). Turn it off
+    /// when inference overlaps with decoding and encoding on few cores, so that waiting threads
+    /// do not take CPU from them. `None`: ONNX Runtime's default.
+    pub intra_spinning: Option<bool>,
 }
 
 /// Name and blake3 of a loaded model, recorded with every dataset item it produced.
@@ -422,6 +426,11 @@ impl Model {
         if let Some(n) = options.intra_threads {
             builder = builder
                 .with_intra_threads(n)
+                .map_err(|e| session_err(e.into()))?;
+        }
+        if let Some(spin) = options.intra_spinning {
+            builder = builder
+                .with_intra_op_spinning(spin)
                 .map_err(|e| session_err(e.into()))?;
         }
         let session = builder.commit_from_memory(&bytes).map_err(session_err)?;

@@ -408,8 +408,10 @@ fn face_speed_table() {
     let threads = std::env::var("CLEARFRAME_THREADS")
         .ok()
         .and_then(|v| v.parse().ok());
+    let spin = std::env::var("CLEARFRAME_SPIN").ok().map(|v| v != "0");
     let options = ModelOptions {
         intra_threads: threads,
+        intra_spinning: spin,
         ..opts()
     };
     let make = |variant, scale, threshold| {

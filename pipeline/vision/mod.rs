@@ -52,3 +52,16 @@ pub enum VisionError {
         detail: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    /// Detectors can be shared between threads (runs on one are serialised by its mutex).
+    #[test]
+    fn detectors_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<crate::inference::Model>();
+        assert_send_sync::<super::CenterFace>();
+        assert_send_sync::<super::RetinaFace>();
+        assert_send_sync::<super::NanoDet>();
+    }
+}
