@@ -290,7 +290,12 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// The Python of the consumers venv: `$CLEARFRAME_CONSUMERS_PYTHON` (set by scripts/test.sh), else
+/// where scripts/setup-consumers.sh puts it.
 fn consumers_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLEARFRAME_CONSUMERS_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
     let cache = std::env::var_os("CLEARFRAME_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -630,4 +635,37 @@ fn same_inputs_give_the_same_bytes_in_any_order() {
     changed[0].0.detections[0].score = 0.5;
     let rd = build(&tmp.path().join("d"), changed);
     assert_ne!(ra.merkle_root, rd.merkle_root);
+}
+
+#[test]
+fn report_renders_in_headless_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dataset");
+    build(&dir, frames());
+    let png = tmp.path().join("report.png");
+    let out = Command::new("bash")
+        .arg(root().join("scripts/check_report.sh"))
+        .arg(&dir)
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/check_report.sh failed (hint: it needs Debian `chromium`; scripts/test.sh installs it):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shot = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(shot.dimensions(), (1280, 2400));
+    // The page is not blank: many distinct colours (frames, badges, bars).
+    let colours: std::collections::BTreeSet<[u8; 3]> = shot
+        .pixels()
+        .step_by(97)
+        .map(|p| [p[0] & 0xF0, p[1] & 0xF0, p[2] & 0xF0])
+        .collect();
+    assert!(
+        colours.len() > 200,
+        "only {} colours: the report looks blank",
+        colours.len()
+    );
 }
