@@ -281,7 +281,7 @@ fn clip_frames(name: &str, every: usize, size: Option<(u32, u32)>) -> Vec<image:
         String::from_utf8_lossy(&out.stderr)
     );
     let frame = (w * h * 3) as usize;
-    assert!(!out.stdout.is_empty() && out.stdout.len() % frame == 0);
+    assert!(!out.stdout.is_empty() && out.stdout.len().is_multiple_of(frame));
     out.stdout
         .chunks_exact(frame)
         .map(|c| image::RgbImage::from_raw(w, h, c.to_vec()).unwrap())

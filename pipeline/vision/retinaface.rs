@@ -205,6 +205,7 @@ mod tests {
         assert_eq!(p[1].w, 32.0 / 640.0);
         assert_eq!(p[2].cx, 12.0 / 640.0);
         // Non-multiples round the grid up, like the reference's ceil.
-        assert_eq!(priors(33, 9).len(), 5 * 2 * 2 + 3 * 1 * 2 + 2 * 1 * 2);
+        // Grids 5x2, 3x1 and 2x1 cells, two sizes each.
+        assert_eq!(priors(33, 9).len(), (10 + 3 + 2) * 2);
     }
 }
