@@ -221,9 +221,19 @@ impl fmt::Debug for Frame {
 
 /// The last lines of a child's stderr, shared with the thread that drains it.
 #[derive(Clone, Default)]
-struct Tail(Arc<Mutex<VecDeque<String>>>);
+struct Tail(
+    Arc<Mutex<VecDeque<String>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl Tail {
+    /// Records that ffmpeg logged an error (it may still exit 0, e.g. on a truncated mp4).
+    fn mark_error(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn had_error(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
     fn push(&self, line: String) {
         let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() == STDERR_TAIL_LINES {
@@ -429,7 +439,9 @@ impl Decoder {
         if filled < len {
             drop(buf);
             let status = self.finish_child();
-            let ok = status.ends_with(": 0");
+            // ffmpeg exits 0 on a truncated mp4 after logging "partial file": an error logged
+            // during decoding makes the clip corrupt.
+            let ok = status.ends_with(": 0") && !self.tail.had_error();
             if filled == 0 && ok {
                 return Ok(None);
             }
@@ -521,7 +533,14 @@ fn drain_decoder_stderr(
             Ok(_) => {}
         }
         let text = String::from_utf8_lossy(&line);
-        let text = strip_level(text.trim_end());
+        let raw = text.trim_end();
+        if ["[error] ", "[fatal] ", "[panic] "]
+            .iter()
+            .any(|l| raw.starts_with(l) || raw.contains(&format!("] {l}")))
+        {
+            tail.mark_error();
+        }
+        let text = strip_level(raw);
         if text.contains("Parsed_showinfo") {
             if let Some(pts) = parse_showinfo_pts(text) {
                 let _ = pts_tx.send(pts);
