@@ -252,16 +252,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
                 Err(e) => problem(paths::MANIFEST, e),
                 Ok(root) => {
                     let root = hashing::hex(&root);
-                    if let Some(r) = &record {
-                        if r.merkle_root != root {
-                            problem(
-                                paths::MANIFEST,
-                                format!(
-                                    "Merkle root is {root}, dataset.json records {}",
-                                    r.merkle_root
-                                ),
-                            );
-                        }
+                    if let Some(r) = record.as_ref().filter(|r| r.merkle_root != root) {
+                        problem(
+                            paths::MANIFEST,
+                            format!(
+                                "Merkle root is {root}, dataset.json records {}",
+                                r.merkle_root
+                            ),
+                        );
                     }
                     merkle_root = Some(root);
                 }
@@ -312,13 +310,11 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
                     Some(_) => {}
                 }
             }
-            if let Some(r) = &record {
-                if r.frames != frames {
-                    problem(
-                        paths::MANIFEST,
-                        format!("{frames} lines, dataset.json records {} frames", r.frames),
-                    );
-                }
+            if let Some(r) = record.as_ref().filter(|r| r.frames != frames) {
+                problem(
+                    paths::MANIFEST,
+                    format!("{frames} lines, dataset.json records {} frames", r.frames),
+                );
             }
         }
     }

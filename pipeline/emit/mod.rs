@@ -115,6 +115,21 @@ pub struct ConsentBasis {
     pub event_blake3: String,
 }
 
+impl From<&crate::records::Basis> for ConsentBasis {
+    /// The part of the select stage's basis that the dataset records (kind as its wire name).
+    fn from(b: &crate::records::Basis) -> Self {
+        let kind = serde_json::to_value(b.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            kind,
+            event_id: b.event_id.clone(),
+            event_blake3: b.event_blake3.clone(),
+        }
+    }
+}
+
 /// One object detection as recorded in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EmittedDetection {
@@ -802,6 +817,33 @@ mod tests {
         assert_eq!(lines[0].reasons, vec!["revoked"]);
         assert_eq!(lines[1].reasons, vec!["x", "y"]);
         assert!(parse_selection(b"{}\n").unwrap_err().starts_with("line 1"));
+    }
+
+    #[test]
+    fn select_stage_lines_parse_and_keep_their_basis() {
+        use crate::records::{Basis, BasisKind, Decision, SelectionLine};
+        let basis = Basis {
+            kind: BasisKind::Neighbors,
+            event_id: "ev-7".into(),
+            event_blake3: "ab".repeat(32),
+            event_line: 7,
+            document_blake3: None,
+        };
+        let line = SelectionLine {
+            line: 3,
+            video_id: Some("porch".into()),
+            decision: Decision::Include,
+            basis: Some(basis.clone()),
+            reasons: vec![],
+            reason_codes: vec![],
+            clip: None,
+        };
+        let bytes = serde_json::to_vec(&line).unwrap();
+        let view = &parse_selection(&bytes).unwrap()[0];
+        assert_eq!(view.decision, "include");
+        assert_eq!(view.video_id.as_deref(), Some("porch"));
+        assert_eq!(view.basis.as_ref(), Some(&ConsentBasis::from(&basis)));
+        assert_eq!(ConsentBasis::from(&basis).kind, "neighbors");
     }
 
     #[test]
