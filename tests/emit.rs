@@ -669,3 +669,23 @@ fn report_renders_in_headless_chromium() {
         colours.len()
     );
 }
+
+#[test]
+fn a_dataset_with_no_frames_still_verifies() {
+    // Every clip excluded or failed: the folder is still a complete, checkable dataset.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("empty");
+    let mut emitter = Emitter::create(&dir, inputs(), EmitOptions::default()).unwrap();
+    emitter.clip_failed(ClipFailure {
+        video_id: "garage-corrupt".into(),
+        reason: "corrupt".into(),
+    });
+    let record = emitter.finish().unwrap();
+    assert_eq!(record.frames, 0);
+    assert_eq!(record.merkle_root, blake3::hash(b"").to_hex().to_string());
+    assert_eq!(std::fs::read(dir.join("manifest.jsonl")).unwrap(), b"");
+    let report = verify(&dir).unwrap();
+    assert!(report.ok(), "{report}");
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("No frames were emitted"));
+}

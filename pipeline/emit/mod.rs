@@ -455,8 +455,15 @@ pub fn encode_jpeg(image: &image::RgbImage) -> Result<Vec<u8>, EmitError> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same folder, synced, and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EmitError> {
+    write_via_temp(path, bytes, true)
+}
+
+/// [`write_atomic`] with the fsync optional: frames skip it (one fsync per frame would dominate
+/// the stage), since `dataset.json`, synced and written last, is what marks a folder complete and
+/// `verify` re-hashes every frame anyway.
+fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<(), EmitError> {
     use std::io::Write;
     let io = |source| EmitError::Io {
         path: path.to_path_buf(),
@@ -469,7 +476,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EmitError> {
         .tempfile_in(dir)
         .map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
+    if sync {
+        tmp.as_file().sync_all().map_err(io)?;
+    }
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
@@ -647,7 +656,7 @@ impl Emitter {
         }
         entry.path = ManifestEntry::frame_path(&entry.video_id, entry.frame);
         entry.blake3 = crate::hashing::hash_bytes(jpeg);
-        write_atomic(&self.root.join(&entry.path), jpeg)?;
+        write_via_temp(&self.root.join(&entry.path), jpeg, false)?;
         Ok(self.entries.entry(key).or_insert(entry))
     }
 
