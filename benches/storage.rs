@@ -9,7 +9,9 @@
 //!    wall time with no store, local and S3. The ratio is what S3 adds to a run.
 //!
 //! `cargo bench --bench storage` (or `--profile dev` to reuse the test build). Env: OBJECTS
-//! (2000), SIZE (24576), FRAMES (300), COMPUTE_MS (20).
+//! (2000), SIZE (24576), FRAMES (300), COMPUTE_MS (20), REPS (3). Runs alternate between the
+//! backends and figures are medians, but other load on the machine still shows: compare only
+//! figures from one run.
 
 #[path = "../tests/storage/server.rs"]
 mod server;
@@ -97,42 +99,125 @@ fn run(
     start.elapsed().as_secs_f64()
 }
 
+/// User + system CPU seconds of a process so far, from `/proc/PID/stat` (100 ticks a second).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Wall seconds, this process's CPU seconds and the server's CPU seconds spent by `f`.
+fn measure(server_pid: &str, f: impl FnOnce() -> f64) -> [f64; 3] {
+    let (me0, srv0) = (cpu_secs("self"), cpu_secs(server_pid));
+    let wall = f();
+    [wall, cpu_secs("self") - me0, cpu_secs(server_pid) - srv0]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn medians(runs: &[[f64; 3]]) -> [f64; 3] {
+    [0, 1, 2].map(|i| median(runs.iter().map(|r| r[i]).collect()))
+}
+
 fn main() {
     let (objects, size) = (env("OBJECTS", 2000), env("SIZE", 24 * 1024));
-    let (frames, compute_ms) = (env("FRAMES", 300), env("COMPUTE_MS", 20));
+    let (frames, compute_ms, reps) = (env("FRAMES", 300), env("COMPUTE_MS", 20), env("REPS", 3));
     let s3 = server::S3sServer::start();
+    let pid = s3.pid().to_string();
     let dir = tempfile::tempdir().unwrap();
     let local = storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
     let remote = s3.store("bench", "run");
 
-    println!("# many small objects: {objects} x {size} B (s3s-fs on 127.0.0.1, same 2 cores)");
+    // Local and S3 runs alternate and each figure is the median of REPS runs, so load from other
+    // processes hits both sides alike. CPU seconds (this process + the s3s-fs server) are less
+    // sensitive to that load than wall time.
     println!(
-        "{:>9} {:>14} {:>14} {:>10}",
-        "in flight", "local obj/s", "s3 obj/s", "s3/local"
+        "# many small objects: {objects} x {size} B, median of {reps} (s3s-fs on 127.0.0.1, same cores)"
+    );
+    println!(
+        "{:>9} {:>12} {:>10} {:>10} | {:>10} {:>10} {:>10} {:>10} | {:>9}",
+        "in flight",
+        "local obj/s",
+        "client s",
+        "",
+        "s3 obj/s",
+        "client s",
+        "server s",
+        "",
+        "s3/local"
     );
     for in_flight in [1, 8, 32] {
-        let l = put_throughput(&local, &format!("t{in_flight}"), objects, size, in_flight);
-        let r = put_throughput(&remote, &format!("t{in_flight}"), objects, size, in_flight);
+        let (mut l, mut r) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            l.push(measure(&pid, || {
+                put_throughput(
+                    &local,
+                    &format!("t{in_flight}-{rep}"),
+                    objects,
+                    size,
+                    in_flight,
+                )
+            }));
+            r.push(measure(&pid, || {
+                put_throughput(
+                    &remote,
+                    &format!("t{in_flight}-{rep}"),
+                    objects,
+                    size,
+                    in_flight,
+                )
+            }));
+        }
+        let ([lw, lc, _], [rw, rc, rs]) = (medians(&l), medians(&r));
         println!(
-            "{in_flight:>9} {:>14.0} {:>14.0} {:>9.1}x",
-            objects as f64 / l,
-            objects as f64 / r,
-            r / l
+            "{in_flight:>9} {:>12.0} {lc:>10.2} {:>10} | {:>10.0} {rc:>10.2} {rs:>10.2} {:>10} | {:>8.2}x",
+            objects as f64 / lw,
+            "",
+            objects as f64 / rw,
+            "",
+            rw / lw
         );
     }
 
     let buf = vec![7u8; 64 * 1024];
     let rounds = calibrate(compute_ms, &buf);
     println!(
-        "\n# frame loop: {frames} frames x {compute_ms} ms compute, {size} B each, 8 uploads in flight"
+        "\n# frame loop: {frames} frames x ~{compute_ms} ms compute, {size} B each, 8 uploads in flight, median of {reps}"
     );
-    let none = run(None, "none", frames, size, rounds);
-    let l = run(Some(&local), "loop", frames, size, rounds);
-    let r = run(Some(&remote), "loop", frames, size, rounds);
-    println!("no store {none:.2} s | local {l:.2} s | s3 {r:.2} s");
+    let (mut none, mut l, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..reps {
+        none.push(measure(&pid, || run(None, "none", frames, size, rounds)));
+        l.push(measure(&pid, || {
+            run(Some(&local), &format!("loop-{rep}"), frames, size, rounds)
+        }));
+        r.push(measure(&pid, || {
+            run(Some(&remote), &format!("loop-{rep}"), frames, size, rounds)
+        }));
+    }
+    let (n, l, r) = (medians(&none), medians(&l), medians(&r));
+    for (name, [wall, client, server]) in [("no store", n), ("local", l), ("s3", r)] {
+        println!(
+            "{name:>8}: wall {wall:6.2} s, cpu {client:6.2} s (this process) + {server:5.2} s (s3s-fs)"
+        );
+    }
+    let cpu = |x: [f64; 3]| x[1] + x[2];
     println!(
-        "s3 vs local: {:+.1}% wall time (local vs no store: {:+.1}%)",
-        (r / l - 1.0) * 100.0,
-        (l / none - 1.0) * 100.0
+        "s3 vs local: wall {:+.1}%, cpu {:+.1}% (local vs no store: wall {:+.1}%, cpu {:+.1}%)",
+        (r[0] / l[0] - 1.0) * 100.0,
+        (cpu(r) / cpu(l) - 1.0) * 100.0,
+        (l[0] / n[0] - 1.0) * 100.0,
+        (cpu(l) / cpu(n) - 1.0) * 100.0
     );
 }

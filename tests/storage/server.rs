@@ -101,6 +101,11 @@ impl S3sServer {
         panic!("could not start s3s-fs: {last_error}");
     }
 
+    /// The server's process id (benches read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Options for this server with the right keys.
     pub fn options(&self) -> S3Options {
         self.options_with_secret(SECRET_KEY)
