@@ -25,7 +25,7 @@ use crate::emit::{self, ConsentBasis, DatasetRecord, ManifestEntry, merkle, path
 use crate::hashing;
 
 /// One mismatch: where (a dataset-relative path, with `:line` for manifest lines) and what.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 pub struct Problem {
     /// Dataset-relative path, `manifest.jsonl:<line>` for a manifest line.
     pub path: String,
@@ -34,7 +34,7 @@ pub struct Problem {
 }
 
 /// The outcome of [`verify`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct VerifyReport {
     /// The folder checked.
     pub dir: PathBuf,

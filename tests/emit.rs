@@ -147,14 +147,15 @@ fn provenance(source: &Path, consent: ConsentBasis) -> Provenance {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root().join("models/manifest.json")).unwrap())
             .unwrap();
-    let models = ["centerface", "nanodet"]
+    // The face and object models the pipeline runs, pinned by the model manifest.
+    let models = ["centerface", "nanodet_coco"]
         .iter()
-        .filter_map(|m| {
-            let h = manifest["models"][m]["blake3"].as_str()?;
-            Some(((*m).to_string(), h.to_string()))
+        .map(|m| {
+            let h = manifest["models"][m]["blake3"].as_str();
+            let h = h.unwrap_or_else(|| panic!("models/manifest.json has no blake3 for {m}"));
+            ((*m).to_string(), h.to_string())
         })
         .collect::<BTreeMap<_, _>>();
-    assert!(!models.is_empty(), "models/manifest.json names the models");
     Provenance {
         source_blake3: clearframe::hashing::hash_file(source).unwrap(),
         consent,
