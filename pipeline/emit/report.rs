@@ -141,7 +141,13 @@ pub fn render(input: &ReportInput<'_>) -> String {
         let basis = line
             .basis
             .as_ref()
-            .map(|b| format!("{} <code class=\"id\">{}</code>", esc(&b.kind), esc(&b.event_id)))
+            .map(|b| {
+                format!(
+                    "{} <code class=\"id\">{}</code>",
+                    esc(&b.kind),
+                    esc(&b.event_id)
+                )
+            })
             .unwrap_or_else(|| "<span class=\"muted\">—</span>".into());
         let clip_entries = by_clip.get(vid).map(Vec::as_slice).unwrap_or(&[]);
         let bad = clip_entries
