@@ -291,16 +291,15 @@ impl Location {
             }
             return Ok(Location::Local(PathBuf::from(path)));
         }
-        if let Some((scheme, _)) = url.split_once("://") {
-            if !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-            {
-                return Err(invalid(&format!(
-                    "unsupported scheme `{scheme}` (use a path, file://, or s3://)"
-                )));
-            }
+        if let Some((scheme, _)) = url.split_once("://")
+            && !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            return Err(invalid(&format!(
+                "unsupported scheme `{scheme}` (use a path, file://, or s3://)"
+            )));
         }
         Ok(Location::Local(PathBuf::from(url)))
     }

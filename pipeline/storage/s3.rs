@@ -144,12 +144,12 @@ impl S3Options {
                 "multipart threshold, part concurrency and attempts must be at least 1".to_owned(),
             );
         }
-        if let Some(endpoint) = &self.endpoint {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return bad(format!(
-                    "S3 endpoint `{endpoint}` must start with http:// or https://"
-                ));
-            }
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return bad(format!(
+                "S3 endpoint `{endpoint}` must start with http:// or https://"
+            ));
         }
         if self.require_sse && self.sse.is_none() {
             tracing::debug!("require_sse is set without --sse: every write to S3 will be refused");
