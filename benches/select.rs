@@ -108,7 +108,7 @@ fn main() -> std::io::Result<()> {
     let as_of: jiff::Timestamp = instant(600, 0).parse().unwrap();
     let out = dir.path().join("out");
     let t1 = Instant::now();
-    let outcome = clearframe::select::run_select(&catalog, &ledger, as_of, &out).expect("select succeeds");
+    let outcome = clearframe::select::run_select(&catalog, &ledger, as_of, &out, 0).expect("select succeeds");
     let wall = t1.elapsed().as_secs_f64();
     println!(
         "select: {clips} clips x {events} events in {wall:.2} s wall, peak RSS {:.0} MiB, {} included, excluded by reason {:?}",

@@ -110,28 +110,25 @@ impl Ledger {
     /// skipped (they cannot hide an event); anything else that is not a valid event is an error.
     pub fn parse(bytes: &[u8], source_name: &str) -> Result<Ledger, LedgerError> {
         let lines = split_lines(bytes);
-        let parsed: Vec<Option<Result<StoredEvent, (u64, String)>>> = lines
-            .par_iter()
-            .with_min_len(4096)
-            .map(|&(line, raw)| {
-                if is_blank(raw) {
-                    return None;
-                }
-                Some(match parse_event(raw) {
-                    Ok(event) => Ok(StoredEvent { event, line, blake3: *blake3::hash(raw).as_bytes() }),
-                    Err(message) => Err((line, message)),
-                })
-            })
-            .collect();
-        let mut events = Vec::with_capacity(parsed.len());
-        for item in parsed.into_iter().flatten() {
-            match item {
-                Ok(ev) => events.push(ev),
-                Err((line, message)) => {
-                    return Err(LedgerError::Invalid { source_name: source_name.to_string(), line, message });
-                }
+        let parse_line = |&(line, raw): &(u64, &[u8])| -> Option<Result<StoredEvent, (u64, String)>> {
+            if is_blank(raw) {
+                return None;
             }
-        }
+            Some(match parse_event(raw) {
+                Ok(event) => Ok(StoredEvent { event, line, blake3: *blake3::hash(raw).as_bytes() }),
+                Err(message) => Err((line, message)),
+            })
+        };
+        let parsed: Result<Vec<StoredEvent>, (u64, String)> =
+            lines.par_iter().with_min_len(4096).filter_map(parse_line).collect();
+        let events = match parsed {
+            Ok(events) => events,
+            Err(_) => {
+                // Report the first bad line in file order, whichever thread saw one first.
+                let (line, message) = lines.iter().filter_map(parse_line).find_map(Result::err).expect("an error was seen");
+                return Err(LedgerError::Invalid { source_name: source_name.to_string(), line, message });
+            }
+        };
         let ledger = Ledger { events };
         ledger.cross_check(source_name)?;
         Ok(ledger)

@@ -217,7 +217,7 @@ pub struct AccountEvent {
 #[serde(tag = "type")]
 pub enum LedgerEvent {
     #[serde(rename = "consent.granted")]
-    ConsentGranted(Grant),
+    ConsentGranted(Box<Grant>),
     #[serde(rename = "consent.revoked")]
     ConsentRevoked(Revocation),
     #[serde(rename = "neighbors.shared")]

@@ -81,59 +81,83 @@ fn salvage_video_id(raw: &[u8]) -> Option<String> {
     serde_json::from_slice::<IdOnly>(raw).ok().map(|x| x.video_id)
 }
 
-/// Decides every catalog line against an indexed ledger. Pure: no I/O.
-pub fn select(catalog: &[u8], index: &ConsentIndex<'_>) -> Selection {
-    let lines = split_lines(catalog);
-    let parsed: Vec<(u64, Option<String>, Result<CatalogClip, String>)> = lines
-        .par_iter()
-        .with_min_len(2048)
-        .map(|&(n, raw)| match parse_catalog_line(raw) {
-            Ok(clip) => (n, Some(clip.video_id.clone()), Ok(clip)),
-            Err(e) => (n, salvage_video_id(raw), Err(e)),
-        })
-        .collect();
-    // A video_id seen on more than one line (valid or not) excludes every copy: fail closed.
-    let mut seen: HashMap<&str, u32> = HashMap::with_capacity(parsed.len());
-    for (_, id, _) in &parsed {
-        if let Some(id) = id {
-            *seen.entry(id.as_str()).or_default() += 1;
+/// A catalog parsed line by line, with the ids that appear more than once.
+pub struct ParsedCatalog {
+    lines: Vec<(u64, Option<String>, Result<CatalogClip, String>)>,
+    duplicates: std::collections::HashSet<String>,
+}
+
+impl ParsedCatalog {
+    /// Parses every line (in parallel) and finds duplicate ids: a `video_id` seen on more than
+    /// one line, valid or not, excludes every copy (fail closed).
+    pub fn parse(catalog: &[u8]) -> ParsedCatalog {
+        let lines: Vec<_> = split_lines(catalog)
+            .par_iter()
+            .with_min_len(2048)
+            .map(|&(n, raw)| match parse_catalog_line(raw) {
+                Ok(clip) => (n, Some(clip.video_id.clone()), Ok(clip)),
+                Err(e) => (n, salvage_video_id(raw), Err(e)),
+            })
+            .collect();
+        let mut seen: HashMap<&str, u32> = HashMap::with_capacity(lines.len());
+        for (_, id, _) in &lines {
+            if let Some(id) = id {
+                *seen.entry(id.as_str()).or_default() += 1;
+            }
+        }
+        let duplicates = seen.into_iter().filter(|(_, n)| *n > 1).map(|(id, _)| id.to_string()).collect();
+        ParsedCatalog { lines, duplicates }
+    }
+
+    /// Number of catalog lines.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// True when the catalog has no lines.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Decides lines `range` (in parallel, order kept).
+    pub fn decide(&self, range: std::ops::Range<usize>, index: &ConsentIndex<'_>) -> Vec<SelectionLine> {
+        self.lines[range].par_iter().with_min_len(1024).map(|(n, id, clip)| self.decide_one(*n, id, clip, index)).collect()
+    }
+
+    fn decide_one(&self, n: u64, id: &Option<String>, clip: &Result<CatalogClip, String>, index: &ConsentIndex<'_>) -> SelectionLine {
+        let mut reasons: Vec<(ReasonCode, String)> = Vec::new();
+        if let Err(e) = clip {
+            reasons.push((ReasonCode::InvalidLine, e.clone()));
+        }
+        if let Some(id) = id.as_deref().filter(|id| self.duplicates.contains(*id)) {
+            reasons.push((ReasonCode::DuplicateVideoId, format!("video_id {id:?} appears on more than one catalog line")));
+        }
+        let (basis, clip_out) = match (reasons.is_empty(), clip) {
+            (true, Ok(clip)) => match index.decide(clip) {
+                Verdict::Include(basis) => (Some(basis), Some(clip.clone())),
+                Verdict::Exclude(r) => {
+                    reasons = r;
+                    (None, None)
+                }
+            },
+            _ => (None, None),
+        };
+        SelectionLine {
+            line: n,
+            video_id: id.clone(),
+            decision: if basis.is_some() { Decision::Include } else { Decision::Exclude },
+            basis,
+            reason_codes: reasons.iter().map(|r| r.0).collect(),
+            reasons: reasons.into_iter().map(|r| r.1).collect(),
+            clip: clip_out,
         }
     }
-    let out = parsed
-        .par_iter()
-        .with_min_len(2048)
-        .map(|(n, id, clip)| {
-            let dup = id.as_deref().and_then(|id| seen.get(id)).copied().unwrap_or(0) > 1;
-            let mut reasons: Vec<(ReasonCode, String)> = Vec::new();
-            if let Err(e) = clip {
-                reasons.push((ReasonCode::InvalidLine, e.clone()));
-            }
-            if dup {
-                let id = id.as_deref().unwrap_or_default();
-                reasons.push((ReasonCode::DuplicateVideoId, format!("video_id {id:?} appears on more than one catalog line")));
-            }
-            let (basis, clip_out) = match (reasons.is_empty(), clip) {
-                (true, Ok(clip)) => match index.decide(clip) {
-                    Verdict::Include(basis) => (Some(basis), Some(clip.clone())),
-                    Verdict::Exclude(r) => {
-                        reasons = r;
-                        (None, None)
-                    }
-                },
-                _ => (None, None),
-            };
-            SelectionLine {
-                line: *n,
-                video_id: id.clone(),
-                decision: if basis.is_some() { Decision::Include } else { Decision::Exclude },
-                basis,
-                reason_codes: reasons.iter().map(|r| r.0).collect(),
-                reasons: reasons.into_iter().map(|r| r.1).collect(),
-                clip: clip_out,
-            }
-        })
-        .collect();
-    Selection { lines: out, as_of: index.as_of() }
+}
+
+/// Decides every catalog line against an indexed ledger, all in memory. Pure: no I/O.
+pub fn select(catalog: &[u8], index: &ConsentIndex<'_>) -> Selection {
+    let parsed = ParsedCatalog::parse(catalog);
+    Selection { lines: parsed.decide(0..parsed.len(), index), as_of: index.as_of() }
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
@@ -165,53 +189,76 @@ pub fn to_jsonl(lines: &[SelectionLine]) -> Vec<u8> {
 /// What `run_select` produced.
 #[derive(Debug)]
 pub struct SelectOutcome {
-    pub selection: Selection,
     pub record: SelectRecord,
+    /// The selection lines, kept only when the catalog has at most `keep_lines` lines.
+    pub lines: Option<Vec<SelectionLine>>,
 }
 
+/// Lines decided and written per batch: bounds memory for million-clip catalogs.
+const BATCH: usize = 65_536;
+
 /// The whole stage on local files: read, check the ledger, decide, write `selection.jsonl` then
-/// `select.json`. A bad ledger returns an error before anything is written.
-pub fn run_select(catalog: &Path, ledger: &Path, as_of: Timestamp, out: &Path) -> anyhow::Result<SelectOutcome> {
+/// `select.json`. A bad ledger returns an error before anything is written. Lines are decided
+/// and streamed out in batches; they are returned only when there are at most `keep_lines`.
+pub fn run_select(catalog: &Path, ledger: &Path, as_of: Timestamp, out: &Path, keep_lines: usize) -> anyhow::Result<SelectOutcome> {
     let ledger_bytes = std::fs::read(ledger).with_context(|| format!("cannot read consent ledger {}", ledger.display()))?;
-    let catalog_bytes = std::fs::read(catalog).with_context(|| format!("cannot read catalog {}", catalog.display()))?;
-    let (ledger_hash, catalog_hash) =
-        rayon::join(|| crate::hashing::hash_bytes(&ledger_bytes), || crate::hashing::hash_bytes(&catalog_bytes));
+    let ledger_hash = crate::hashing::hash_bytes(&ledger_bytes);
     let parsed = Ledger::parse(&ledger_bytes, &ledger.display().to_string()).context("the consent ledger is unusable; nothing was selected")?;
     drop(ledger_bytes);
     let index = parsed.index(as_of);
-    let selection = select(&catalog_bytes, &index);
+
+    let catalog_bytes = std::fs::read(catalog).with_context(|| format!("cannot read catalog {}", catalog.display()))?;
+    let catalog_hash = crate::hashing::hash_bytes(&catalog_bytes);
+    let clips = ParsedCatalog::parse(&catalog_bytes);
     drop(catalog_bytes);
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))?;
-    let jsonl = to_jsonl(&selection.lines);
     let selection_path = out.join("selection.jsonl");
-    write_atomic(&selection_path, &jsonl).with_context(|| format!("cannot write {}", selection_path.display()))?;
-    let included = selection.included();
+    let write_err = || format!("cannot write {}", selection_path.display());
+    let mut tmp = tempfile::NamedTempFile::new_in(out).with_context(write_err)?;
+    let mut hasher = blake3::Hasher::new();
+    let (mut included, mut by_reason) = (0u64, BTreeMap::<ReasonCode, u64>::new());
+    let mut kept = (clips.len() <= keep_lines).then(Vec::new);
+    for start in (0..clips.len()).step_by(BATCH) {
+        let lines = clips.decide(start..(start + BATCH).min(clips.len()), &index);
+        for l in &lines {
+            match l.reason_codes.first() {
+                None => included += 1,
+                Some(code) => *by_reason.entry(*code).or_default() += 1,
+            }
+        }
+        let bytes = to_jsonl(&lines);
+        hasher.update(&bytes);
+        tmp.write_all(&bytes).with_context(write_err)?;
+        if let Some(kept) = &mut kept {
+            kept.extend(lines);
+        }
+    }
+    tmp.as_file().sync_all().with_context(write_err)?;
+    tmp.persist(&selection_path).map_err(|e| e.error).with_context(write_err)?;
+
+    let total = clips.len() as u64;
     let record = SelectRecord {
         clearframe_version: env!("CARGO_PKG_VERSION").to_string(),
         as_of,
-        catalog: InputRef { uri: catalog.display().to_string(), blake3: catalog_hash, lines: selection.lines.len() as u64 },
+        catalog: InputRef { uri: catalog.display().to_string(), blake3: catalog_hash, lines: total },
         ledger: InputRef { uri: ledger.display().to_string(), blake3: ledger_hash, lines: parsed.len() as u64 },
-        selection: InputRef {
-            uri: "selection.jsonl".into(),
-            blake3: crate::hashing::hash_bytes(&jsonl),
-            lines: selection.lines.len() as u64,
-        },
+        selection: InputRef { uri: "selection.jsonl".into(), blake3: crate::hashing::hex(&hasher.finalize()), lines: total },
         included,
-        excluded: selection.lines.len() as u64 - included,
-        excluded_by_reason: selection.excluded_by_reason(),
+        excluded: total - included,
+        excluded_by_reason: by_reason,
     };
     let mut rec = serde_json::to_vec_pretty(&record)?;
     rec.push(b'\n');
     let record_path = out.join("select.json");
     write_atomic(&record_path, &rec).with_context(|| format!("cannot write {}", record_path.display()))?;
-    Ok(SelectOutcome { selection, record })
+    Ok(SelectOutcome { record, lines: kept })
 }
 
 /// Prints the per-clip table to `w`.
-pub fn print_table(w: &mut impl Write, selection: &Selection) -> std::io::Result<()> {
+pub fn print_table(w: &mut impl Write, lines: &[SelectionLine]) -> std::io::Result<()> {
     writeln!(w, "{:>5}  {:<24} {:<8} {}", "line", "video_id", "decision", "basis / reason")?;
-    for l in &selection.lines {
+    for l in lines {
         let id = l.video_id.as_deref().unwrap_or("-");
         let why = match (&l.basis, l.reasons.first()) {
             (Some(b), _) => format!("{:?} {}", b.kind, b.event_id).to_lowercase(),
@@ -245,10 +292,11 @@ pub fn print_summary(w: &mut impl Write, record: &SelectRecord, out: &Path) -> s
 pub fn run_cli(args: &SelectArgs) -> anyhow::Result<ExitCode> {
     let as_of = args.as_of.unwrap_or_else(Timestamp::now);
     let _span = tracing::info_span!("select", as_of = %as_of).entered();
-    let outcome = run_select(&args.catalog, &args.ledger, as_of, &args.out)?;
+    let keep = if args.table { usize::MAX } else { 50 };
+    let outcome = run_select(&args.catalog, &args.ledger, as_of, &args.out, keep)?;
     let mut stdout = std::io::stdout().lock();
-    if args.table || outcome.selection.lines.len() <= 50 {
-        print_table(&mut stdout, &outcome.selection)?;
+    if let Some(lines) = &outcome.lines {
+        print_table(&mut stdout, lines)?;
     }
     print_summary(&mut stdout, &outcome.record, &args.out)?;
     let invalid = outcome.record.excluded_by_reason.get(&ReasonCode::InvalidLine).copied().unwrap_or(0);

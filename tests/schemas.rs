@@ -58,6 +58,7 @@ fn select_outputs_validate() {
         &fixture("demo-ledger.jsonl"),
         "2026-11-01T00:00:00Z".parse().unwrap(),
         out.path(),
+        0,
     )
     .unwrap();
     assert_lines_valid("selection-line", &out.path().join("selection.jsonl"));

@@ -475,7 +475,7 @@ mod properties {
             out.push(match e {
                 Ev::Grant { owner: o, device, indoor, at, from, until, expires } => {
                     grants.push((id.clone(), *o));
-                    LedgerEvent::ConsentGranted(Grant {
+                    LedgerEvent::ConsentGranted(Box::new(Grant {
                         event_id: id,
                         owner_id: owner(o),
                         at: t(*at),
@@ -486,7 +486,7 @@ mod properties {
                         captured_until: until.map(t),
                         expires_at: expires.map(t),
                         document: ConsentDocument { uri: "d.pdf".into(), blake3: "0".repeat(64) },
-                    })
+                    }))
                 }
                 Ev::Revoke { owner: o, at, target } => {
                     let own: Vec<&String> = grants.iter().filter(|g| g.1 == *o).map(|g| &g.0).collect();

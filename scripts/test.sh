@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The full test suite, from a fresh machine: installs what the tests need (idempotently), then
+# runs every test. `.ci/run` calls exactly this.
+#   - scripts/setup.sh            ffmpeg (apt) and libonnxruntime.so (PyPI onnxruntime wheel)
+#   - scripts/install-s3s.sh      the S3-compatible test server (s3s-fs, cargo install, cached)
+#   - scripts/setup-consumers.sh  pycocotools, datumaro, label-studio-sdk in a venv (PyPI)
+#   - chromium (apt)              renders report.html in the report check
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "export $(scripts/setup.sh)"
+export CLEARFRAME_S3S_BIN="$(scripts/install-s3s.sh)"
+export CLEARFRAME_CONSUMERS_PYTHON="$(scripts/setup-consumers.sh)"
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test: installing chromium (apt)" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# One profile for everything (dev, with optimised dependencies): no second world build.
+cargo test --locked --all-targets "$@"
