@@ -429,6 +429,9 @@ pub fn anonymize_video(
     let (frame_tx, frame_rx) = bounded::<Result<Frame, media::MediaError>>(4);
     let (det_tx, det_rx) = bounded::<anyhow::Result<(Frame, Vec<BBox>)>>(4);
     let result: anyhow::Result<()> = std::thread::scope(|s| {
+        // Owned here, so that an early return drops it and unblocks the detection thread before
+        // the scope joins it.
+        let det_rx = det_rx;
         s.spawn(move || {
             for f in decoder {
                 let stop = f.is_err();
