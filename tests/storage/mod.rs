@@ -375,6 +375,47 @@ fn s3_missing_bucket_and_unreachable_endpoint() {
     assert!(err.to_string().contains("s3://bucket/p/k"), "{err}");
 }
 
+/// Transient failures are retried with backoff: the server is down when the request starts and
+/// comes back 300 ms later; the write still succeeds. With a single attempt it fails.
+#[test]
+fn s3_retries_with_backoff_while_the_server_is_down() {
+    let mut server = S3sServer::start();
+    // Backoff has full jitter (a random fraction of 200 ms x 2^n): ten attempts make waiting out
+    // the 300 ms outage all but certain.
+    let store = server.store_with(
+        "retry",
+        "",
+        &S3Options {
+            max_attempts: 10,
+            ..server.options()
+        },
+    );
+    store.put("before", Bytes::from_static(b"1")).unwrap();
+    let no_retry = storage::open(
+        "s3://retry",
+        &S3Options {
+            max_attempts: 1,
+            ..server.options()
+        },
+    )
+    .unwrap();
+
+    server.stop();
+    let err = no_retry.put("once", Bytes::from_static(b"x")).unwrap_err();
+    assert!(matches!(err, StorageError::Dispatch { .. }), "{err:?}");
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let put = s.spawn(|| store.put("during", Bytes::from_static(b"2")));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        server.resume();
+        put.join()
+            .unwrap()
+            .expect("the write succeeds once the server is back");
+    });
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(keys(&store, ""), ["before", "during"]);
+}
+
 #[test]
 fn s3_require_sse_refuses_writes_without_sse() {
     let server = S3sServer::start();

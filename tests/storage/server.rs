@@ -24,6 +24,7 @@ pub struct S3sServer {
     pub endpoint: String,
     /// The server's data folder (one sub-folder per bucket).
     pub data: PathBuf,
+    port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -54,51 +55,38 @@ impl S3sServer {
         std::fs::create_dir_all(&data).unwrap();
         let mut last_error = String::new();
         // A port found free can be taken before the server binds it: try a few.
-        for attempt in 0..5 {
+        for _ in 0..5 {
             let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            let log =
-                std::fs::File::create(dir.path().join(format!("s3s-fs.{attempt}.log"))).unwrap();
-            let mut child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(&data)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            match spawn(&dir, &data, port) {
+                Ok(child) => {
                     return S3sServer {
                         child,
                         endpoint: format!("http://127.0.0.1:{port}"),
+                        port,
                         data,
                         dir,
                     };
                 }
-                if let Some(status) = child.try_wait().unwrap() {
-                    last_error = format!(
-                        "s3s-fs exited with {status}: {}",
-                        std::fs::read_to_string(dir.path().join(format!("s3s-fs.{attempt}.log")))
-                            .unwrap_or_default()
-                    );
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last_error = "s3s-fs did not accept connections within 10 s".to_owned();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+                Err(err) => last_error = err,
             }
         }
         panic!("could not start s3s-fs: {last_error}");
+    }
+
+    /// Stops the server (connections are refused until [`S3sServer::resume`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub fn resume(&mut self) {
+        self.child = spawn(&self.dir, &self.data, self.port)
+            .unwrap_or_else(|e| panic!("restarting s3s-fs: {e}"));
     }
 
     /// The server's process id (benches read its CPU time).
@@ -147,6 +135,42 @@ impl S3sServer {
             }
         }
         out
+    }
+}
+
+/// Spawns s3s-fs on `port` and waits until it accepts connections.
+fn spawn(dir: &tempfile::TempDir, data: &std::path::Path, port: u16) -> Result<Child, String> {
+    let bin = binary();
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log_path = dir.path().join(format!("s3s-fs.{n}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(&bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!(
+                "s3s-fs exited with {status}: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("s3s-fs did not accept connections within 10 s".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
