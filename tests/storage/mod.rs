@@ -375,6 +375,38 @@ fn s3_missing_bucket_and_unreachable_endpoint() {
     assert!(err.to_string().contains("s3://bucket/p/k"), "{err}");
 }
 
+/// Reads stream: `reader` returns once the headers are in, and the body arrives while it is read.
+/// Stopping the server after the first bytes makes the rest of the read fail with an error (a
+/// buffered-whole body would have read to the end), and a broken download is never a silently
+/// short object.
+#[test]
+fn s3_reader_streams_and_reports_a_broken_download() {
+    let mut server = S3sServer::start();
+    let store = server.store("stream", "");
+    let len = 48 * 1024 * 1024;
+    store
+        .put("clip.mp4", Bytes::from(pattern(len, 11)))
+        .unwrap();
+    let mut reader = store.reader("clip.mp4").unwrap();
+    let mut first = vec![0u8; 1024];
+    reader.read_exact(&mut first).unwrap();
+    server.stop();
+    let mut rest = Vec::new();
+    let result = reader.read_to_end(&mut rest);
+    assert!(
+        result.is_err(),
+        "read {} more bytes after the server stopped: the body was buffered whole",
+        rest.len()
+    );
+    assert!(
+        rest.len() + 1024 < len,
+        "got {} of {len} bytes",
+        rest.len() + 1024
+    );
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("s3://stream/clip.mp4"), "{message}");
+}
+
 /// Transient failures are retried with backoff: the server is down when the request starts and
 /// comes back 300 ms later; the write still succeeds. With a single attempt it fails.
 #[test]
