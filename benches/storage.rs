@@ -132,8 +132,18 @@ fn medians(runs: &[[f64; 3]]) -> [f64; 3] {
 }
 
 fn main() {
-    let (objects, size) = (env("OBJECTS", 2000), env("SIZE", 24 * 1024));
-    let (frames, compute_ms, reps) = (env("FRAMES", 300), env("COMPUTE_MS", 20), env("REPS", 3));
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not: then a quick smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let scale = |n: usize, smoke: usize| if full { n } else { smoke };
+    let (objects, size) = (env("OBJECTS", scale(2000, 50)), env("SIZE", 24 * 1024));
+    let (frames, compute_ms, reps) = (
+        env("FRAMES", scale(300, 10)),
+        env("COMPUTE_MS", 20),
+        env("REPS", scale(3, 1)),
+    );
+    if !full {
+        println!("(smoke run; `cargo bench --bench storage` for figures)");
+    }
     let s3 = server::S3sServer::start();
     let pid = s3.pid().to_string();
     let dir = tempfile::tempdir().unwrap();

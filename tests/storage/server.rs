@@ -28,9 +28,10 @@ pub struct S3sServer {
     dir: tempfile::TempDir,
 }
 
-/// Where the binary is: `$CLEARFRAME_S3S_FS`, else `${CLEARFRAME_CACHE:-~/.cache/clearframe}/bin/s3s-fs`.
+/// Where the binary is: `$CLEARFRAME_S3S_BIN` (what `scripts/test.sh` sets from
+/// `scripts/install-s3s.sh`), else `${CLEARFRAME_CACHE:-~/.cache/clearframe}/bin/s3s-fs`.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CLEARFRAME_S3S_FS") {
+    if let Some(path) = std::env::var_os("CLEARFRAME_S3S_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
     let cache = std::env::var_os("CLEARFRAME_CACHE")
