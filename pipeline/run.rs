@@ -527,6 +527,19 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let secs = o.wall.as_secs_f64();
     println!("  {:.1} s, {:.1} frames/s end to end", secs, o.frames as f64 / secs.max(1e-9));
+    let t = &o.times;
+    let stages = [
+        ("select", t.select),
+        ("decode (wait)", t.decode_wait),
+        ("face detect", t.face_detect),
+        ("redact", t.redact),
+        ("verify", t.verify),
+        ("object detect", t.object_detect),
+        ("emit", t.emit),
+    ];
+    let total: f64 = stages.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>().max(1e-9);
+    let shares: Vec<String> = stages.iter().map(|(n, d)| format!("{n} {:.0}%", 100.0 * d.as_secs_f64() / total)).collect();
+    println!("  stage time shares (face detection overlaps the rest): {}", shares.join(", "));
     println!("report: {}", args.out.join("report.html").display());
     Ok(if o.failed_clips > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

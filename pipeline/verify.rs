@@ -344,7 +344,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
 /// Arguments of `clearframe verify`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
-    /// The dataset folder written by `clearframe run` or `clearframe emit`.
+    /// The dataset folder written by `clearframe run`.
     pub dir: PathBuf,
     /// Print the report as JSON on stdout instead of text.
     #[arg(long)]

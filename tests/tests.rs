@@ -8,3 +8,4 @@ mod select;
 mod storage;
 mod vision;
 mod redact;
+mod run;
