@@ -101,7 +101,14 @@ impl LocalStore {
     fn walk(&self, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> Result<()> {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(());
+            }
             Err(e) => return Err(io_err("list", dir, e)),
         };
         for entry in entries {
@@ -258,6 +265,10 @@ mod tests {
         }
         let err = store.put_reader("runs/bad.bin", &mut Failing).unwrap_err();
         assert!(err.to_string().contains("camera unplugged"), "{err}");
+        // A prefix that runs through a file lists nothing (as on S3), not an error.
+        store.put("plain", Bytes::from_static(b"x")).unwrap();
+        assert!(store.list("plain/").unwrap().is_empty());
+        assert!(store.list("plain/x/").unwrap().is_empty());
         let names: Vec<_> = fs::read_dir(dir.path().join("runs"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
