@@ -392,3 +392,76 @@ fn anonymize_cli_reports_bad_inputs_and_continues() {
         .collect();
     assert_eq!(written, vec![dir.path().join("astronaut_anonymized.png")]);
 }
+
+#[test]
+fn anonymize_cli_drops_audio_unless_kept_and_fast_mode_masks_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_audio = dir.path().join("with_audio.mp4");
+    let src = fixture("media/carphone_pristine.mp4");
+    ffmpeg(&[
+        "-i",
+        src.to_str().unwrap(),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=4",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "aac",
+        "-metadata",
+        "title=private title",
+        "-shortest",
+        with_audio.to_str().unwrap(),
+    ]);
+    let codec_types = |p: &Path| -> Vec<String> {
+        ffprobe(p)["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["codec_type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(codec_types(&with_audio), ["video", "audio"]);
+
+    let dropped = dir.path().join("dropped.mp4");
+    clearframe()
+        .args(["anonymize", "--fast"])
+        .arg(&with_audio)
+        .arg("-o")
+        .arg(&dropped)
+        .assert()
+        .success();
+    assert_eq!(codec_types(&dropped), ["video"]);
+    assert_eq!(
+        count_faces(&dropped),
+        0,
+        "fast mode leaves no face the verifier finds"
+    );
+    let tags = ffprobe(&dropped)["format"]["tags"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !tags.contains_key("title"),
+        "title metadata stripped: {tags:?}"
+    );
+
+    let kept = dir.path().join("kept.mp4");
+    clearframe()
+        .args(["anonymize", "--keep-audio"])
+        .arg(&with_audio)
+        .arg("-o")
+        .arg(&kept)
+        .assert()
+        .success();
+    assert_eq!(codec_types(&kept), ["video", "audio"]);
+    let tags = ffprobe(&kept)["format"]["tags"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !tags.contains_key("title"),
+        "title metadata stripped with audio kept: {tags:?}"
+    );
+}
