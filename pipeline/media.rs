@@ -235,6 +235,7 @@ impl Tail {
         self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn push(&self, line: String) {
+        let line = strip_addresses(&line);
         let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() == STDERR_TAIL_LINES {
             q.pop_front();
@@ -569,6 +570,24 @@ fn drain_decoder_stderr(
     }
 }
 
+/// A log line without the `@ 0x55d0c0ffee00` context addresses ffmpeg prints (`[mov,mp4 @ 0x..]`):
+/// they differ from run to run and would make error messages, and records holding them,
+/// irreproducible.
+fn strip_addresses(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find(" @ 0x") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " @ 0x".len()..];
+        let hex = after
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(after.len());
+        rest = &after[hex..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A line without the `[info] ` prefix that `-loglevel level+info` (set by `ffmpeg-sidecar`) adds.
 fn strip_level(line: &str) -> &str {
     const LEVELS: [&str; 8] = [
@@ -863,6 +882,15 @@ impl Drop for Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_tails_have_no_run_specific_addresses() {
+        assert_eq!(
+            strip_addresses("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55f40c023840] moov atom not found"),
+            "[mov,mp4,m4a,3gp,3g2,mj2] moov atom not found"
+        );
+        assert_eq!(strip_addresses("plain @ line"), "plain @ line");
+    }
 
     #[test]
     fn parses_showinfo_pts() {
