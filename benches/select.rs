@@ -38,8 +38,11 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> std::io::Result<()> {
-    let clips: u64 = std::env::var("CLIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let events: u64 = std::env::var("EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
+    // `cargo bench` passes --bench: full size. `cargo test --all-targets` runs a small smoke pass.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (c, e) = if full { (1_000_000, 2_000_000) } else { (10_000, 20_000) };
+    let clips: u64 = std::env::var("CLIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(c);
+    let events: u64 = std::env::var("EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(e);
     let owners = (clips / 5).max(1);
     let dir = tempfile::tempdir()?;
     let (catalog, ledger) = (dir.path().join("catalog.jsonl"), dir.path().join("ledger.jsonl"));

@@ -336,7 +336,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
             }
             Err(ClipError::Failed(e)) => {
                 failed += 1;
-                let reason = format!("{e:#}");
+                let reason = stable_reason(&format!("{e:#}"));
                 tracing::error!(%reason, "clip failed; the batch goes on");
                 emitter.clip_failed(ClipFailure { video_id: id, reason });
             }
@@ -504,6 +504,21 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
     Ok(emitted)
 }
 
+/// Drops what differs between two runs of the same failure from an error text (ffmpeg prints the
+/// address of its demuxer context, `[mov,mp4 @ 0x55d0c…]`), so that `dataset.json` stays
+/// reproducible.
+fn stable_reason(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(" @ 0x") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 5..];
+        rest = tail.trim_start_matches(|c: char| c.is_ascii_hexdigit());
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Runs `clearframe run`: exit 0 when every included clip went through, 1 when some failed
 /// (they are listed in `dataset.json`), 2 when the run could not start.
 pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -542,4 +557,13 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
     println!("  stage time shares (face detection overlaps the rest): {}", shares.join(", "));
     println!("report: {}", args.out.join("report.html").display());
     Ok(if o.failed_clips > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stable_reason_drops_ffmpeg_context_addresses() {
+        let a = super::stable_reason("[mov,mp4,m4a @ 0x557bd0232980] [error] moov atom not found");
+        assert_eq!(a, "[mov,mp4,m4a] [error] moov atom not found");
+    }
 }

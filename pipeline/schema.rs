@@ -19,6 +19,10 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("ledger-event", s::<records::LedgerEvent>()),
         ("selection-line", s::<records::SelectionLine>()),
         ("select-record", s::<records::SelectRecord>()),
+        ("manifest-entry", s::<crate::emit::ManifestEntry>()),
+        ("dataset", s::<crate::emit::DatasetRecord>()),
+        ("redaction-report", s::<crate::redact::RedactionReport>()),
+        ("run-config", s::<crate::run::Config>()),
     ]
 }
 

@@ -81,6 +81,8 @@ fn demo_run_emits_only_consented_redacted_annotated_frames_and_is_reproducible()
     let ds: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(ds["failed_clips"][0]["video_id"], "v-corrupt");
     clearframe().arg("verify").arg(&a).assert().success();
+    crate::schemas::assert_lines_valid("manifest-entry", &a.join("manifest.jsonl"));
+    assert!(crate::schemas::validator("dataset").is_valid(&ds));
 
     // Same inputs and settings: the same root and the same bytes.
     run_demo(&b).code(1);

@@ -20,12 +20,12 @@ fn committed_schemas_are_fresh() {
     assert!(stale.is_empty(), "stale schemas (run `cargo run -- schema --write schemas`): {stale:?}");
 }
 
-fn validator(stem: &str) -> jsonschema::Validator {
+pub fn validator(stem: &str) -> jsonschema::Validator {
     let text = std::fs::read_to_string(root().join("schemas").join(format!("{stem}.schema.json"))).unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
 }
 
-fn assert_lines_valid(stem: &str, path: &std::path::Path) {
+pub fn assert_lines_valid(stem: &str, path: &std::path::Path) {
     let v = validator(stem);
     for (i, line) in std::fs::read_to_string(path).unwrap().lines().enumerate() {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
