@@ -119,5 +119,30 @@ fn main() -> std::io::Result<()> {
         outcome.record.included,
         outcome.record.excluded_by_reason
     );
+
+    // Where the time goes, phase by phase (in memory, no output written).
+    let t = Instant::now();
+    let ledger_bytes = std::fs::read(&ledger)?;
+    let catalog_bytes = std::fs::read(&catalog)?;
+    let read = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let parsed = clearframe::consent::Ledger::parse(&ledger_bytes, "ledger").unwrap();
+    let parse_ledger = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let index = parsed.index(as_of);
+    let build_index = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let clips_parsed = clearframe::select::ParsedCatalog::parse(&catalog_bytes);
+    let parse_catalog = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let lines = clips_parsed.decide(0..clips_parsed.len(), &index);
+    let decide = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let bytes = clearframe::select::to_jsonl(&lines);
+    let serialize = t.elapsed().as_secs_f64();
+    println!(
+        "phases: read {read:.2} s, parse ledger {parse_ledger:.2} s, index {build_index:.2} s, parse catalog {parse_catalog:.2} s, decide {decide:.2} s, serialize {serialize:.2} s ({} MiB)",
+        bytes.len() >> 20
+    );
     Ok(())
 }

@@ -328,38 +328,40 @@ impl<'a> ConsentIndex<'a> {
         format!("{} {id:?} (line {}, at {at})", s.event.kind(), s.line)
     }
 
-    /// Why grant `g` does not cover `clip`, or `None` when it does.
-    fn grant_problem(&self, g: &Grant, clip: &CatalogClip) -> Option<String> {
+    /// Why grant `g` does not cover `clip`, or `None` when it does. Without `explain` the reason
+    /// is left empty: deciding a million clips should not format a million explanations.
+    fn grant_problem(&self, g: &Grant, clip: &CatalogClip, explain: bool) -> Option<String> {
+        let say = |f: &dyn Fn() -> String| Some(if explain { f() } else { String::new() });
         if !g.scope.iter().any(|s| s == "ml_training") {
-            return Some("its scope does not include ml_training".into());
+            return say(&|| "its scope does not include ml_training".into());
         }
         if !g.devices.iter().any(|d| d == "*" || *d == clip.device_id) {
-            return Some(format!("it does not cover device {:?}", clip.device_id));
+            return say(&|| format!("it does not cover device {:?}", clip.device_id));
         }
         if !g.placements.contains(&clip.placement) {
-            return Some(format!("it does not cover {} cameras", clip.placement.as_str()));
+            return say(&|| format!("it does not cover {} cameras", clip.placement.as_str()));
         }
         if let Some(from) = g.captured_from {
             if clip.captured_at < from {
-                return Some(format!("it covers clips captured from {from}; this one was captured at {}", clip.captured_at));
+                return say(&|| format!("it covers clips captured from {from}; this one was captured at {}", clip.captured_at));
             }
         }
         if let Some(until) = g.captured_until {
             if clip.captured_at > until {
-                return Some(format!("it covers clips captured until {until}; this one was captured at {}", clip.captured_at));
+                return say(&|| format!("it covers clips captured until {until}; this one was captured at {}", clip.captured_at));
             }
         }
         if let Some(expires) = g.expires_at {
             if expires <= self.as_of {
-                return Some(format!("it expired at {expires}"));
+                return say(&|| format!("it expired at {expires}"));
             }
         }
         if let Some(&r) = self.revoked_grants.get(g.event_id.as_str()) {
-            return Some(format!("it was revoked by {}", self.describe(r)));
+            return say(&|| format!("it was revoked by {}", self.describe(r)));
         }
         if let Some(&r) = self.blanket_revocations.get(g.owner_id.as_str()) {
             if g.at <= self.ledger.events[r].event.common().2 {
-                return Some(format!("it was revoked by {}", self.describe(r)));
+                return say(&|| format!("it was revoked by {}", self.describe(r)));
             }
         }
         None
@@ -377,13 +379,13 @@ impl<'a> ConsentIndex<'a> {
         if !reasons.is_empty() {
             return Verdict::Exclude(reasons);
         }
-        let mut problems = Vec::new();
-        for &i in self.grants_by_owner.get(clip.owner_id.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
-            let LedgerEvent::ConsentGranted(g) = &self.ledger.events[i].event else { unreachable!() };
-            match self.grant_problem(g, clip) {
-                None => return Verdict::Include(self.basis(i, BasisKind::Consent)),
-                Some(p) => problems.push(format!("grant {}: {p}", self.describe(i))),
-            }
+        let grants = self.grants_by_owner.get(clip.owner_id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let grant = |i: usize| match &self.ledger.events[i].event {
+            LedgerEvent::ConsentGranted(g) => g,
+            _ => unreachable!("grants_by_owner holds grants only"),
+        };
+        if let Some(&i) = grants.iter().find(|&&i| self.grant_problem(grant(i), clip, false).is_none()) {
+            return Verdict::Include(self.basis(i, BasisKind::Consent));
         }
         let share = self.sharing.get(clip.video_id.as_str());
         if let Some(ShareState { qualifying: Some((owner, i)), .. }) = share {
@@ -391,6 +393,10 @@ impl<'a> ConsentIndex<'a> {
                 return Verdict::Include(self.basis(*i, BasisKind::Neighbors));
             }
         }
+        let mut problems: Vec<String> = grants
+            .iter()
+            .map(|&i| format!("grant {}: {}", self.describe(i), self.grant_problem(grant(i), clip, true).unwrap_or_default()))
+            .collect();
         if problems.is_empty() {
             problems.push(format!("no consent grant by owner {:?} at or before {}", clip.owner_id, self.as_of));
         }
