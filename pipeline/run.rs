@@ -198,7 +198,10 @@ impl Models {
         };
         let cf_config = CenterFaceConfig { threshold: f.threshold, scale: f.scale.map(|[w, h]| (w, h)), variant };
         let faces = CenterFace::new(&opts, cf_config).context("cannot load the face detector")?;
-        let verifier = RetinaFace::new(&opts, RetinaFaceConfig { threshold: config.verifier.threshold, ..RetinaFaceConfig::default() })
+        // The verifier and the object detector run on pipeline threads of their own, beside face
+        // detection: one intra-op thread each avoids thread hand-offs on small models.
+        let single = ModelOptions { intra_threads: Some(1), ..opts.clone() };
+        let verifier = RetinaFace::new(&single, RetinaFaceConfig { threshold: config.verifier.threshold, ..RetinaFaceConfig::default() })
             .context("cannot load the verifier")?;
         let mut nd = NanoDetConfig::default();
         nd.thresholds = [config.detect.threshold; 80];
@@ -206,7 +209,7 @@ impl Models {
             let i = crate::vision::coco::index_of(name).ok_or_else(|| anyhow::anyhow!("detect.class_thresholds: {name:?} is not a COCO class"))?;
             nd.thresholds[i] = *t;
         }
-        let objects = NanoDet::new(&opts, nd).context("cannot load the object detector")?;
+        let objects = NanoDet::new(&single, nd).context("cannot load the object detector")?;
         let mut provenance = BTreeMap::new();
         for p in [faces.provenance(), verifier.provenance(), objects.provenance()] {
             provenance.insert(p.name.clone(), p.blake3.clone());
@@ -432,28 +435,18 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
             }
             spent
         });
-        let mut finish_one = |ctx: &mut Ctx<'_>, (frame, persons): (Frame, Vec<BBox>), faces: Vec<BBox>, held: usize| -> Result<(), ClipError> {
-            let t = Instant::now();
-            let cand = redactor.redact(frame, &faces, held, &persons);
-            ctx.times.redact += t.elapsed();
-            let t = Instant::now();
-            let found: Vec<Detection> = models.verifier.detect(cand.image())?;
-            let masks = cand.masks().len() as u32;
-            let verdict = redactor.verify(cand, &found);
-            ctx.times.verify += t.elapsed();
-            match verdict {
-                Verdict::Withheld { index, uncovered } => {
-                    tracing::warn!(frame = index, faces = uncovered.len(), "verifier found an uncovered face; frame withheld");
-                    emitter.withhold(WithheldFrame {
-                        video_id: c.video_id.clone(),
-                        frame: index,
-                        reason: format!("verifier found {} face(s) no mask covers", uncovered.len()),
-                    });
-                }
-                Verdict::Pass(red) => {
+        // Object detection, JPEG encoding and manifest entries on a third thread: redacted
+        // frames only. Results come back unbounded (small: an entry and a JPEG) so neither side
+        // can block the other.
+        let (otx, orx) = bounded::<(crate::redact::RedactedFrame, u32, u32)>(4);
+        let (dtx, drx) = crossbeam_channel::unbounded::<anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)>>();
+        let (zone_names, policy_name, provenance, c) = (&zone_names, &policy_name, &provenance, c);
+        s.spawn(move || {
+            for (red, masks, found) in orx {
+                let item = (|| {
                     let t = Instant::now();
                     let dets = models.objects.detect(red.image())?;
-                    ctx.times.object_detect += t.elapsed();
+                    let detect_time = t.elapsed();
                     let t = Instant::now();
                     let jpeg = encode_jpeg(red.image())?;
                     let entry = ManifestEntry {
@@ -469,13 +462,49 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
                             faces_masked: masks,
                             zones: zone_names.clone(),
                             indoor_policy: policy_name.clone(),
-                            verifier: VerifierResult { passed: true, faces_found: found.len() as u32 },
+                            verifier: VerifierResult { passed: true, faces_found: found },
                         },
                         provenance: provenance.clone(),
                     };
-                    emitter.add_frame(entry, &jpeg)?;
-                    ctx.times.emit += t.elapsed();
-                    emitted += 1;
+                    Ok((entry, jpeg, detect_time, t.elapsed()))
+                })();
+                if dtx.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut add = |ctx: &mut Ctx<'_>, item: anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)>| -> Result<(), ClipError> {
+            let (entry, jpeg, detect_time, encode_time) = item?;
+            let t = Instant::now();
+            emitter.add_frame(entry, &jpeg)?;
+            ctx.times.object_detect += detect_time;
+            ctx.times.emit += encode_time + t.elapsed();
+            emitted += 1;
+            Ok(())
+        };
+        let mut withheld = Vec::new();
+        let mut finish_one = |ctx: &mut Ctx<'_>, (frame, persons): (Frame, Vec<BBox>), faces: Vec<BBox>, held: usize| -> Result<(), ClipError> {
+            let t = Instant::now();
+            let cand = redactor.redact(frame, &faces, held, &persons);
+            ctx.times.redact += t.elapsed();
+            let t = Instant::now();
+            let found: Vec<Detection> = models.verifier.detect(cand.image())?;
+            let masks = cand.masks().len() as u32;
+            let verdict = redactor.verify(cand, &found);
+            ctx.times.verify += t.elapsed();
+            match verdict {
+                Verdict::Withheld { index, uncovered } => {
+                    tracing::warn!(frame = index, faces = uncovered.len(), "verifier found an uncovered face; frame withheld");
+                    withheld.push(WithheldFrame {
+                        video_id: c.video_id.clone(),
+                        frame: index,
+                        reason: format!("verifier found {} face(s) no mask covers", uncovered.len()),
+                    });
+                }
+                Verdict::Pass(red) => {
+                    if otx.send((red, masks, found.len() as u32)).is_err() {
+                        return Err(anyhow::anyhow!("the object detection thread stopped").into());
+                    }
                 }
             }
             Ok(())
@@ -489,9 +518,21 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
             if let Some((item, boxes, held)) = hold.push((frame, persons), faces) {
                 finish_one(ctx, item, boxes, held)?;
             }
+            for done in drx.try_iter() {
+                add(ctx, done)?;
+            }
         }
         for (item, boxes, held) in hold.flush() {
             finish_one(ctx, item, boxes, held)?;
+        }
+        drop(finish_one);
+        drop(otx);
+        for done in drx.iter() {
+            add(ctx, done)?;
+        }
+        drop(add);
+        for w in withheld {
+            emitter.withhold(w);
         }
         ctx.times.decode_wait += wait;
         face_time = detector.join().unwrap_or_default();
