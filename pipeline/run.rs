@@ -8,10 +8,11 @@
 //! on the redacted pixels and hands JPEGs to the emitter. Unredacted frames exist only in memory,
 //! in bounded channels. One bad clip is recorded and the batch goes on; the exit status says so.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,13 +22,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::consent::{ConsentedClip, admit_recorded};
 use crate::emit::{
-    ClipFailure, ConsentBasis, DatasetInputs, DatasetRecord, EmitOptions, EmittedDetection, Emitter, ManifestEntry, Provenance,
-    RedactionSummary, VerifierResult, WithheldFrame, encode_jpeg,
+    ClipFailure, ConsentBasis, DatasetInputs, DatasetRecord, EmitOptions, EmittedDetection,
+    Emitter, ManifestEntry, Provenance, RedactionSummary, VerifierResult, WithheldFrame,
+    encode_jpeg,
 };
 use crate::inference::ModelOptions;
 use crate::media::{DecodeOptions, Decoder, Frame, Input, Sampling};
 use crate::records::Placement;
-use crate::redact::{Fill, IndoorPolicy, MaskShape, RedactOptions, Redactor, TemporalHold, Verdict, Zone};
+use crate::redact::{
+    Fill, IndoorPolicy, MaskShape, RedactOptions, Redactor, TemporalHold, Verdict, Zone,
+};
+use crate::select::ObjectRef;
+use crate::storage::{self, Location, S3Options, Store, StoreArgs, UploadStats, Uploader};
 use crate::vision::centerface::{CenterFace, CenterFaceConfig, CenterFaceVariant};
 use crate::vision::nanodet::{NanoDet, NanoDetConfig};
 use crate::vision::retinaface::{RetinaFace, RetinaFaceConfig};
@@ -36,18 +42,21 @@ use crate::vision::{BBox, Detection};
 /// Arguments of `clearframe run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Catalog of clips (JSON Lines). Relative clip URIs are resolved against its folder.
-    #[arg(long)]
-    pub catalog: PathBuf,
-    /// Consent ledger (JSON Lines). Any invalid line stops the run before anything is decoded.
-    #[arg(long)]
-    pub ledger: PathBuf,
+    /// Catalog of clips (JSON Lines): a path, file:///path or s3://bucket/key. Relative clip URIs
+    /// are resolved against its folder or prefix; `s3://bucket/key` clip URIs are read from S3.
+    #[arg(long, value_name = "URL")]
+    pub catalog: String,
+    /// Consent ledger (JSON Lines): a path, file:///path or s3://bucket/key. Any invalid line
+    /// stops the run before anything is decoded.
+    #[arg(long, value_name = "URL")]
+    pub ledger: String,
     /// Snapshot instant (RFC 3339 with an offset). Default: now.
     #[arg(long, value_parser = crate::select::parse_timestamp)]
     pub as_of: Option<Timestamp>,
-    /// Dataset folder to write (created; an earlier dataset in it is replaced).
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Where the dataset goes: a folder, file:///path or s3://bucket/prefix (created; an earlier
+    /// dataset there is replaced).
+    #[arg(long, value_name = "URL")]
+    pub out: String,
     /// Sample N frames per second of clip time (overrides `sampling.fps` in the config).
     #[arg(long)]
     pub fps: Option<f32>,
@@ -55,6 +64,8 @@ pub struct RunArgs {
     /// See the README's "Configuration" section.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// The run's settings: `--config` TOML over these defaults. Recorded (as canonical JSON) by
@@ -110,7 +121,15 @@ pub struct FacesConfig {
 
 impl Default for FacesConfig {
     fn default() -> Self {
-        FacesConfig { model: FaceModel::Clean, threshold: 0.2, scale: None, mask_scale: 1.3, shape: MaskShape::Ellipse, fill: Fill::Blur, hold_frames: 5 }
+        FacesConfig {
+            model: FaceModel::Clean,
+            threshold: 0.2,
+            scale: None,
+            mask_scale: 1.3,
+            shape: MaskShape::Ellipse,
+            fill: Fill::Blur,
+            hold_frames: 5,
+        }
     }
 }
 
@@ -124,7 +143,9 @@ pub struct VerifierConfig {
 
 impl Default for VerifierConfig {
     fn default() -> Self {
-        VerifierConfig { threshold: RetinaFaceConfig::default().threshold }
+        VerifierConfig {
+            threshold: RetinaFaceConfig::default().threshold,
+        }
     }
 }
 
@@ -140,7 +161,10 @@ pub struct DetectConfig {
 
 impl Default for DetectConfig {
     fn default() -> Self {
-        DetectConfig { threshold: 0.5, class_thresholds: BTreeMap::new() }
+        DetectConfig {
+            threshold: 0.5,
+            class_thresholds: BTreeMap::new(),
+        }
     }
 }
 
@@ -166,7 +190,8 @@ impl Default for Config {
 impl Config {
     /// Reads a TOML config; unknown keys and bad values are errors naming the file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
@@ -188,7 +213,10 @@ struct Models {
 
 impl Models {
     fn load(config: &Config) -> anyhow::Result<Models> {
-        let opts = ModelOptions { intra_spinning: Some(false), ..ModelOptions::default() };
+        let opts = ModelOptions {
+            intra_spinning: Some(false),
+            ..ModelOptions::default()
+        };
         let f = &config.faces;
         let (variant, fast) = match f.model {
             FaceModel::Reference => (CenterFaceVariant::Reference, false),
@@ -196,32 +224,59 @@ impl Models {
             FaceModel::Int8 => (CenterFaceVariant::Int8, false),
             FaceModel::Fast => (CenterFaceVariant::Int8, true),
         };
-        let cf_config = CenterFaceConfig { threshold: f.threshold, scale: f.scale.map(|[w, h]| (w, h)), variant };
+        let cf_config = CenterFaceConfig {
+            threshold: f.threshold,
+            scale: f.scale.map(|[w, h]| (w, h)),
+            variant,
+        };
         let faces = CenterFace::new(&opts, cf_config).context("cannot load the face detector")?;
         // The verifier and the object detector run on pipeline threads of their own, beside face
         // detection: one intra-op thread each avoids thread hand-offs on small models.
-        let single = ModelOptions { intra_threads: Some(1), ..opts.clone() };
-        let verifier = RetinaFace::new(&single, RetinaFaceConfig { threshold: config.verifier.threshold, ..RetinaFaceConfig::default() })
-            .context("cannot load the verifier")?;
+        let single = ModelOptions {
+            intra_threads: Some(1),
+            ..opts.clone()
+        };
+        let verifier = RetinaFace::new(
+            &single,
+            RetinaFaceConfig {
+                threshold: config.verifier.threshold,
+                ..RetinaFaceConfig::default()
+            },
+        )
+        .context("cannot load the verifier")?;
         let mut nd = NanoDetConfig::default();
         nd.thresholds = [config.detect.threshold; 80];
         for (name, t) in &config.detect.class_thresholds {
-            let i = crate::vision::coco::index_of(name).ok_or_else(|| anyhow::anyhow!("detect.class_thresholds: {name:?} is not a COCO class"))?;
+            let i = crate::vision::coco::index_of(name).ok_or_else(|| {
+                anyhow::anyhow!("detect.class_thresholds: {name:?} is not a COCO class")
+            })?;
             nd.thresholds[i] = *t;
         }
         let objects = NanoDet::new(&single, nd).context("cannot load the object detector")?;
         let mut provenance = BTreeMap::new();
-        for p in [faces.provenance(), verifier.provenance(), objects.provenance()] {
+        for p in [
+            faces.provenance(),
+            verifier.provenance(),
+            objects.provenance(),
+        ] {
             provenance.insert(p.name.clone(), p.blake3.clone());
         }
         let onnxruntime = faces.provenance().onnxruntime.clone();
-        Ok(Models { faces, fast, verifier, objects, provenance, onnxruntime })
+        Ok(Models {
+            faces,
+            fast,
+            verifier,
+            objects,
+            provenance,
+            onnxruntime,
+        })
     }
 
     fn face_boxes(&self, img: &image::RgbImage) -> anyhow::Result<Vec<BBox>> {
         let dets = if self.fast {
             let c = CenterFaceConfig::fast(img.dimensions());
-            self.faces.detect_at(img, c.scale.unwrap_or(img.dimensions()), c.threshold)?
+            self.faces
+                .detect_at(img, c.scale.unwrap_or(img.dimensions()), c.threshold)?
         } else {
             self.faces.detect(img)?
         };
@@ -229,7 +284,13 @@ impl Models {
     }
 
     fn persons(&self, img: &image::RgbImage) -> anyhow::Result<Vec<BBox>> {
-        Ok(self.objects.detect(img)?.into_iter().filter(|d| d.class_id == 0).map(|d| d.bbox).collect())
+        Ok(self
+            .objects
+            .detect(img)?
+            .into_iter()
+            .filter(|d| d.class_id == 0)
+            .map(|d| d.bbox)
+            .collect())
     }
 }
 
@@ -272,7 +333,12 @@ struct Ctx<'a> {
     config: &'a Config,
     config_blake3: String,
     ffmpeg: String,
-    catalog_dir: PathBuf,
+    catalog_store: Arc<dyn Store>,
+    s3: S3Options,
+    /// Frames go here as they are emitted when the dataset is written to S3.
+    upload: Option<crossbeam_channel::Sender<(String, bytes::Bytes)>>,
+    /// What the current clip's input was called in messages (a path), to be replaced by its URI.
+    input_name: Option<String>,
     times: StageTimes,
 }
 
@@ -288,14 +354,25 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         config.sampling.fps = Some(fps);
     }
     if let Some(fps) = config.sampling.fps {
-        anyhow::ensure!(fps.is_finite() && fps > 0.0, "sampling fps must be > 0, got {fps}");
+        anyhow::ensure!(
+            fps.is_finite() && fps > 0.0,
+            "sampling fps must be > 0, got {fps}"
+        );
     }
     let as_of = args.as_of.unwrap_or_else(Timestamp::now);
+
+    let s3 = args.store.to_options()?;
+    let catalog = ObjectRef::open(&args.catalog, &s3)?;
+    let ledger = ObjectRef::open(&args.ledger, &s3)?;
+    let out = storage::open(&args.out, &s3)?;
 
     // 1. select, into a scratch folder: the dataset keeps its own copy of the selection.
     let t = Instant::now();
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
-    let selected = crate::select::run_select(&args.catalog, &args.ledger, as_of, scratch.path(), usize::MAX)?;
+    let scratch_store: Arc<dyn Store> =
+        Arc::new(storage::LocalStore::new(scratch.path().to_path_buf()));
+    let selected =
+        crate::select::run_select_store(&catalog, &ledger, as_of, &scratch_store, usize::MAX)?;
     let selection_jsonl = std::fs::read(scratch.path().join("selection.jsonl"))?;
     let lines = selected.lines.expect("all lines kept");
     let select_time = t.elapsed();
@@ -307,9 +384,30 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         as_of: as_of.to_string(),
         selection_jsonl,
     };
-    let mut emitter = Emitter::create(&args.out, inputs, EmitOptions::default())?;
-    let catalog_dir = args.catalog.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let mut ctx = Ctx { models: &models, config_blake3: config.blake3(), config: &config, ffmpeg: ffmpeg_version(), catalog_dir, times: StageTimes::default() };
+    // A local dataset is written in place. One for S3 is emitted into a private temporary folder
+    // (redacted outputs only) and uploaded from there: frames as they are emitted, overlapping
+    // the compute, then the other files, and `dataset.json` last.
+    let remote = match out.location() {
+        Location::Local(_) => None,
+        Location::S3 { .. } => Some(RemoteOut::start(Arc::clone(&out))?),
+    };
+    let staging = match (&remote, out.location()) {
+        (Some(r), _) => r.dir.path().to_path_buf(),
+        (None, Location::Local(root)) => root.clone(),
+        (None, Location::S3 { .. }) => unreachable!("S3 output is remote"),
+    };
+    let mut emitter = Emitter::create(&staging, inputs, EmitOptions::default())?;
+    let mut ctx = Ctx {
+        models: &models,
+        config_blake3: config.blake3(),
+        config: &config,
+        ffmpeg: ffmpeg_version(),
+        catalog_store: Arc::clone(&catalog.store),
+        s3: s3.clone(),
+        upload: remote.as_ref().map(|r| r.frames.clone()),
+        input_name: None,
+        times: StageTimes::default(),
+    };
     ctx.times.select = select_time;
 
     let included: Vec<ConsentedClip> = lines.iter().filter_map(admit_recorded).collect();
@@ -335,13 +433,24 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
             }
             Err(ClipError::Policy(reason)) => {
                 tracing::info!(%reason, "clip left out by policy");
-                emitter.clip_failed(ClipFailure { video_id: id, reason });
+                emitter.clip_failed(ClipFailure {
+                    video_id: id,
+                    reason,
+                });
             }
             Err(ClipError::Failed(e)) => {
                 failed += 1;
-                let reason = stable_reason(&format!("{e:#}"));
+                let mut reason = stable_reason(&format!("{e:#}"));
+                // Name the clip by its catalog URI, not by where this run happened to read it
+                // from, so that the record is the same on every store.
+                if let Some(name) = ctx.input_name.take().filter(|n| !n.is_empty()) {
+                    reason = reason.replace(&name, &clip.clip().uri);
+                }
                 tracing::error!(%reason, "clip failed; the batch goes on");
-                emitter.clip_failed(ClipFailure { video_id: id, reason });
+                emitter.clip_failed(ClipFailure {
+                    video_id: id,
+                    reason,
+                });
             }
         }
         bar.inc(1);
@@ -349,8 +458,18 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     bar.finish_and_clear();
     let t = Instant::now();
     let record = emitter.finish()?;
+    drop(ctx.upload.take());
+    if let Some(remote) = remote {
+        remote.finish()?;
+    }
     ctx.times.emit += t.elapsed();
-    Ok(RunOutcome { record, failed_clips: failed, frames, wall: started.elapsed(), times: ctx.times })
+    Ok(RunOutcome {
+        record,
+        failed_clips: failed,
+        frames,
+        wall: started.elapsed(),
+        times: ctx.times,
+    })
 }
 
 enum ClipError {
@@ -365,34 +484,281 @@ impl<E: Into<anyhow::Error>> From<E> for ClipError {
     }
 }
 
-/// Where a consented clip's bytes are: relative URIs under the catalog's folder.
-fn clip_path(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<PathBuf> {
+/// Clips read from S3 are held in memory (a sealed anonymous memory file) up to this size.
+const MAX_REMOTE_CLIP: u64 = 4 << 30;
+
+/// A clip opened for decoding: ffmpeg's input, the blake3 of exactly the bytes ffmpeg will read,
+/// the name messages use for it, and (for S3) the memory file that must outlive the decoder.
+struct OpenedClip {
+    input: Input,
+    blake3: String,
+    name: String,
+    _memory: Option<std::fs::File>,
+}
+
+/// Opens a consented clip: relative URIs in the catalog's store, `s3://` URIs in S3.
+///
+/// A local clip is hashed and given to ffmpeg by path. An S3 clip is streamed once from the
+/// store's reader into an anonymous memory file (`memfd`, never a file on disk), hashed as it
+/// streams, sealed against any change, and ffmpeg reads that memory file: the hash is over the
+/// very bytes decoded, and ffmpeg can seek (MP4s with their index at the end, the usual case,
+/// cannot be decoded from a pipe).
+fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<OpenedClip> {
     let uri = &clip.clip().uri;
-    anyhow::ensure!(!uri.starts_with("s3://"), "clip {uri} is in S3: `run` reads clips from local folders only in this version");
-    Ok(ctx.catalog_dir.join(uri))
+    let (store, key) = storage::resolve(&ctx.catalog_store, uri, &ctx.s3)?;
+    if let Location::Local(root) = store.location() {
+        let path = root.join(&key);
+        let blake3 = crate::hashing::hash_file(&path)
+            .with_context(|| format!("cannot read clip {}", path.display()))?;
+        let name = path.display().to_string();
+        return Ok(OpenedClip {
+            input: Input::Path(path),
+            blake3,
+            name,
+            _memory: None,
+        });
+    }
+    use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, memfd_create};
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let url = store.url(&key);
+    let fd = memfd_create(
+        "clearframe-clip",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .context("cannot create a memory file for the clip")?;
+    let mut memory = std::fs::File::from(fd);
+    let mut reader = store
+        .reader(&key)
+        .with_context(|| format!("cannot read clip {url}"))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read clip {url}")),
+        };
+        total += n as u64;
+        anyhow::ensure!(
+            total <= MAX_REMOTE_CLIP,
+            "clip {url} is larger than {MAX_REMOTE_CLIP} bytes"
+        );
+        hasher.update(&buf[..n]);
+        memory
+            .write_all(&buf[..n])
+            .context("cannot fill the clip's memory file")?;
+    }
+    fcntl_add_seals(
+        &memory,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )
+    .context("cannot seal the clip's memory file")?;
+    // ffmpeg opens the memory file through /proc: a fresh, seekable file description.
+    let path = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        memory.as_raw_fd()
+    ));
+    let name = path.display().to_string();
+    Ok(OpenedClip {
+        input: Input::Path(path),
+        blake3: crate::hashing::hex(&hasher.finalize()),
+        name,
+        _memory: Some(memory),
+    })
+}
+
+/// Uploads a dataset emitted into a staging folder to its S3 prefix.
+struct RemoteOut {
+    store: Arc<dyn Store>,
+    dir: tempfile::TempDir,
+    /// Keys under the prefix before the run (all of them dataset outputs: checked).
+    before: BTreeSet<String>,
+    frames: crossbeam_channel::Sender<(String, bytes::Bytes)>,
+    feeder: std::thread::JoinHandle<(Uploader, BTreeSet<String>)>,
+}
+
+/// Uploads in flight at once.
+const UPLOADS_IN_FLIGHT: usize = 16;
+
+impl RemoteOut {
+    /// Checks the prefix holds nothing but an earlier dataset, removes its `dataset.json` first
+    /// (so a half-replaced dataset never looks complete), and starts the frame uploader.
+    fn start(store: Arc<dyn Store>) -> anyhow::Result<RemoteOut> {
+        use crate::emit::paths;
+        let listed = store
+            .list("")
+            .with_context(|| format!("cannot list {}", store.location()))?;
+        let known = [
+            paths::FRAMES_DIR,
+            "annotations",
+            paths::MANIFEST,
+            paths::DATASET,
+            paths::SELECTION,
+            paths::REPORT,
+        ];
+        let mut before = BTreeSet::new();
+        for m in listed {
+            let top = m.key.split('/').next().unwrap_or_default();
+            anyhow::ensure!(
+                known.contains(&top),
+                "{} holds {}, which is not part of a dataset; choose an empty prefix",
+                store.location(),
+                store.url(&m.key)
+            );
+            before.insert(m.key);
+        }
+        store
+            .delete(paths::DATASET)
+            .with_context(|| format!("cannot delete {}", store.url(paths::DATASET)))?;
+        let dir = tempfile::Builder::new()
+            .prefix("clearframe-out-")
+            .tempdir()
+            .context("cannot create a staging folder")?;
+        let (frames, rx) = crossbeam_channel::unbounded::<(String, bytes::Bytes)>();
+        let uploader = Uploader::new(Arc::clone(&store), UPLOADS_IN_FLIGHT);
+        let feeder = std::thread::Builder::new()
+            .name("upload-feed".into())
+            .spawn(move || {
+                let mut sent = BTreeSet::new();
+                for (key, data) in rx {
+                    sent.insert(key.clone());
+                    uploader.submit(key, data);
+                }
+                (uploader, sent)
+            })?;
+        Ok(RemoteOut {
+            store,
+            dir,
+            before,
+            frames,
+            feeder,
+        })
+    }
+
+    /// Uploads every other staged file, removes what an earlier dataset left that this one does
+    /// not have, and writes `dataset.json` last.
+    fn finish(self) -> anyhow::Result<UploadStats> {
+        use crate::emit::paths;
+        drop(self.frames);
+        let (uploader, sent) = self
+            .feeder
+            .join()
+            .map_err(|_| anyhow::anyhow!("the upload feeder panicked"))?;
+        let mut files = Vec::new();
+        list_files(self.dir.path(), self.dir.path(), &mut files)?;
+        let mut written: BTreeSet<String> = sent;
+        for key in &files {
+            if key == paths::DATASET || written.contains(key) {
+                continue;
+            }
+            let data = std::fs::read(self.dir.path().join(key))
+                .with_context(|| format!("cannot read staged {key}"))?;
+            uploader.submit(key.clone(), data);
+            written.insert(key.clone());
+        }
+        let stats = uploader
+            .finish()
+            .with_context(|| format!("cannot upload the dataset to {}", self.store.location()))?;
+        for stale in self
+            .before
+            .difference(&written)
+            .filter(|k| *k != paths::DATASET)
+        {
+            self.store
+                .delete(stale)
+                .with_context(|| format!("cannot delete {}", self.store.url(stale)))?;
+        }
+        let record = std::fs::read(self.dir.path().join(paths::DATASET))
+            .context("the staged dataset.json is missing")?;
+        self.store
+            .put_record(paths::DATASET, record.into())
+            .with_context(|| format!("cannot write {}", self.store.url(paths::DATASET)))?;
+        Ok(stats)
+    }
+}
+
+/// Every file below `dir`, as `/`-separated keys relative to `root`.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).expect("below root");
+            let key: Vec<&str> = rel
+                .components()
+                .filter_map(|c| c.as_os_str().to_str())
+                .collect();
+            out.push(key.join("/"));
+        }
+    }
+    Ok(())
 }
 
 /// One clip: decode -> faces -> hold -> redact -> verify -> objects -> emit. Returns frames emitted.
-fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) -> Result<u64, ClipError> {
+fn process_clip(
+    ctx: &mut Ctx<'_>,
+    clip: &ConsentedClip,
+    emitter: &mut Emitter,
+) -> Result<u64, ClipError> {
     let c = clip.clip();
     let indoor = (c.placement == Placement::Indoor).then_some(ctx.config.indoor.policy);
     let f = &ctx.config.faces;
-    let zones: Vec<Zone> = c.privacy_zones.iter().map(|p| Zone { points: p.iter().map(|[x, y]| [*x as f32, *y as f32]).collect() }).collect();
-    let opts = RedactOptions { shape: f.shape, mask_scale: f.mask_scale, fill: f.fill, hold_frames: f.hold_frames, zones, indoor };
+    let zones: Vec<Zone> = c
+        .privacy_zones
+        .iter()
+        .map(|p| Zone {
+            points: p.iter().map(|[x, y]| [*x as f32, *y as f32]).collect(),
+        })
+        .collect();
+    let opts = RedactOptions {
+        shape: f.shape,
+        mask_scale: f.mask_scale,
+        fill: f.fill,
+        hold_frames: f.hold_frames,
+        zones,
+        indoor,
+    };
     let mut redactor = match Redactor::new(opts) {
         Ok(r) => r,
-        Err(crate::redact::RedactError::Excluded) => return Err(ClipError::Policy("indoor clip excluded by the indoor policy `exclude`".into())),
+        Err(crate::redact::RedactError::Excluded) => {
+            return Err(ClipError::Policy(
+                "indoor clip excluded by the indoor policy `exclude`".into(),
+            ));
+        }
         Err(e) => return Err(e.into()),
     };
-    let path = clip_path(ctx, clip)?;
-    let source_blake3 = crate::hashing::hash_file(&path).with_context(|| format!("cannot read clip {}", path.display()))?;
+    let opened = open_clip(ctx, clip)?;
+    ctx.input_name = Some(opened.name.clone());
+    let source_blake3 = opened.blake3;
     if let Some(expected) = &c.blake3 {
         if !expected.eq_ignore_ascii_case(&source_blake3) {
-            return Err(anyhow::anyhow!("clip {} has blake3 {source_blake3}, the catalog expects {expected}", path.display()).into());
+            return Err(anyhow::anyhow!(
+                "clip {} has blake3 {source_blake3}, the catalog expects {expected}",
+                opened.name
+            )
+            .into());
         }
     }
-    let sampling = ctx.config.sampling.fps.map(Sampling::Fps).unwrap_or(Sampling::All);
-    let decoder = Decoder::open(Input::Path(path.clone()), &DecodeOptions { sampling, ..DecodeOptions::default() })?;
+    let _memory = opened._memory;
+    let sampling = ctx
+        .config
+        .sampling
+        .fps
+        .map(Sampling::Fps)
+        .unwrap_or(Sampling::All);
+    let decoder = Decoder::open(
+        opened.input,
+        &DecodeOptions {
+            sampling,
+            ..DecodeOptions::default()
+        },
+    )?;
     let (w, h) = (decoder.info().width, decoder.info().height);
     let provenance = Provenance {
         source_blake3,
@@ -405,9 +771,14 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
     };
     let policy_name = match indoor {
         None => "none".to_string(),
-        Some(p) => serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        Some(p) => serde_json::to_value(p)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
     };
-    let zone_names: Vec<String> = (0..c.privacy_zones.len()).map(|i| format!("zone-{i}")).collect();
+    let zone_names: Vec<String> = (0..c.privacy_zones.len())
+        .map(|i| format!("zone-{i}"))
+        .collect();
     let models = ctx.models;
     let need_persons = indoor == Some(IndoorPolicy::BlurBackground);
 
@@ -424,7 +795,11 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
                 let item = frame.map_err(anyhow::Error::from).and_then(|frame| {
                     let t = Instant::now();
                     let faces = models.face_boxes(&frame.image)?;
-                    let persons = if need_persons { models.persons(&frame.image)? } else { Vec::new() };
+                    let persons = if need_persons {
+                        models.persons(&frame.image)?
+                    } else {
+                        Vec::new()
+                    };
                     spent += t.elapsed();
                     Ok((frame, faces, persons))
                 });
@@ -439,7 +814,9 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
         // frames only. Results come back unbounded (small: an entry and a JPEG) so neither side
         // can block the other.
         let (otx, orx) = bounded::<(crate::redact::RedactedFrame, u32, u32)>(4);
-        let (dtx, drx) = crossbeam_channel::unbounded::<anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)>>();
+        let (dtx, drx) = crossbeam_channel::unbounded::<
+            anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)>,
+        >();
         let (zone_names, policy_name, provenance, c) = (&zone_names, &policy_name, &provenance, c);
         s.spawn(move || {
             for (red, masks, found) in orx {
@@ -457,12 +834,18 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
                         height: h,
                         path: String::new(),
                         blake3: String::new(),
-                        detections: dets.iter().map(EmittedDetection::from_detection).collect::<Result<_, _>>()?,
+                        detections: dets
+                            .iter()
+                            .map(EmittedDetection::from_detection)
+                            .collect::<Result<_, _>>()?,
                         redaction: RedactionSummary {
                             faces_masked: masks,
                             zones: zone_names.clone(),
                             indoor_policy: policy_name.clone(),
-                            verifier: VerifierResult { passed: true, faces_found: found },
+                            verifier: VerifierResult {
+                                passed: true,
+                                faces_found: found,
+                            },
                         },
                         provenance: provenance.clone(),
                     };
@@ -473,17 +856,28 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
                 }
             }
         });
-        let mut add = |ctx: &mut Ctx<'_>, item: anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)>| -> Result<(), ClipError> {
+        let mut add = |ctx: &mut Ctx<'_>,
+                       item: anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)>|
+         -> Result<(), ClipError> {
             let (entry, jpeg, detect_time, encode_time) = item?;
             let t = Instant::now();
-            emitter.add_frame(entry, &jpeg)?;
+            let key = emitter.add_frame(entry, &jpeg)?.path.clone();
+            if let Some(upload) = &ctx.upload {
+                upload
+                    .send((key, jpeg.into()))
+                    .map_err(|_| anyhow::anyhow!("the upload feeder stopped"))?;
+            }
             ctx.times.object_detect += detect_time;
             ctx.times.emit += encode_time + t.elapsed();
             emitted += 1;
             Ok(())
         };
         let mut withheld = Vec::new();
-        let mut finish_one = |ctx: &mut Ctx<'_>, (frame, persons): (Frame, Vec<BBox>), faces: Vec<BBox>, held: usize| -> Result<(), ClipError> {
+        let mut finish_one = |ctx: &mut Ctx<'_>,
+                              (frame, persons): (Frame, Vec<BBox>),
+                              faces: Vec<BBox>,
+                              held: usize|
+         -> Result<(), ClipError> {
             let t = Instant::now();
             let cand = redactor.redact(frame, &faces, held, &persons);
             ctx.times.redact += t.elapsed();
@@ -494,11 +888,18 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
             ctx.times.verify += t.elapsed();
             match verdict {
                 Verdict::Withheld { index, uncovered } => {
-                    tracing::warn!(frame = index, faces = uncovered.len(), "verifier found an uncovered face; frame withheld");
+                    tracing::warn!(
+                        frame = index,
+                        faces = uncovered.len(),
+                        "verifier found an uncovered face; frame withheld"
+                    );
                     withheld.push(WithheldFrame {
                         video_id: c.video_id.clone(),
                         frame: index,
-                        reason: format!("verifier found {} face(s) no mask covers", uncovered.len()),
+                        reason: format!(
+                            "verifier found {} face(s) no mask covers",
+                            uncovered.len()
+                        ),
                     });
                 }
                 Verdict::Pass(red) => {
@@ -541,7 +942,12 @@ fn process_clip(ctx: &mut Ctx<'_>, clip: &ConsentedClip, emitter: &mut Emitter) 
     ctx.times.face_detect += face_time;
     result?;
     let r = redactor.report();
-    tracing::debug!(frames = r.frames, masked = r.faces_masked, withheld = r.frames_withheld, "redaction");
+    tracing::debug!(
+        frames = r.frames,
+        masked = r.faces_masked,
+        withheld = r.frames_withheld,
+        "redaction"
+    );
     Ok(emitted)
 }
 
@@ -566,10 +972,11 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let progress = std::io::stderr().is_terminal();
     let o = run(args, progress)?;
     let r = &o.record;
+    let out = Location::parse(&args.out)?;
     println!(
         "dataset {} at {}: {} frames from {} clips, {} withheld by the verifier, {} clips failed",
         &r.merkle_root,
-        args.out.display(),
+        out,
         r.frames,
         r.counts.clips.len(),
         r.withheld.len(),
@@ -582,7 +989,11 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
         println!("  not in dataset: {} ({})", f.video_id, f.reason);
     }
     let secs = o.wall.as_secs_f64();
-    println!("  {:.1} s, {:.1} frames/s end to end", secs, o.frames as f64 / secs.max(1e-9));
+    println!(
+        "  {:.1} s, {:.1} frames/s end to end",
+        secs,
+        o.frames as f64 / secs.max(1e-9)
+    );
     let t = &o.times;
     let stages = [
         ("select", t.select),
@@ -593,11 +1004,25 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
         ("object detect", t.object_detect),
         ("emit", t.emit),
     ];
-    let total: f64 = stages.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>().max(1e-9);
-    let shares: Vec<String> = stages.iter().map(|(n, d)| format!("{n} {:.0}%", 100.0 * d.as_secs_f64() / total)).collect();
-    println!("  stage time shares (face detection overlaps the rest): {}", shares.join(", "));
-    println!("report: {}", args.out.join("report.html").display());
-    Ok(if o.failed_clips > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    let total: f64 = stages
+        .iter()
+        .map(|(_, d)| d.as_secs_f64())
+        .sum::<f64>()
+        .max(1e-9);
+    let shares: Vec<String> = stages
+        .iter()
+        .map(|(n, d)| format!("{n} {:.0}%", 100.0 * d.as_secs_f64() / total))
+        .collect();
+    println!(
+        "  stage time shares (face detection overlaps the rest): {}",
+        shares.join(", ")
+    );
+    println!("report: {}", out.join("report.html"));
+    Ok(if o.failed_clips > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::io::{Seek, SeekFrom};
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use jiff::Timestamp;
@@ -15,30 +17,79 @@ use rayon::prelude::*;
 
 use crate::consent::{ConsentIndex, Ledger, Verdict, split_lines};
 use crate::records::{CatalogClip, Decision, InputRef, ReasonCode, SelectRecord, SelectionLine};
+use crate::storage::{self, Location, S3Options, Store, StoreArgs};
 
 /// Arguments of `clearframe select`.
 #[derive(clap::Args, Debug)]
 pub struct SelectArgs {
-    /// Catalog of clips (JSON Lines, one clip per line).
-    #[arg(long)]
-    pub catalog: PathBuf,
-    /// Consent ledger (JSON Lines, append-only events). Any invalid line stops the run.
-    #[arg(long)]
-    pub ledger: PathBuf,
+    /// Catalog of clips (JSON Lines, one clip per line): a path, file:///path or s3://bucket/key.
+    #[arg(long, value_name = "URL")]
+    pub catalog: String,
+    /// Consent ledger (JSON Lines, append-only events): a path, file:///path or s3://bucket/key.
+    /// Any invalid line stops the run.
+    #[arg(long, value_name = "URL")]
+    pub ledger: String,
     /// Snapshot instant (RFC 3339 with an offset): only events at or before it count. Default: now.
     #[arg(long, value_parser = parse_timestamp)]
     pub as_of: Option<Timestamp>,
-    /// Output folder: receives selection.jsonl and select.json.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Output location (a folder, file:///path or s3://bucket/prefix): receives selection.jsonl
+    /// and then select.json.
+    #[arg(long, value_name = "URL")]
+    pub out: String,
     /// Print the per-clip decision table (default: only when the catalog has at most 50 lines).
     #[arg(long)]
     pub table: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// An object named by a URL (a path, `file://…` or `s3://bucket/key`): the store that holds it,
+/// its key there, and the URL as given (for messages and records).
+#[derive(Debug, Clone)]
+pub struct ObjectRef {
+    pub store: Arc<dyn Store>,
+    pub key: String,
+    pub url: String,
+}
+
+impl ObjectRef {
+    /// Opens the store holding the object at `url`. Nothing is read yet.
+    pub fn open(url: &str, options: &S3Options) -> anyhow::Result<ObjectRef> {
+        let location = Location::parse(url)?;
+        // The store is the object's folder (local) or its parent prefix (S3), so that relative
+        // references in the object (a catalog's clip URIs) resolve beside it.
+        let (parent, key) = match &location {
+            Location::S3 { bucket, prefix } if prefix.contains('/') => {
+                let (dir, name) = prefix.rsplit_once('/').expect("contains a slash");
+                (
+                    Location::S3 {
+                        bucket: bucket.clone(),
+                        prefix: dir.to_owned(),
+                    },
+                    name.to_owned(),
+                )
+            }
+            _ => location
+                .split_object()
+                .ok_or_else(|| anyhow::anyhow!("{url} names a bucket or folder, not an object"))?,
+        };
+        Ok(ObjectRef {
+            store: storage::open_location(parent, options)?,
+            key,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Reads the whole object.
+    pub fn get(&self) -> anyhow::Result<bytes::Bytes> {
+        Ok(self.store.get(&self.key)?)
+    }
 }
 
 /// Parses an RFC 3339 instant with an offset.
 pub fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
-    s.parse::<Timestamp>().map_err(|e| format!("not an RFC 3339 instant with an offset ({s:?}): {e}"))
+    s.parse::<Timestamp>()
+        .map_err(|e| format!("not an RFC 3339 instant with an offset ({s:?}): {e}"))
 }
 
 /// The result of selecting a catalog against a ledger.
@@ -51,7 +102,10 @@ pub struct Selection {
 impl Selection {
     /// Number of included clips.
     pub fn included(&self) -> u64 {
-        self.lines.iter().filter(|l| l.decision == Decision::Include).count() as u64
+        self.lines
+            .iter()
+            .filter(|l| l.decision == Decision::Include)
+            .count() as u64
     }
     /// Excluded clips counted by their first reason code.
     pub fn excluded_by_reason(&self) -> BTreeMap<ReasonCode, u64> {
@@ -67,7 +121,8 @@ impl Selection {
 
 /// Parses one catalog line into a checked clip, or says why it is not one.
 pub fn parse_catalog_line(raw: &[u8]) -> Result<CatalogClip, String> {
-    let clip: CatalogClip = serde_json::from_slice(raw).map_err(|e| format!("not a valid catalog clip: {e}"))?;
+    let clip: CatalogClip =
+        serde_json::from_slice(raw).map_err(|e| format!("not a valid catalog clip: {e}"))?;
     clip.check()?;
     Ok(clip)
 }
@@ -78,7 +133,9 @@ fn salvage_video_id(raw: &[u8]) -> Option<String> {
     struct IdOnly {
         video_id: String,
     }
-    serde_json::from_slice::<IdOnly>(raw).ok().map(|x| x.video_id)
+    serde_json::from_slice::<IdOnly>(raw)
+        .ok()
+        .map(|x| x.video_id)
 }
 
 /// A catalog parsed line by line, with the ids that appear more than once.
@@ -105,7 +162,11 @@ impl ParsedCatalog {
                 *seen.entry(id.as_str()).or_default() += 1;
             }
         }
-        let duplicates = seen.into_iter().filter(|(_, n)| *n > 1).map(|(id, _)| id.to_string()).collect();
+        let duplicates = seen
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(id, _)| id.to_string())
+            .collect();
         ParsedCatalog { lines, duplicates }
     }
 
@@ -120,17 +181,34 @@ impl ParsedCatalog {
     }
 
     /// Decides lines `range` (in parallel, order kept).
-    pub fn decide(&self, range: std::ops::Range<usize>, index: &ConsentIndex<'_>) -> Vec<SelectionLine> {
-        self.lines[range].par_iter().with_min_len(1024).map(|(n, id, clip)| self.decide_one(*n, id, clip, index)).collect()
+    pub fn decide(
+        &self,
+        range: std::ops::Range<usize>,
+        index: &ConsentIndex<'_>,
+    ) -> Vec<SelectionLine> {
+        self.lines[range]
+            .par_iter()
+            .with_min_len(1024)
+            .map(|(n, id, clip)| self.decide_one(*n, id, clip, index))
+            .collect()
     }
 
-    fn decide_one(&self, n: u64, id: &Option<String>, clip: &Result<CatalogClip, String>, index: &ConsentIndex<'_>) -> SelectionLine {
+    fn decide_one(
+        &self,
+        n: u64,
+        id: &Option<String>,
+        clip: &Result<CatalogClip, String>,
+        index: &ConsentIndex<'_>,
+    ) -> SelectionLine {
         let mut reasons: Vec<(ReasonCode, String)> = Vec::new();
         if let Err(e) = clip {
             reasons.push((ReasonCode::InvalidLine, e.clone()));
         }
         if let Some(id) = id.as_deref().filter(|id| self.duplicates.contains(*id)) {
-            reasons.push((ReasonCode::DuplicateVideoId, format!("video_id {id:?} appears on more than one catalog line")));
+            reasons.push((
+                ReasonCode::DuplicateVideoId,
+                format!("video_id {id:?} appears on more than one catalog line"),
+            ));
         }
         let (basis, clip_out) = match (reasons.is_empty(), clip) {
             (true, Ok(clip)) => match index.decide(clip) {
@@ -145,7 +223,11 @@ impl ParsedCatalog {
         SelectionLine {
             line: n,
             video_id: id.clone(),
-            decision: if basis.is_some() { Decision::Include } else { Decision::Exclude },
+            decision: if basis.is_some() {
+                Decision::Include
+            } else {
+                Decision::Exclude
+            },
             basis,
             reason_codes: reasons.iter().map(|r| r.0).collect(),
             reasons: reasons.into_iter().map(|r| r.1).collect(),
@@ -157,12 +239,18 @@ impl ParsedCatalog {
 /// Decides every catalog line against an indexed ledger, all in memory. Pure: no I/O.
 pub fn select(catalog: &[u8], index: &ConsentIndex<'_>) -> Selection {
     let parsed = ParsedCatalog::parse(catalog);
-    Selection { lines: parsed.decide(0..parsed.len(), index), as_of: index.as_of() }
+    Selection {
+        lines: parsed.decide(0..parsed.len(), index),
+        as_of: index.as_of(),
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -197,25 +285,76 @@ pub struct SelectOutcome {
 /// Lines decided and written per batch: bounds memory for million-clip catalogs.
 const BATCH: usize = 65_536;
 
-/// The whole stage on local files: read, check the ledger, decide, write `selection.jsonl` then
-/// `select.json`. A bad ledger returns an error before anything is written. Lines are decided
-/// and streamed out in batches; they are returned only when there are at most `keep_lines`.
-pub fn run_select(catalog: &Path, ledger: &Path, as_of: Timestamp, out: &Path, keep_lines: usize) -> anyhow::Result<SelectOutcome> {
-    let ledger_bytes = std::fs::read(ledger).with_context(|| format!("cannot read consent ledger {}", ledger.display()))?;
+/// The whole stage on local files (see [`run_select_store`]).
+pub fn run_select(
+    catalog: &Path,
+    ledger: &Path,
+    as_of: Timestamp,
+    out: &Path,
+    keep_lines: usize,
+) -> anyhow::Result<SelectOutcome> {
+    let local = |p: &Path| -> anyhow::Result<ObjectRef> {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow::anyhow!("{} is not a file name", p.display()))?;
+        let parent = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Ok(ObjectRef {
+            store: Arc::new(storage::LocalStore::new(parent.to_path_buf())),
+            key: name.to_owned(),
+            url: p.display().to_string(),
+        })
+    };
+    let out: Arc<dyn Store> = Arc::new(storage::LocalStore::new(out.to_path_buf()));
+    run_select_store(&local(catalog)?, &local(ledger)?, as_of, &out, keep_lines)
+}
+
+/// The whole stage on any store: read catalog and ledger, check the ledger, decide, write
+/// `selection.jsonl` then `select.json` into `out`. A bad ledger returns an error before anything
+/// is written. Lines are decided and streamed out in batches (through a temporary file beside
+/// the output for local folders, in the system's temporary folder for S3; the selection holds no
+/// media); they are returned only when there are at most `keep_lines`.
+pub fn run_select_store(
+    catalog: &ObjectRef,
+    ledger: &ObjectRef,
+    as_of: Timestamp,
+    out: &Arc<dyn Store>,
+    keep_lines: usize,
+) -> anyhow::Result<SelectOutcome> {
+    let ledger_bytes = ledger
+        .get()
+        .with_context(|| format!("cannot read consent ledger {}", ledger.url))?;
     let ledger_hash = crate::hashing::hash_bytes(&ledger_bytes);
-    let parsed = Ledger::parse(&ledger_bytes, &ledger.display().to_string()).context("the consent ledger is unusable; nothing was selected")?;
+    let parsed = Ledger::parse(&ledger_bytes, &ledger.url)
+        .context("the consent ledger is unusable; nothing was selected")?;
     drop(ledger_bytes);
     let index = parsed.index(as_of);
 
-    let catalog_bytes = std::fs::read(catalog).with_context(|| format!("cannot read catalog {}", catalog.display()))?;
+    let catalog_bytes = catalog
+        .get()
+        .with_context(|| format!("cannot read catalog {}", catalog.url))?;
     let catalog_hash = crate::hashing::hash_bytes(&catalog_bytes);
     let clips = ParsedCatalog::parse(&catalog_bytes);
     drop(catalog_bytes);
 
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))?;
-    let selection_path = out.join("selection.jsonl");
-    let write_err = || format!("cannot write {}", selection_path.display());
-    let mut tmp = tempfile::NamedTempFile::new_in(out).with_context(write_err)?;
+    let selection_url = out.url("selection.jsonl");
+    let write_err = || format!("cannot write {selection_url}");
+    let local_root = match out.location() {
+        Location::Local(root) => {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("cannot create output folder {}", root.display()))?;
+            Some(root.clone())
+        }
+        Location::S3 { .. } => None,
+    };
+    let mut tmp = match &local_root {
+        Some(root) => tempfile::NamedTempFile::new_in(root),
+        None => tempfile::NamedTempFile::new(),
+    }
+    .with_context(write_err)?;
     let mut hasher = blake3::Hasher::new();
     let (mut included, mut by_reason) = (0u64, BTreeMap::<ReasonCode, u64>::new());
     let mut kept = (clips.len() <= keep_lines).then(Vec::new);
@@ -234,30 +373,62 @@ pub fn run_select(catalog: &Path, ledger: &Path, as_of: Timestamp, out: &Path, k
             kept.extend(lines);
         }
     }
-    tmp.as_file().sync_all().with_context(write_err)?;
-    tmp.persist(&selection_path).map_err(|e| e.error).with_context(write_err)?;
+    match &local_root {
+        Some(root) => {
+            tmp.as_file().sync_all().with_context(write_err)?;
+            tmp.persist(root.join("selection.jsonl"))
+                .map_err(|e| e.error)
+                .with_context(write_err)?;
+        }
+        None => {
+            tmp.as_file_mut()
+                .seek(SeekFrom::Start(0))
+                .with_context(write_err)?;
+            out.put_reader("selection.jsonl", tmp.as_file_mut())
+                .with_context(write_err)?;
+        }
+    }
 
     let total = clips.len() as u64;
     let record = SelectRecord {
         clearframe_version: env!("CARGO_PKG_VERSION").to_string(),
         as_of,
-        catalog: InputRef { uri: catalog.display().to_string(), blake3: catalog_hash, lines: total },
-        ledger: InputRef { uri: ledger.display().to_string(), blake3: ledger_hash, lines: parsed.len() as u64 },
-        selection: InputRef { uri: "selection.jsonl".into(), blake3: crate::hashing::hex(&hasher.finalize()), lines: total },
+        catalog: InputRef {
+            uri: catalog.url.clone(),
+            blake3: catalog_hash,
+            lines: total,
+        },
+        ledger: InputRef {
+            uri: ledger.url.clone(),
+            blake3: ledger_hash,
+            lines: parsed.len() as u64,
+        },
+        selection: InputRef {
+            uri: "selection.jsonl".into(),
+            blake3: crate::hashing::hex(&hasher.finalize()),
+            lines: total,
+        },
         included,
         excluded: total - included,
         excluded_by_reason: by_reason,
     };
     let mut rec = serde_json::to_vec_pretty(&record)?;
     rec.push(b'\n');
-    let record_path = out.join("select.json");
-    write_atomic(&record_path, &rec).with_context(|| format!("cannot write {}", record_path.display()))?;
-    Ok(SelectOutcome { record, lines: kept })
+    out.put_record("select.json", rec.into())
+        .with_context(|| format!("cannot write {}", out.url("select.json")))?;
+    Ok(SelectOutcome {
+        record,
+        lines: kept,
+    })
 }
 
 /// Prints the per-clip table to `w`.
 pub fn print_table(w: &mut impl Write, lines: &[SelectionLine]) -> std::io::Result<()> {
-    writeln!(w, "{:>5}  {:<24} {:<8} {}", "line", "video_id", "decision", "basis / reason")?;
+    writeln!(
+        w,
+        "{:>5}  {:<24} {:<8} {}",
+        "line", "video_id", "decision", "basis / reason"
+    )?;
     for l in lines {
         let id = l.video_id.as_deref().unwrap_or("-");
         let why = match (&l.basis, l.reasons.first()) {
@@ -275,7 +446,11 @@ pub fn print_table(w: &mut impl Write, lines: &[SelectionLine]) -> std::io::Resu
 }
 
 /// Prints the summary: counts by decision and by reason.
-pub fn print_summary(w: &mut impl Write, record: &SelectRecord, out: &Path) -> std::io::Result<()> {
+pub fn print_summary(
+    w: &mut impl Write,
+    record: &SelectRecord,
+    selection_url: &str,
+) -> std::io::Result<()> {
     writeln!(
         w,
         "selected {} of {} clips as of {} ({} excluded); ledger: {} events",
@@ -284,7 +459,7 @@ pub fn print_summary(w: &mut impl Write, record: &SelectRecord, out: &Path) -> s
     for (code, n) in &record.excluded_by_reason {
         writeln!(w, "  excluded, {:<20} {n}", code.as_str())?;
     }
-    writeln!(w, "wrote {}", out.join("selection.jsonl").display())
+    writeln!(w, "wrote {selection_url}")
 }
 
 /// Runs `clearframe select`. Exit 0: done; 1: done, but some catalog lines were invalid;
@@ -293,15 +468,27 @@ pub fn run_cli(args: &SelectArgs) -> anyhow::Result<ExitCode> {
     let as_of = args.as_of.unwrap_or_else(Timestamp::now);
     let _span = tracing::info_span!("select", as_of = %as_of).entered();
     let keep = if args.table { usize::MAX } else { 50 };
-    let outcome = run_select(&args.catalog, &args.ledger, as_of, &args.out, keep)?;
+    let options = args.store.to_options()?;
+    let catalog = ObjectRef::open(&args.catalog, &options)?;
+    let ledger = ObjectRef::open(&args.ledger, &options)?;
+    let out = storage::open(&args.out, &options)?;
+    let outcome = run_select_store(&catalog, &ledger, as_of, &out, keep)?;
     let mut stdout = std::io::stdout().lock();
     if let Some(lines) = &outcome.lines {
         print_table(&mut stdout, lines)?;
     }
-    print_summary(&mut stdout, &outcome.record, &args.out)?;
-    let invalid = outcome.record.excluded_by_reason.get(&ReasonCode::InvalidLine).copied().unwrap_or(0);
+    print_summary(&mut stdout, &outcome.record, &out.url("selection.jsonl"))?;
+    let invalid = outcome
+        .record
+        .excluded_by_reason
+        .get(&ReasonCode::InvalidLine)
+        .copied()
+        .unwrap_or(0);
     if invalid > 0 {
-        tracing::warn!(invalid, "catalog lines could not be read; their clips were excluded");
+        tracing::warn!(
+            invalid,
+            "catalog lines could not be read; their clips were excluded"
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

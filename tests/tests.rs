@@ -9,3 +9,4 @@ mod storage;
 mod vision;
 mod redact;
 mod run;
+mod run_s3;

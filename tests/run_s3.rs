@@ -1,0 +1,267 @@
+//! `clearframe run` and `clearframe select` with catalog, ledger, clips and output in S3 (a real
+//! `s3s-fs` on loopback): the dataset must be byte-identical to the same run on local folders.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use clearframe::storage::Store;
+
+use crate::common::{clearframe, fixture};
+use crate::storage::server::{ACCESS_KEY, S3sServer, SECRET_KEY};
+
+const AS_OF: &str = "2026-11-01T00:00:00Z";
+const BUCKET: &str = "clearframe-e2e";
+
+/// The command with the server's credentials in the environment (the standard AWS chain).
+fn cmd(server: &S3sServer, subcommand: &str) -> assert_cmd::Command {
+    let mut c = clearframe();
+    c.arg(subcommand)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL")
+        .args(["--s3-endpoint", &server.endpoint]);
+    c
+}
+
+/// Uploads the demo catalog, ledger and every clip the catalog names under `input/`.
+fn upload_demo(store: &Arc<dyn Store>) {
+    for name in ["demo-catalog.jsonl", "demo-ledger.jsonl"] {
+        store
+            .put(
+                &format!("input/{name}"),
+                Bytes::from(std::fs::read(fixture(name)).unwrap()),
+            )
+            .unwrap();
+    }
+    let catalog = std::fs::read_to_string(fixture("demo-catalog.jsonl")).unwrap();
+    let mut uris: Vec<String> = catalog
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["uri"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    uris.sort();
+    uris.dedup();
+    assert!(
+        uris.iter().any(|u| u.starts_with("bad/")) && uris.iter().any(|u| u.starts_with("media/")),
+        "{uris:?}"
+    );
+    for uri in uris {
+        store
+            .put(
+                &format!("input/{uri}"),
+                Bytes::from(std::fs::read(fixture(&uri)).unwrap()),
+            )
+            .unwrap();
+    }
+}
+
+/// Every file below a local folder, by `/`-separated path.
+fn local_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let key = p
+                    .strip_prefix(root)
+                    .unwrap()
+                    .components()
+                    .map(|c| c.as_os_str().to_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.insert(key, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Every object under `prefix`, keys relative to it.
+fn s3_files(store: &Arc<dyn Store>, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    store
+        .list(&format!("{prefix}/"))
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            (
+                m.key[prefix.len() + 1..].to_owned(),
+                store.get(&m.key).unwrap().to_vec(),
+            )
+        })
+        .collect()
+}
+
+fn assert_same_files(local: &BTreeMap<String, Vec<u8>>, remote: &BTreeMap<String, Vec<u8>>) {
+    assert_eq!(
+        local.keys().collect::<Vec<_>>(),
+        remote.keys().collect::<Vec<_>>(),
+        "the same files"
+    );
+    for (k, v) in local {
+        assert!(
+            v == &remote[k],
+            "{k} differs between the local and the S3 dataset"
+        );
+    }
+}
+
+#[test]
+fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte() {
+    let server = S3sServer::start();
+    let store = server.store(BUCKET, "");
+    upload_demo(&store);
+    let s3 = |k: &str| format!("s3://{BUCKET}/{k}");
+
+    // Local run.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    clearframe()
+        .args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
+        .arg(fixture("demo-catalog.jsonl"))
+        .arg("--ledger")
+        .arg(fixture("demo-ledger.jsonl"))
+        .arg("--out")
+        .arg(&local)
+        .assert()
+        .code(1);
+
+    // The same run on S3. A stale object from an "earlier dataset" must be gone afterwards.
+    store
+        .put(
+            "datasets/demo/frames/v-gone/000000.jpg",
+            Bytes::from_static(b"old"),
+        )
+        .unwrap();
+    let out = cmd(&server, "run")
+        .args(["--as-of", AS_OF, "--fps", "4"])
+        .args([
+            "--catalog",
+            &s3("input/demo-catalog.jsonl"),
+            "--ledger",
+            &s3("input/demo-ledger.jsonl"),
+            "--out",
+            &s3("datasets/demo"),
+        ])
+        .assert()
+        .code(1);
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("not in dataset: v-corrupt"), "{stdout}");
+
+    let local_files = local_files(&local);
+    let remote_files = s3_files(&store, "datasets/demo");
+    assert!(
+        local_files
+            .keys()
+            .filter(|k| k.starts_with("frames/"))
+            .count()
+            >= 50,
+        "{:?}",
+        local_files.keys()
+    );
+    assert!(local_files.contains_key("dataset.json"));
+    assert_same_files(&local_files, &remote_files);
+
+    // A clip whose bytes in S3 differ from the catalog's blake3 fails and leaves no frame.
+    store
+        .put(
+            "input/media/bikes.mp4",
+            Bytes::from(std::fs::read(fixture("media/carphone_pristine.mp4")).unwrap()),
+        )
+        .unwrap();
+    cmd(&server, "run")
+        .args(["--as-of", AS_OF, "--fps", "4"])
+        .args([
+            "--catalog",
+            &s3("input/demo-catalog.jsonl"),
+            "--ledger",
+            &s3("input/demo-ledger.jsonl"),
+            "--out",
+            &s3("datasets/tampered"),
+        ])
+        .assert()
+        .code(1);
+    let tampered = s3_files(&store, "datasets/tampered");
+    assert!(
+        !tampered
+            .keys()
+            .any(|k| k.starts_with("frames/v-street-bikes/")),
+        "frames of a clip with the wrong hash were kept"
+    );
+    let record: serde_json::Value = serde_json::from_slice(&tampered["dataset.json"]).unwrap();
+    let failed = record["failed_clips"].to_string();
+    assert!(
+        failed.contains("v-street-bikes") && failed.contains("the catalog expects"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn select_reads_and_writes_s3() {
+    let server = S3sServer::start();
+    let store = server.store(BUCKET, "");
+    upload_demo(&store);
+    let s3 = |k: &str| format!("s3://{BUCKET}/{k}");
+    let dir = tempfile::tempdir().unwrap();
+    clearframe()
+        .args(["select", "--as-of", AS_OF, "--catalog"])
+        .arg(fixture("demo-catalog.jsonl"))
+        .arg("--ledger")
+        .arg(fixture("demo-ledger.jsonl"))
+        .arg("--out")
+        .arg(dir.path())
+        .assert()
+        .success();
+    let out = cmd(&server, "select")
+        .args(["--as-of", AS_OF])
+        .args([
+            "--catalog",
+            &s3("input/demo-catalog.jsonl"),
+            "--ledger",
+            &s3("input/demo-ledger.jsonl"),
+            "--out",
+            &s3("sel"),
+        ])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        stdout.contains("wrote s3://clearframe-e2e/sel/selection.jsonl"),
+        "{stdout}"
+    );
+    assert_eq!(
+        &store.get("sel/selection.jsonl").unwrap()[..],
+        &std::fs::read(dir.path().join("selection.jsonl")).unwrap()[..]
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&store.get("sel/select.json").unwrap()).unwrap();
+    assert_eq!(record["catalog"]["uri"], s3("input/demo-catalog.jsonl"));
+    assert_eq!(record["included"], 5);
+
+    // A missing ledger in S3 stops everything (exit 2) and writes nothing.
+    cmd(&server, "select")
+        .args(["--as-of", AS_OF])
+        .args([
+            "--catalog",
+            &s3("input/demo-catalog.jsonl"),
+            "--ledger",
+            &s3("input/missing.jsonl"),
+            "--out",
+            &s3("sel2"),
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("missing.jsonl"));
+    assert!(store.list("sel2/").unwrap().is_empty());
+}
