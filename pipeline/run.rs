@@ -426,6 +426,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         let id = clip.clip().video_id.clone();
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
+        ctx.input_name = None;
         match process_clip(&mut ctx, clip, &mut emitter) {
             Ok(n) => {
                 frames += n;
