@@ -40,18 +40,35 @@ fn peak_rss_mib() -> f64 {
 fn main() -> std::io::Result<()> {
     // `cargo bench` passes --bench: full size. `cargo test --all-targets` runs a small smoke pass.
     let full = std::env::args().any(|a| a == "--bench");
-    let (c, e) = if full { (1_000_000, 2_000_000) } else { (10_000, 20_000) };
-    let clips: u64 = std::env::var("CLIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(c);
-    let events: u64 = std::env::var("EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(e);
+    let (c, e) = if full {
+        (1_000_000, 2_000_000)
+    } else {
+        (10_000, 20_000)
+    };
+    let clips: u64 = std::env::var("CLIPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(c);
+    let events: u64 = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(e);
     let owners = (clips / 5).max(1);
     let dir = tempfile::tempdir()?;
-    let (catalog, ledger) = (dir.path().join("catalog.jsonl"), dir.path().join("ledger.jsonl"));
+    let (catalog, ledger) = (
+        dir.path().join("catalog.jsonl"),
+        dir.path().join("ledger.jsonl"),
+    );
     let t0 = Instant::now();
     let mut rng = Rng(42);
     let mut w = BufWriter::new(std::fs::File::create(&catalog)?);
     for i in 0..clips {
         let owner = i % owners;
-        let placement = if rng.below(5) == 0 { "indoor" } else { "outdoor" };
+        let placement = if rng.below(5) == 0 {
+            "indoor"
+        } else {
+            "outdoor"
+        };
         writeln!(
             w,
             r#"{{"video_id":"v-{i:07}","uri":"videos/{owner}/v-{i:07}.mp4","owner_id":"acct-{owner}","device_id":"dev-{owner}-{}","placement":"{placement}","captured_at":"{}"}}"#,
@@ -69,7 +86,11 @@ fn main() -> std::io::Result<()> {
         match rng.below(100) {
             0..=34 => {
                 last_grant[owner as usize] = Some(e);
-                let devices = if rng.below(2) == 0 { r#""*""#.to_string() } else { format!(r#""dev-{owner}-{}""#, rng.below(3)) };
+                let devices = if rng.below(2) == 0 {
+                    r#""*""#.to_string()
+                } else {
+                    format!(r#""dev-{owner}-{}""#, rng.below(3))
+                };
                 writeln!(
                     w,
                     r#"{{"event_id":"e-{e}","type":"consent.granted","owner_id":"acct-{owner}","at":"{at}","scope":["ml_training"],"devices":[{devices}],"placements":["outdoor","indoor"],"captured_from":"{}","expires_at":"{}","document":{{"uri":"consent-docs/acct-{owner}/e-{e}.pdf","blake3":"{doc}"}}}}"#,
@@ -78,28 +99,53 @@ fn main() -> std::io::Result<()> {
                 )?;
             }
             35..=44 => match last_grant[owner as usize].filter(|_| rng.below(2) == 0) {
-                Some(g) => writeln!(w, r#"{{"event_id":"e-{e}","type":"consent.revoked","owner_id":"acct-{owner}","at":"{at}","grant_id":"e-{g}"}}"#)?,
-                None => writeln!(w, r#"{{"event_id":"e-{e}","type":"consent.revoked","owner_id":"acct-{owner}","at":"{at}"}}"#)?,
+                Some(g) => writeln!(
+                    w,
+                    r#"{{"event_id":"e-{e}","type":"consent.revoked","owner_id":"acct-{owner}","at":"{at}","grant_id":"e-{g}"}}"#
+                )?,
+                None => writeln!(
+                    w,
+                    r#"{{"event_id":"e-{e}","type":"consent.revoked","owner_id":"acct-{owner}","at":"{at}"}}"#
+                )?,
             },
             45..=74 => {
                 let video = owner + owners * rng.below(5);
-                let vis = if rng.below(4) == 0 { "neighbors" } else { "public" };
-                writeln!(w, r#"{{"event_id":"e-{e}","type":"neighbors.shared","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}","visibility":"{vis}"}}"#)?
+                let vis = if rng.below(4) == 0 {
+                    "neighbors"
+                } else {
+                    "public"
+                };
+                writeln!(
+                    w,
+                    r#"{{"event_id":"e-{e}","type":"neighbors.shared","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}","visibility":"{vis}"}}"#
+                )?
             }
             75..=89 => {
                 let video = owner + owners * rng.below(5);
-                writeln!(w, r#"{{"event_id":"e-{e}","type":"neighbors.unshared","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}"}}"#)?
+                writeln!(
+                    w,
+                    r#"{{"event_id":"e-{e}","type":"neighbors.unshared","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}"}}"#
+                )?
             }
             90..=98 => {
                 let video = owner + owners * rng.below(5);
-                writeln!(w, r#"{{"event_id":"e-{e}","type":"video.deleted","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}"}}"#)?
+                writeln!(
+                    w,
+                    r#"{{"event_id":"e-{e}","type":"video.deleted","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}"}}"#
+                )?
             }
-            _ => writeln!(w, r#"{{"event_id":"e-{e}","type":"account.deleted","owner_id":"acct-{owner}","at":"{at}"}}"#)?,
+            _ => writeln!(
+                w,
+                r#"{{"event_id":"e-{e}","type":"account.deleted","owner_id":"acct-{owner}","at":"{at}"}}"#
+            )?,
         }
     }
     w.flush()?;
     drop(last_grant);
-    let sizes = (std::fs::metadata(&catalog)?.len(), std::fs::metadata(&ledger)?.len());
+    let sizes = (
+        std::fs::metadata(&catalog)?.len(),
+        std::fs::metadata(&ledger)?.len(),
+    );
     eprintln!(
         "generated {clips} clips ({:.0} MiB) and {events} events ({:.0} MiB) in {:.1} s; peak RSS before select {:.0} MiB",
         sizes.0 as f64 / 1048576.0,
@@ -111,7 +157,8 @@ fn main() -> std::io::Result<()> {
     let as_of: jiff::Timestamp = instant(600, 0).parse().unwrap();
     let out = dir.path().join("out");
     let t1 = Instant::now();
-    let outcome = clearframe::select::run_select(&catalog, &ledger, as_of, &out, 0).expect("select succeeds");
+    let outcome =
+        clearframe::select::run_select(&catalog, &ledger, as_of, &out, 0).expect("select succeeds");
     let wall = t1.elapsed().as_secs_f64();
     println!(
         "select: {clips} clips x {events} events in {wall:.2} s wall, peak RSS {:.0} MiB, {} included, excluded by reason {:?}",

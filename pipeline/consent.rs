@@ -19,11 +19,26 @@ use crate::records::{
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("{source_name}:{line}: not a valid ledger event: {message}")]
-    Invalid { source_name: String, line: u64, message: String },
+    Invalid {
+        source_name: String,
+        line: u64,
+        message: String,
+    },
     #[error("{source_name}:{line}: duplicate event_id {event_id:?} (first on line {first_line})")]
-    DuplicateEventId { source_name: String, line: u64, event_id: String, first_line: u64 },
+    DuplicateEventId {
+        source_name: String,
+        line: u64,
+        event_id: String,
+        first_line: u64,
+    },
     #[error("{source_name}:{line}: revocation {event_id:?} names grant {grant_id:?}, {problem}")]
-    BadRevocation { source_name: String, line: u64, event_id: String, grant_id: String, problem: String },
+    BadRevocation {
+        source_name: String,
+        line: u64,
+        event_id: String,
+        grant_id: String,
+        problem: String,
+    },
 }
 
 /// One parsed ledger event with where it came from.
@@ -56,7 +71,10 @@ pub fn split_lines(bytes: &[u8]) -> Vec<(u64, &[u8])> {
     if start < bytes.len() {
         out.push(trim_cr(&bytes[start..]));
     }
-    out.into_iter().enumerate().map(|(i, l)| (i as u64 + 1, l)).collect()
+    out.into_iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, l))
+        .collect()
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -90,11 +108,18 @@ fn parse_event(line: &[u8]) -> Result<LedgerEvent, String> {
                 return Err("grant's document.uri is empty".into());
             }
             if !crate::hashing::is_blake3_hex(&g.document.blake3) {
-                return Err(format!("grant's document.blake3 {:?} is not 64 hex digits", g.document.blake3));
+                return Err(format!(
+                    "grant's document.blake3 {:?} is not 64 hex digits",
+                    g.document.blake3
+                ));
             }
         }
-        LedgerEvent::NeighborsShared(s) if s.video_id.is_empty() => return Err("video_id is empty".into()),
-        LedgerEvent::NeighborsUnshared(v) | LedgerEvent::VideoDeleted(v) if v.video_id.is_empty() => {
+        LedgerEvent::NeighborsShared(s) if s.video_id.is_empty() => {
+            return Err("video_id is empty".into());
+        }
+        LedgerEvent::NeighborsUnshared(v) | LedgerEvent::VideoDeleted(v)
+            if v.video_id.is_empty() =>
+        {
             return Err("video_id is empty".into());
         }
         LedgerEvent::ConsentRevoked(r) if r.grant_id.as_deref() == Some("") => {
@@ -110,23 +135,39 @@ impl Ledger {
     /// skipped (they cannot hide an event); anything else that is not a valid event is an error.
     pub fn parse(bytes: &[u8], source_name: &str) -> Result<Ledger, LedgerError> {
         let lines = split_lines(bytes);
-        let parse_line = |&(line, raw): &(u64, &[u8])| -> Option<Result<StoredEvent, (u64, String)>> {
-            if is_blank(raw) {
-                return None;
-            }
-            Some(match parse_event(raw) {
-                Ok(event) => Ok(StoredEvent { event, line, blake3: *blake3::hash(raw).as_bytes() }),
-                Err(message) => Err((line, message)),
-            })
-        };
-        let parsed: Result<Vec<StoredEvent>, (u64, String)> =
-            lines.par_iter().with_min_len(4096).filter_map(parse_line).collect();
+        let parse_line =
+            |&(line, raw): &(u64, &[u8])| -> Option<Result<StoredEvent, (u64, String)>> {
+                if is_blank(raw) {
+                    return None;
+                }
+                Some(match parse_event(raw) {
+                    Ok(event) => Ok(StoredEvent {
+                        event,
+                        line,
+                        blake3: *blake3::hash(raw).as_bytes(),
+                    }),
+                    Err(message) => Err((line, message)),
+                })
+            };
+        let parsed: Result<Vec<StoredEvent>, (u64, String)> = lines
+            .par_iter()
+            .with_min_len(4096)
+            .filter_map(parse_line)
+            .collect();
         let events = match parsed {
             Ok(events) => events,
             Err(_) => {
                 // Report the first bad line in file order, whichever thread saw one first.
-                let (line, message) = lines.iter().filter_map(parse_line).find_map(Result::err).expect("an error was seen");
-                return Err(LedgerError::Invalid { source_name: source_name.to_string(), line, message });
+                let (line, message) = lines
+                    .iter()
+                    .filter_map(parse_line)
+                    .find_map(Result::err)
+                    .expect("an error was seen");
+                return Err(LedgerError::Invalid {
+                    source_name: source_name.to_string(),
+                    line,
+                    message,
+                });
             }
         };
         let ledger = Ledger { events };
@@ -160,8 +201,12 @@ impl Ledger {
             by_id.insert(id, i);
         }
         for ev in &self.events {
-            let LedgerEvent::ConsentRevoked(r) = &ev.event else { continue };
-            let Some(grant_id) = &r.grant_id else { continue };
+            let LedgerEvent::ConsentRevoked(r) = &ev.event else {
+                continue;
+            };
+            let Some(grant_id) = &r.grant_id else {
+                continue;
+            };
             let bad = |problem: String| LedgerError::BadRevocation {
                 source_name: source_name.to_string(),
                 line: ev.line,
@@ -180,7 +225,11 @@ impl Ledger {
                     }
                     LedgerEvent::ConsentGranted(_) => {}
                     other => {
-                        return Err(bad(format!("which is a {} event (line {}), not a grant", other.kind(), target.line)));
+                        return Err(bad(format!(
+                            "which is a {} event (line {}), not a grant",
+                            other.kind(),
+                            target.line
+                        )));
                     }
                 },
             }
@@ -233,8 +282,19 @@ pub struct ConsentIndex<'a> {
 }
 
 /// Keeps, per key, the event chosen by `better(new, old)`.
-fn keep<'a>(map: &mut HashMap<&'a str, usize>, key: &'a str, i: usize, better: impl Fn(usize, usize) -> bool) {
-    map.entry(key).and_modify(|old| if better(i, *old) { *old = i }).or_insert(i);
+fn keep<'a>(
+    map: &mut HashMap<&'a str, usize>,
+    key: &'a str,
+    i: usize,
+    better: impl Fn(usize, usize) -> bool,
+) {
+    map.entry(key)
+        .and_modify(|old| {
+            if better(i, *old) {
+                *old = i
+            }
+        })
+        .or_insert(i);
 }
 
 impl<'a> ConsentIndex<'a> {
@@ -258,13 +318,19 @@ impl<'a> ConsentIndex<'a> {
                 continue;
             }
             match &stored.event {
-                LedgerEvent::ConsentGranted(g) => ix.grants_by_owner.entry(&g.owner_id).or_default().push(i),
+                LedgerEvent::ConsentGranted(g) => {
+                    ix.grants_by_owner.entry(&g.owner_id).or_default().push(i)
+                }
                 LedgerEvent::ConsentRevoked(r) => match &r.grant_id {
                     Some(g) => keep(&mut ix.revoked_grants, g, i, earlier),
                     None => keep(&mut ix.blanket_revocations, &r.owner_id, i, later),
                 },
-                LedgerEvent::VideoDeleted(v) => keep(&mut ix.deleted_videos, &v.video_id, i, earlier),
-                LedgerEvent::AccountDeleted(a) => keep(&mut ix.deleted_accounts, &a.owner_id, i, earlier),
+                LedgerEvent::VideoDeleted(v) => {
+                    keep(&mut ix.deleted_videos, &v.video_id, i, earlier)
+                }
+                LedgerEvent::AccountDeleted(a) => {
+                    keep(&mut ix.deleted_accounts, &a.owner_id, i, earlier)
+                }
                 LedgerEvent::NeighborsShared(s) => {
                     let q = (s.visibility == "public").then_some((s.owner_id.as_str(), i));
                     ix.update_share(&s.video_id, s.at, q, i);
@@ -278,10 +344,20 @@ impl<'a> ConsentIndex<'a> {
         ix
     }
 
-    fn update_share(&mut self, video_id: &'a str, at: Timestamp, q: Option<(&'a str, usize)>, i: usize) {
+    fn update_share(
+        &mut self,
+        video_id: &'a str,
+        at: Timestamp,
+        q: Option<(&'a str, usize)>,
+        i: usize,
+    ) {
         let ledger = self.ledger;
         let lines = |i: usize| ledger.events[i].line;
-        let new = ShareState { at, qualifying: q, latest: i };
+        let new = ShareState {
+            at,
+            qualifying: q,
+            latest: i,
+        };
         match self.sharing.get_mut(video_id) {
             None => {
                 self.sharing.insert(video_id, new);
@@ -291,7 +367,9 @@ impl<'a> ConsentIndex<'a> {
                 // A tie: it qualifies only if every event at this instant is a public share by
                 // the same owner. Keep the earliest line as the basis, for determinism.
                 old.qualifying = match (old.qualifying, q) {
-                    (Some((o1, a)), Some((o2, b))) if o1 == o2 => Some((o1, if lines(a) <= lines(b) { a } else { b })),
+                    (Some((o1, a)), Some((o2, b))) if o1 == o2 => {
+                        Some((o1, if lines(a) <= lines(b) { a } else { b }))
+                    }
                     _ => None,
                 };
                 if old.qualifying.is_none() && lines(i) < lines(old.latest) {
@@ -343,12 +421,22 @@ impl<'a> ConsentIndex<'a> {
         }
         if let Some(from) = g.captured_from {
             if clip.captured_at < from {
-                return say(&|| format!("it covers clips captured from {from}; this one was captured at {}", clip.captured_at));
+                return say(&|| {
+                    format!(
+                        "it covers clips captured from {from}; this one was captured at {}",
+                        clip.captured_at
+                    )
+                });
             }
         }
         if let Some(until) = g.captured_until {
             if clip.captured_at > until {
-                return say(&|| format!("it covers clips captured until {until}; this one was captured at {}", clip.captured_at));
+                return say(&|| {
+                    format!(
+                        "it covers clips captured until {until}; this one was captured at {}",
+                        clip.captured_at
+                    )
+                });
             }
         }
         if let Some(expires) = g.expires_at {
@@ -371,34 +459,60 @@ impl<'a> ConsentIndex<'a> {
     pub fn decide(&self, clip: &CatalogClip) -> Verdict {
         let mut reasons = Vec::new();
         if let Some(&i) = self.deleted_videos.get(clip.video_id.as_str()) {
-            reasons.push((ReasonCode::VideoDeleted, format!("clip erased by {}", self.describe(i))));
+            reasons.push((
+                ReasonCode::VideoDeleted,
+                format!("clip erased by {}", self.describe(i)),
+            ));
         }
         if let Some(&i) = self.deleted_accounts.get(clip.owner_id.as_str()) {
-            reasons.push((ReasonCode::AccountDeleted, format!("owner {:?} erased by {}", clip.owner_id, self.describe(i))));
+            reasons.push((
+                ReasonCode::AccountDeleted,
+                format!("owner {:?} erased by {}", clip.owner_id, self.describe(i)),
+            ));
         }
         if !reasons.is_empty() {
             return Verdict::Exclude(reasons);
         }
-        let grants = self.grants_by_owner.get(clip.owner_id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let grants = self
+            .grants_by_owner
+            .get(clip.owner_id.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let grant = |i: usize| match &self.ledger.events[i].event {
             LedgerEvent::ConsentGranted(g) => g,
             _ => unreachable!("grants_by_owner holds grants only"),
         };
-        if let Some(&i) = grants.iter().find(|&&i| self.grant_problem(grant(i), clip, false).is_none()) {
+        if let Some(&i) = grants
+            .iter()
+            .find(|&&i| self.grant_problem(grant(i), clip, false).is_none())
+        {
             return Verdict::Include(self.basis(i, BasisKind::Consent));
         }
         let share = self.sharing.get(clip.video_id.as_str());
-        if let Some(ShareState { qualifying: Some((owner, i)), .. }) = share {
+        if let Some(ShareState {
+            qualifying: Some((owner, i)),
+            ..
+        }) = share
+        {
             if *owner == clip.owner_id {
                 return Verdict::Include(self.basis(*i, BasisKind::Neighbors));
             }
         }
         let mut problems: Vec<String> = grants
             .iter()
-            .map(|&i| format!("grant {}: {}", self.describe(i), self.grant_problem(grant(i), clip, true).unwrap_or_default()))
+            .map(|&i| {
+                format!(
+                    "grant {}: {}",
+                    self.describe(i),
+                    self.grant_problem(grant(i), clip, true).unwrap_or_default()
+                )
+            })
             .collect();
         if problems.is_empty() {
-            problems.push(format!("no consent grant by owner {:?} at or before {}", clip.owner_id, self.as_of));
+            problems.push(format!(
+                "no consent grant by owner {:?} at or before {}",
+                clip.owner_id, self.as_of
+            ));
         }
         const MAX_EXPLAINED: usize = 5;
         if problems.len() > MAX_EXPLAINED {
@@ -409,11 +523,21 @@ impl<'a> ConsentIndex<'a> {
         problems.push(match share {
             None => "not shared on Neighbors".to_string(),
             Some(s) => match s.qualifying {
-                Some((owner, _)) => format!("shared publicly by {owner:?}, who is not the clip's owner"),
-                None => format!("not publicly shared: its latest sharing event is {}", self.describe(s.latest)),
+                Some((owner, _)) => {
+                    format!("shared publicly by {owner:?}, who is not the clip's owner")
+                }
+                None => format!(
+                    "not publicly shared: its latest sharing event is {}",
+                    self.describe(s.latest)
+                ),
             },
         });
-        Verdict::Exclude(problems.into_iter().map(|p| (ReasonCode::NoBasis, p)).collect())
+        Verdict::Exclude(
+            problems
+                .into_iter()
+                .map(|p| (ReasonCode::NoBasis, p))
+                .collect(),
+        )
     }
 
     /// Turns an include into the capability the decoding stage takes.

@@ -77,10 +77,18 @@ impl CatalogClip {
         }
         for (i, zone) in self.privacy_zones.iter().enumerate() {
             if zone.len() < 3 {
-                return Err(format!("privacy zone {i} has {} points, needs at least 3", zone.len()));
+                return Err(format!(
+                    "privacy zone {i} has {} points, needs at least 3",
+                    zone.len()
+                ));
             }
-            if let Some(p) = zone.iter().find(|p| !p.iter().all(|c| c.is_finite() && (0.0..=1.0).contains(c))) {
-                return Err(format!("privacy zone {i} has point {p:?} outside the normalized range 0..1"));
+            if let Some(p) = zone
+                .iter()
+                .find(|p| !p.iter().all(|c| c.is_finite() && (0.0..=1.0).contains(c)))
+            {
+                return Err(format!(
+                    "privacy zone {i} has point {p:?} outside the normalized range 0..1"
+                ));
             }
         }
         Ok(())
@@ -92,8 +100,13 @@ pub fn check_video_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err(format!("video_id {id:?} must be 1 to 128 characters"));
     }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("video_id {id:?} contains {c:?}; allowed: A-Z a-z 0-9 . _ -"));
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "video_id {id:?} contains {c:?}; allowed: A-Z a-z 0-9 . _ -"
+        ));
     }
     if id == "." || id == ".." {
         return Err(format!("video_id {id:?} is not allowed"));
@@ -116,11 +129,19 @@ pub fn check_uri(uri: &str) -> Result<(), String> {
     if uri.contains("://") || uri.starts_with("file:") {
         return Err(format!("uri {uri:?} has a scheme other than s3://"));
     }
-    if uri.starts_with('/') || uri.contains('\\') || uri.contains('\0') || uri.as_bytes().get(1) == Some(&b':') {
-        return Err(format!("uri {uri:?} is absolute or not a plain relative path"));
+    if uri.starts_with('/')
+        || uri.contains('\\')
+        || uri.contains('\0')
+        || uri.as_bytes().get(1) == Some(&b':')
+    {
+        return Err(format!(
+            "uri {uri:?} is absolute or not a plain relative path"
+        ));
     }
     if uri.split('/').any(|seg| seg == "..") {
-        return Err(format!("uri {uri:?} escapes the catalog's folder (.. segment)"));
+        return Err(format!(
+            "uri {uri:?} escapes the catalog's folder (.. segment)"
+        ));
     }
     if uri.ends_with('/') {
         return Err(format!("uri {uri:?} names a folder, not a file"));
@@ -248,14 +269,18 @@ impl LedgerEvent {
             LedgerEvent::ConsentGranted(e) => (&e.event_id, &e.owner_id, e.at),
             LedgerEvent::ConsentRevoked(e) => (&e.event_id, &e.owner_id, e.at),
             LedgerEvent::NeighborsShared(e) => (&e.event_id, &e.owner_id, e.at),
-            LedgerEvent::NeighborsUnshared(e) | LedgerEvent::VideoDeleted(e) => (&e.event_id, &e.owner_id, e.at),
+            LedgerEvent::NeighborsUnshared(e) | LedgerEvent::VideoDeleted(e) => {
+                (&e.event_id, &e.owner_id, e.at)
+            }
             LedgerEvent::AccountDeleted(e) => (&e.event_id, &e.owner_id, e.at),
         }
     }
 }
 
 /// `include` or `exclude`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Include,
@@ -288,7 +313,9 @@ pub struct Basis {
 }
 
 /// Machine-readable class of an exclusion reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
     /// The catalog line is not a valid clip.

@@ -14,5 +14,6 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// The `clearframe` binary built for this test run.
 pub fn clearframe() -> assert_cmd::Command {
-    assert_cmd::Command::cargo_bin("clearframe").expect("the clearframe binary is built with the tests")
+    assert_cmd::Command::cargo_bin("clearframe")
+        .expect("the clearframe binary is built with the tests")
 }

@@ -21,7 +21,11 @@ fn run_demo(out: &Path) -> assert_cmd::assert::Assert {
 }
 
 fn manifest(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("manifest.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(out.join("manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -34,36 +38,79 @@ fn demo_run_emits_only_consented_redacted_annotated_frames_and_is_reproducible()
     assert!(stdout.contains("not in dataset: v-corrupt"), "{stdout}");
 
     let entries = manifest(&a);
-    let clips: std::collections::BTreeSet<&str> = entries.iter().map(|e| e["video_id"].as_str().unwrap()).collect();
+    let clips: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e["video_id"].as_str().unwrap())
+        .collect();
     // Only included clips produce frames (v-revoked, v-unshared, v-deleted, v-private do not).
-    assert_eq!(clips.into_iter().collect::<Vec<_>>(), vec!["v-bunny-yard", "v-car-front", "v-living-room", "v-street-bikes"]);
+    assert_eq!(
+        clips.into_iter().collect::<Vec<_>>(),
+        vec![
+            "v-bunny-yard",
+            "v-car-front",
+            "v-living-room",
+            "v-street-bikes"
+        ]
+    );
 
     // Every frame file has a manifest line and vice versa.
     let mut on_disk = Vec::new();
     for clip in std::fs::read_dir(a.join("frames")).unwrap() {
         for f in std::fs::read_dir(clip.unwrap().path()).unwrap() {
-            on_disk.push(f.unwrap().path().strip_prefix(&a).unwrap().display().to_string());
+            on_disk.push(
+                f.unwrap()
+                    .path()
+                    .strip_prefix(&a)
+                    .unwrap()
+                    .display()
+                    .to_string(),
+            );
         }
     }
     on_disk.sort();
-    let mut listed: Vec<String> = entries.iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+    let mut listed: Vec<String> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
     listed.sort();
     assert_eq!(on_disk, listed);
 
     // Provenance: consent basis from the selection, models and config pinned.
-    let car = entries.iter().find(|e| e["video_id"] == "v-car-front").unwrap();
+    let car = entries
+        .iter()
+        .find(|e| e["video_id"] == "v-car-front")
+        .unwrap();
     assert_eq!(car["provenance"]["consent"]["event_id"], "e-1");
-    assert_eq!(car["provenance"]["source_blake3"], "dd9247e4a881b56fdcf4aa8a7a33965292582480f2bef467c825a31dcc1d1f74");
-    assert!(car["provenance"]["models"]["retinaface_tiny"].as_str().unwrap().len() == 64);
+    assert_eq!(
+        car["provenance"]["source_blake3"],
+        "dd9247e4a881b56fdcf4aa8a7a33965292582480f2bef467c825a31dcc1d1f74"
+    );
+    assert!(
+        car["provenance"]["models"]["retinaface_tiny"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
     // Faces in the face clip were masked...
-    let masked: u64 = entries.iter().filter(|e| e["video_id"] == "v-car-front").map(|e| e["redaction"]["faces_masked"].as_u64().unwrap()).sum();
+    let masked: u64 = entries
+        .iter()
+        .filter(|e| e["video_id"] == "v-car-front")
+        .map(|e| e["redaction"]["faces_masked"].as_u64().unwrap())
+        .sum();
     assert!(masked >= 10, "faces masked in v-car-front: {masked}");
     // ...and an independent pass of the verifier over the emitted JPEGs finds no face in them.
     let verifier = RetinaFace::new(&ModelOptions::default(), RetinaFaceConfig::default()).unwrap();
     for e in entries.iter().filter(|e| e["video_id"] == "v-car-front") {
-        let img = image::open(a.join(e["path"].as_str().unwrap())).unwrap().to_rgb8();
+        let img = image::open(a.join(e["path"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
         let faces = verifier.detect(&img).unwrap();
-        assert!(faces.is_empty(), "{}: verifier still finds {faces:?}", e["path"]);
+        assert!(
+            faces.is_empty(),
+            "{}: verifier still finds {faces:?}",
+            e["path"]
+        );
     }
     // Persons in the street clip are annotated.
     let persons = entries
@@ -72,13 +119,20 @@ fn demo_run_emits_only_consented_redacted_annotated_frames_and_is_reproducible()
         .flat_map(|e| e["detections"].as_array().unwrap().clone())
         .filter(|d| d["class"] == "person")
         .count();
-    assert!(persons >= 2, "persons annotated in v-street-bikes: {persons}");
+    assert!(
+        persons >= 2,
+        "persons annotated in v-street-bikes: {persons}"
+    );
     // The indoor clip records its policy.
-    let indoor = entries.iter().find(|e| e["video_id"] == "v-living-room").unwrap();
+    let indoor = entries
+        .iter()
+        .find(|e| e["video_id"] == "v-living-room")
+        .unwrap();
     assert_eq!(indoor["redaction"]["indoor_policy"], "blur_background");
 
     // dataset.json lists the failure; verify passes.
-    let ds: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("dataset.json")).unwrap()).unwrap();
+    let ds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(ds["failed_clips"][0]["video_id"], "v-corrupt");
     clearframe().arg("verify").arg(&a).assert().success();
     crate::schemas::assert_lines_valid("manifest-entry", &a.join("manifest.jsonl"));
@@ -86,9 +140,15 @@ fn demo_run_emits_only_consented_redacted_annotated_frames_and_is_reproducible()
 
     // Same inputs and settings: the same root and the same bytes.
     run_demo(&b).code(1);
-    let (da, db) = (std::fs::read(a.join("dataset.json")).unwrap(), std::fs::read(b.join("dataset.json")).unwrap());
+    let (da, db) = (
+        std::fs::read(a.join("dataset.json")).unwrap(),
+        std::fs::read(b.join("dataset.json")).unwrap(),
+    );
     assert_eq!(da, db, "dataset.json differs between two runs");
-    assert_eq!(std::fs::read(a.join("manifest.jsonl")).unwrap(), std::fs::read(b.join("manifest.jsonl")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("manifest.jsonl")).unwrap(),
+        std::fs::read(b.join("manifest.jsonl")).unwrap()
+    );
 
     // Any single changed byte is caught.
     let victim = a.join(listed[listed.len() / 2].as_str());
@@ -97,8 +157,12 @@ fn demo_run_emits_only_consented_redacted_annotated_frames_and_is_reproducible()
     bytes[k] ^= 0x01;
     std::fs::write(&victim, bytes).unwrap();
     let out = clearframe().arg("verify").arg(&a).assert().code(1);
-    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string() + &String::from_utf8_lossy(&out.get_output().stderr);
-    assert!(stdout.contains(victim.file_name().unwrap().to_str().unwrap()), "{stdout}");
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string()
+        + &String::from_utf8_lossy(&out.get_output().stderr);
+    assert!(
+        stdout.contains(victim.file_name().unwrap().to_str().unwrap()),
+        "{stdout}"
+    );
 }
 
 #[test]

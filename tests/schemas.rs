@@ -17,11 +17,15 @@ fn committed_schemas_are_fresh() {
             }
         }
     }
-    assert!(stale.is_empty(), "stale schemas (run `cargo run -- schema --write schemas`): {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "stale schemas (run `cargo run -- schema --write schemas`): {stale:?}"
+    );
 }
 
 pub fn validator(stem: &str) -> jsonschema::Validator {
-    let text = std::fs::read_to_string(root().join("schemas").join(format!("{stem}.schema.json"))).unwrap();
+    let text = std::fs::read_to_string(root().join("schemas").join(format!("{stem}.schema.json")))
+        .unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
 }
 
@@ -30,7 +34,12 @@ pub fn assert_lines_valid(stem: &str, path: &std::path::Path) {
     for (i, line) in std::fs::read_to_string(path).unwrap().lines().enumerate() {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         let errors: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{}:{}: {errors:?}", path.display(), i + 1);
+        assert!(
+            errors.is_empty(),
+            "{}:{}: {errors:?}",
+            path.display(),
+            i + 1
+        );
     }
 }
 
@@ -62,6 +71,7 @@ fn select_outputs_validate() {
     )
     .unwrap();
     assert_lines_valid("selection-line", &out.path().join("selection.jsonl"));
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("select.json")).unwrap()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("select.json")).unwrap()).unwrap();
     assert!(validator("select-record").is_valid(&record));
 }

@@ -40,7 +40,8 @@ fn ledger_text(events: &[serde_json::Value]) -> String {
 
 /// Decides `clip` against `events` as of `as_of`.
 fn decide_at(events: &[serde_json::Value], clip: &serde_json::Value, as_of: &str) -> Verdict {
-    let ledger = Ledger::parse(ledger_text(events).as_bytes(), "test-ledger").expect("valid ledger");
+    let ledger =
+        Ledger::parse(ledger_text(events).as_bytes(), "test-ledger").expect("valid ledger");
     let clip = parse_catalog_line(clip.to_string().as_bytes()).expect("valid clip");
     ledger.index(ts(as_of)).decide(&clip)
 }
@@ -68,40 +69,70 @@ fn a_matching_grant_includes_with_its_event_hash() {
     let g = grant("e-1", "acct-1", "2026-01-05T10:00:00Z");
     let v = decide(std::slice::from_ref(&g), &clip());
     assert_eq!(included_by(&v), Some((BasisKind::Consent, "e-1".into())));
-    let Verdict::Include(b) = v else { unreachable!() };
-    assert_eq!(b.event_blake3, blake3::hash(g.to_string().as_bytes()).to_hex().to_string());
+    let Verdict::Include(b) = v else {
+        unreachable!()
+    };
+    assert_eq!(
+        b.event_blake3,
+        blake3::hash(g.to_string().as_bytes()).to_hex().to_string()
+    );
     assert_eq!(b.document_blake3.as_deref(), Some("ab".repeat(32).as_str()));
 }
 
 #[test]
 fn no_event_means_no_clip() {
-    assert_eq!(excluded_with(&decide(&[], &clip())), vec![ReasonCode::NoBasis, ReasonCode::NoBasis]);
+    assert_eq!(
+        excluded_with(&decide(&[], &clip())),
+        vec![ReasonCode::NoBasis, ReasonCode::NoBasis]
+    );
 }
 
 #[test]
 fn grant_must_be_for_ml_training() {
-    let g = with(grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), "scope", json!(["support", "ml_eval"]));
+    let g = with(
+        grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+        "scope",
+        json!(["support", "ml_eval"]),
+    );
     excluded_with(&decide(&[g], &clip()));
 }
 
 #[test]
 fn grant_of_another_owner_does_not_count() {
-    excluded_with(&decide(&[grant("e-1", "acct-2", "2026-01-05T10:00:00Z")], &clip()));
+    excluded_with(&decide(
+        &[grant("e-1", "acct-2", "2026-01-05T10:00:00Z")],
+        &clip(),
+    ));
 }
 
 #[test]
 fn devices_list_and_wildcard() {
-    let other = with(grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), "devices", json!(["dev-2"]));
+    let other = with(
+        grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+        "devices",
+        json!(["dev-2"]),
+    );
     excluded_with(&decide(&[other], &clip()));
-    let star = with(grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), "devices", json!(["*"]));
+    let star = with(
+        grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+        "devices",
+        json!(["*"]),
+    );
     assert!(included_by(&decide(&[star], &clip())).is_some());
 }
 
 #[test]
 fn placements_default_to_outdoor_only() {
     let indoor = with(clip(), "placement", json!("indoor"));
-    excluded_with(&decide(&[grant("e-1", "acct-1", "2026-01-05T10:00:00Z")], &indoor));
-    let g = with(grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), "placements", json!(["indoor"]));
+    excluded_with(&decide(
+        &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z")],
+        &indoor,
+    ));
+    let g = with(
+        grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+        "placements",
+        json!(["indoor"]),
+    );
     assert!(included_by(&decide(std::slice::from_ref(&g), &indoor)).is_some());
     excluded_with(&decide(&[g], &clip()));
 }
@@ -110,19 +141,38 @@ fn placements_default_to_outdoor_only() {
 fn capture_window_is_inclusive() {
     let at = "2026-10-01T17:04:05Z";
     let g = |from: &str, until: &str| {
-        let g = with(grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), "captured_from", json!(from));
+        let g = with(
+            grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+            "captured_from",
+            json!(from),
+        );
         with(g, "captured_until", json!(until))
     };
-    assert!(included_by(&decide(&[g(at, at)], &clip())).is_some(), "both bounds equal to captured_at");
-    excluded_with(&decide(&[g("2026-10-01T17:04:06Z", "2026-12-01T00:00:00Z")], &clip()));
-    excluded_with(&decide(&[g("2026-01-01T00:00:00Z", "2026-10-01T17:04:04Z")], &clip()));
+    assert!(
+        included_by(&decide(&[g(at, at)], &clip())).is_some(),
+        "both bounds equal to captured_at"
+    );
+    excluded_with(&decide(
+        &[g("2026-10-01T17:04:06Z", "2026-12-01T00:00:00Z")],
+        &clip(),
+    ));
+    excluded_with(&decide(
+        &[g("2026-01-01T00:00:00Z", "2026-10-01T17:04:04Z")],
+        &clip(),
+    ));
     // Offsets are instants: 19:04:05+02:00 is 17:04:05Z.
     assert!(included_by(&decide(&[g("2026-10-01T19:04:05+02:00", at)], &clip())).is_some());
 }
 
 #[test]
 fn expiry_must_be_strictly_after_as_of() {
-    let g = |exp: &str| with(grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), "expires_at", json!(exp));
+    let g = |exp: &str| {
+        with(
+            grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+            "expires_at",
+            json!(exp),
+        )
+    };
     excluded_with(&decide(&[g(AS_OF)], &clip()));
     excluded_with(&decide(&[g("2026-10-31T00:00:00Z")], &clip()));
     assert!(included_by(&decide(&[g("2026-11-01T00:00:01Z")], &clip())).is_some());
@@ -130,11 +180,20 @@ fn expiry_must_be_strictly_after_as_of() {
 
 #[test]
 fn only_events_at_or_before_as_of_count() {
-    assert!(included_by(&decide(&[grant("e-1", "acct-1", AS_OF)], &clip())).is_some(), "at == as_of counts");
-    excluded_with(&decide(&[grant("e-1", "acct-1", "2026-11-01T00:00:01Z")], &clip()));
+    assert!(
+        included_by(&decide(&[grant("e-1", "acct-1", AS_OF)], &clip())).is_some(),
+        "at == as_of counts"
+    );
+    excluded_with(&decide(
+        &[grant("e-1", "acct-1", "2026-11-01T00:00:01Z")],
+        &clip(),
+    ));
     let rev = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": "2026-12-01T00:00:00Z", "grant_id": "e-1"});
     let events = [grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev];
-    assert!(included_by(&decide(&events, &clip())).is_some(), "a future revocation does not count yet");
+    assert!(
+        included_by(&decide(&events, &clip())).is_some(),
+        "a future revocation does not count yet"
+    );
     excluded_with(&decide_at(&events, &clip(), "2026-12-01T00:00:00Z"));
 }
 
@@ -142,25 +201,46 @@ fn only_events_at_or_before_as_of_count() {
 fn targeted_revocation_revokes_that_grant_only() {
     let rev = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": "2026-06-01T00:00:00Z", "grant_id": "e-1"});
     let g2 = grant("e-2", "acct-1", "2026-02-01T00:00:00Z");
-    excluded_with(&decide(&[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev.clone()], &clip()));
-    let v = decide(&[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), g2, rev], &clip());
+    excluded_with(&decide(
+        &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev.clone()],
+        &clip(),
+    ));
+    let v = decide(
+        &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), g2, rev],
+        &clip(),
+    );
     assert_eq!(included_by(&v), Some((BasisKind::Consent, "e-2".into())));
 }
 
 #[test]
 fn blanket_revocation_revokes_earlier_and_same_instant_grants_not_later_ones() {
     let rev = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": "2026-06-01T00:00:00Z"});
-    excluded_with(&decide(&[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev.clone()], &clip()));
+    excluded_with(&decide(
+        &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev.clone()],
+        &clip(),
+    ));
     // Tie: a grant at the same instant as the revocation is revoked.
-    excluded_with(&decide(&[grant("e-1", "acct-1", "2026-06-01T00:00:00Z"), rev.clone()], &clip()));
+    excluded_with(&decide(
+        &[grant("e-1", "acct-1", "2026-06-01T00:00:00Z"), rev.clone()],
+        &clip(),
+    ));
     let later = grant("e-2", "acct-1", "2026-06-01T00:00:01Z");
-    assert_eq!(included_by(&decide(&[rev, later], &clip())), Some((BasisKind::Consent, "e-2".into())));
+    assert_eq!(
+        included_by(&decide(&[rev, later], &clip())),
+        Some((BasisKind::Consent, "e-2".into()))
+    );
 }
 
 #[test]
 fn blanket_revocation_of_another_owner_does_nothing() {
     let rev = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-9", "at": "2026-06-01T00:00:00Z"});
-    assert!(included_by(&decide(&[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev], &clip())).is_some());
+    assert!(
+        included_by(&decide(
+            &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev],
+            &clip()
+        ))
+        .is_some()
+    );
 }
 
 fn share(id: &str, owner: &str, video: &str, at: &str, vis: &str) -> serde_json::Value {
@@ -173,15 +253,51 @@ fn unshare(id: &str, owner: &str, video: &str, at: &str) -> serde_json::Value {
 
 #[test]
 fn public_share_by_the_owner_is_a_basis() {
-    let v = decide(&[share("s", "acct-1", "v-1", "2026-10-02T00:00:00Z", "public")], &clip());
+    let v = decide(
+        &[share(
+            "s",
+            "acct-1",
+            "v-1",
+            "2026-10-02T00:00:00Z",
+            "public",
+        )],
+        &clip(),
+    );
     assert_eq!(included_by(&v), Some((BasisKind::Neighbors, "s".into())));
 }
 
 #[test]
 fn share_must_be_public_by_the_owner_for_that_clip() {
-    excluded_with(&decide(&[share("s", "acct-1", "v-1", "2026-10-02T00:00:00Z", "neighbors")], &clip()));
-    excluded_with(&decide(&[share("s", "acct-2", "v-1", "2026-10-02T00:00:00Z", "public")], &clip()));
-    excluded_with(&decide(&[share("s", "acct-1", "v-2", "2026-10-02T00:00:00Z", "public")], &clip()));
+    excluded_with(&decide(
+        &[share(
+            "s",
+            "acct-1",
+            "v-1",
+            "2026-10-02T00:00:00Z",
+            "neighbors",
+        )],
+        &clip(),
+    ));
+    excluded_with(&decide(
+        &[share(
+            "s",
+            "acct-2",
+            "v-1",
+            "2026-10-02T00:00:00Z",
+            "public",
+        )],
+        &clip(),
+    ));
+    excluded_with(&decide(
+        &[share(
+            "s",
+            "acct-1",
+            "v-2",
+            "2026-10-02T00:00:00Z",
+            "public",
+        )],
+        &clip(),
+    ));
 }
 
 #[test]
@@ -191,7 +307,10 @@ fn latest_sharing_event_wins_whatever_the_file_order() {
     excluded_with(&decide(&[s.clone(), u.clone()], &clip()));
     excluded_with(&decide(&[u.clone(), s.clone()], &clip()));
     let s2 = share("s2", "acct-1", "v-1", "2026-10-04T00:00:00Z", "public");
-    assert_eq!(included_by(&decide(&[s2.clone(), u.clone(), s.clone()], &clip())), Some((BasisKind::Neighbors, "s2".into())));
+    assert_eq!(
+        included_by(&decide(&[s2.clone(), u.clone(), s.clone()], &clip())),
+        Some((BasisKind::Neighbors, "s2".into()))
+    );
     // Made private again later: out.
     let p = share("p", "acct-1", "v-1", "2026-10-05T00:00:00Z", "private");
     excluded_with(&decide(&[s, u, s2, p], &clip()));
@@ -200,9 +319,27 @@ fn latest_sharing_event_wins_whatever_the_file_order() {
 #[test]
 fn unshare_at_the_same_instant_as_share_wins() {
     let at = "2026-10-02T00:00:00Z";
-    excluded_with(&decide(&[share("s", "acct-1", "v-1", at, "public"), unshare("u", "acct-1", "v-1", at)], &clip()));
-    excluded_with(&decide(&[unshare("u", "acct-1", "v-1", at), share("s", "acct-1", "v-1", at, "public")], &clip()));
-    excluded_with(&decide(&[share("s", "acct-1", "v-1", at, "public"), share("p", "acct-1", "v-1", at, "private")], &clip()));
+    excluded_with(&decide(
+        &[
+            share("s", "acct-1", "v-1", at, "public"),
+            unshare("u", "acct-1", "v-1", at),
+        ],
+        &clip(),
+    ));
+    excluded_with(&decide(
+        &[
+            unshare("u", "acct-1", "v-1", at),
+            share("s", "acct-1", "v-1", at, "public"),
+        ],
+        &clip(),
+    ));
+    excluded_with(&decide(
+        &[
+            share("s", "acct-1", "v-1", at, "public"),
+            share("p", "acct-1", "v-1", at, "private"),
+        ],
+        &clip(),
+    ));
 }
 
 #[test]
@@ -219,8 +356,14 @@ fn erasure_beats_every_basis() {
     let s = share("s", "acct-1", "v-1", "2026-10-02T00:00:00Z", "public");
     let vd = json!({"event_id": "d", "type": "video.deleted", "owner_id": "acct-1", "video_id": "v-1", "at": "2026-10-10T00:00:00Z"});
     let ad = json!({"event_id": "a", "type": "account.deleted", "owner_id": "acct-1", "at": "2026-10-10T00:00:00Z"});
-    assert_eq!(excluded_with(&decide(&[g.clone(), s.clone(), vd.clone()], &clip())), vec![ReasonCode::VideoDeleted]);
-    assert_eq!(excluded_with(&decide(&[g.clone(), s.clone(), ad.clone()], &clip())), vec![ReasonCode::AccountDeleted]);
+    assert_eq!(
+        excluded_with(&decide(&[g.clone(), s.clone(), vd.clone()], &clip())),
+        vec![ReasonCode::VideoDeleted]
+    );
+    assert_eq!(
+        excluded_with(&decide(&[g.clone(), s.clone(), ad.clone()], &clip())),
+        vec![ReasonCode::AccountDeleted]
+    );
     // A grant after the erasure does not bring the clip back.
     let later = grant("e-2", "acct-1", "2026-10-20T00:00:00Z");
     excluded_with(&decide(&[g.clone(), vd.clone(), later], &clip()));
@@ -228,7 +371,13 @@ fn erasure_beats_every_basis() {
     assert!(included_by(&decide_at(&[g, vd], &clip(), "2026-10-09T00:00:00Z")).is_some());
     // Deleting another clip or account does nothing to this one.
     let other = json!({"event_id": "o", "type": "video.deleted", "owner_id": "acct-1", "video_id": "v-2", "at": "2026-10-10T00:00:00Z"});
-    assert!(included_by(&decide(&[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), other], &clip())).is_some());
+    assert!(
+        included_by(&decide(
+            &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), other],
+            &clip()
+        ))
+        .is_some()
+    );
 }
 
 fn select_lines(catalog: &str, events: &[serde_json::Value]) -> Vec<SelectionLine> {
@@ -241,41 +390,117 @@ fn invalid_catalog_lines_are_excluded_with_a_reason_and_the_rest_go_on() {
     let good = clip().to_string();
     let cases: Vec<(String, &str)> = vec![
         ("{not json".to_string(), "bad JSON"),
-        (json!({"video_id": "v-x", "uri": "a.mp4"}).to_string(), "missing field"),
-        (with(clip(), "video_id", json!("bad id!")).to_string(), "bad video_id"),
-        (with(clip(), "video_id", json!(".")).to_string(), "dot video_id"),
-        (with(clip(), "video_id", json!("..")).to_string(), "dotdot video_id"),
-        (with(clip(), "video_id", json!("x".repeat(129))).to_string(), "long video_id"),
-        (with(clip(), "uri", json!("../outside.mp4")).to_string(), "escaping uri"),
-        (with(clip(), "uri", json!("videos/../../outside.mp4")).to_string(), "escaping uri deep"),
-        (with(clip(), "uri", json!("/etc/passwd")).to_string(), "absolute uri"),
-        (with(clip(), "uri", json!("https://example.com/a.mp4")).to_string(), "other scheme"),
-        (with(clip(), "uri", json!("s3://bucket")).to_string(), "s3 without key"),
-        (with(clip(), "placement", json!("garage")).to_string(), "unknown placement"),
-        (with(clip(), "captured_at", json!("2026-10-01 17:04")).to_string(), "bad timestamp"),
-        (with(clip(), "captured_at", json!("2026-10-01T17:04:05")).to_string(), "timestamp without offset"),
-        (with(clip(), "blake3", json!("abc")).to_string(), "bad blake3"),
-        (with(clip(), "privacy_zones", json!([[[0.0, 0.0], [1.5, 0.0], [0.0, 1.0]]])).to_string(), "zone out of range"),
-        (with(clip(), "privacy_zones", json!([[[0.0, 0.0], [1.0, 0.0]]])).to_string(), "zone too small"),
+        (
+            json!({"video_id": "v-x", "uri": "a.mp4"}).to_string(),
+            "missing field",
+        ),
+        (
+            with(clip(), "video_id", json!("bad id!")).to_string(),
+            "bad video_id",
+        ),
+        (
+            with(clip(), "video_id", json!(".")).to_string(),
+            "dot video_id",
+        ),
+        (
+            with(clip(), "video_id", json!("..")).to_string(),
+            "dotdot video_id",
+        ),
+        (
+            with(clip(), "video_id", json!("x".repeat(129))).to_string(),
+            "long video_id",
+        ),
+        (
+            with(clip(), "uri", json!("../outside.mp4")).to_string(),
+            "escaping uri",
+        ),
+        (
+            with(clip(), "uri", json!("videos/../../outside.mp4")).to_string(),
+            "escaping uri deep",
+        ),
+        (
+            with(clip(), "uri", json!("/etc/passwd")).to_string(),
+            "absolute uri",
+        ),
+        (
+            with(clip(), "uri", json!("https://example.com/a.mp4")).to_string(),
+            "other scheme",
+        ),
+        (
+            with(clip(), "uri", json!("s3://bucket")).to_string(),
+            "s3 without key",
+        ),
+        (
+            with(clip(), "placement", json!("garage")).to_string(),
+            "unknown placement",
+        ),
+        (
+            with(clip(), "captured_at", json!("2026-10-01 17:04")).to_string(),
+            "bad timestamp",
+        ),
+        (
+            with(clip(), "captured_at", json!("2026-10-01T17:04:05")).to_string(),
+            "timestamp without offset",
+        ),
+        (
+            with(clip(), "blake3", json!("abc")).to_string(),
+            "bad blake3",
+        ),
+        (
+            with(
+                clip(),
+                "privacy_zones",
+                json!([[[0.0, 0.0], [1.5, 0.0], [0.0, 1.0]]]),
+            )
+            .to_string(),
+            "zone out of range",
+        ),
+        (
+            with(clip(), "privacy_zones", json!([[[0.0, 0.0], [1.0, 0.0]]])).to_string(),
+            "zone too small",
+        ),
         (String::new(), "blank line"),
     ];
     for (i, (bad, what)) in cases.iter().enumerate() {
         let good2 = with(clip(), "video_id", json!(format!("ok-{i}"))).to_string();
         let catalog = format!("{bad}\n{good2}\n");
-        let lines = select_lines(&catalog, &[with(grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), "devices", json!(["*"]))]);
+        let lines = select_lines(
+            &catalog,
+            &[with(
+                grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+                "devices",
+                json!(["*"]),
+            )],
+        );
         assert_eq!(lines.len(), 2, "{what}");
         assert_eq!(lines[0].decision, Decision::Exclude, "{what}");
-        assert_eq!(lines[0].reason_codes, vec![ReasonCode::InvalidLine], "{what}: {:?}", lines[0].reasons);
+        assert_eq!(
+            lines[0].reason_codes,
+            vec![ReasonCode::InvalidLine],
+            "{what}: {:?}",
+            lines[0].reasons
+        );
         assert!(!lines[0].reasons[0].is_empty(), "{what}");
-        assert_eq!(lines[1].decision, Decision::Include, "{what}: the next line goes on");
+        assert_eq!(
+            lines[1].decision,
+            Decision::Include,
+            "{what}: the next line goes on"
+        );
     }
     let _ = good;
 }
 
 #[test]
 fn s3_uris_and_nested_relative_uris_are_accepted() {
-    for uri in ["s3://bucket/clips/v-1.mp4", "videos/2026/v-1.mp4", "./v-1.mp4"] {
-        assert!(parse_catalog_line(with(clip(), "uri", json!(uri)).to_string().as_bytes()).is_ok(), "{uri}");
+    for uri in [
+        "s3://bucket/clips/v-1.mp4",
+        "videos/2026/v-1.mp4",
+        "./v-1.mp4",
+    ] {
+        assert!(
+            parse_catalog_line(with(clip(), "uri", json!(uri)).to_string().as_bytes()).is_ok(),
+            "{uri}"
+        );
     }
 }
 
@@ -284,13 +509,23 @@ fn duplicate_video_id_excludes_every_copy() {
     let a = clip().to_string();
     let b = with(clip(), "device_id", json!("dev-2")).to_string();
     let c = with(clip(), "video_id", json!("v-2")).to_string();
-    let lines = select_lines(&format!("{a}\n{c}\n{b}\n"), &[with(grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), "devices", json!(["*"]))]);
+    let lines = select_lines(
+        &format!("{a}\n{c}\n{b}\n"),
+        &[with(
+            grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+            "devices",
+            json!(["*"]),
+        )],
+    );
     assert_eq!(lines[0].reason_codes, vec![ReasonCode::DuplicateVideoId]);
     assert_eq!(lines[2].reason_codes, vec![ReasonCode::DuplicateVideoId]);
     assert_eq!(lines[1].decision, Decision::Include);
     // Also when the other copy is itself invalid.
     let bad = with(clip(), "placement", json!("garage")).to_string();
-    let lines = select_lines(&format!("{a}\n{bad}\n"), &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z")]);
+    let lines = select_lines(
+        &format!("{a}\n{bad}\n"),
+        &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z")],
+    );
     assert_eq!(lines[0].decision, Decision::Exclude);
     assert_eq!(lines[0].reason_codes, vec![ReasonCode::DuplicateVideoId]);
 }
@@ -316,13 +551,43 @@ fn invalid_ledger_lines_stop_with_file_and_line() {
     no_owner.as_object_mut().unwrap().remove("owner_id");
     let cases = [
         ("{\"event_id\": ", "bad JSON"),
-        (r#"{"event_id":"e-2","type":"consent.maybe","owner_id":"acct-1","at":"2026-01-01T00:00:00Z"}"#, "unknown type"),
+        (
+            r#"{"event_id":"e-2","type":"consent.maybe","owner_id":"acct-1","at":"2026-01-01T00:00:00Z"}"#,
+            "unknown type",
+        ),
         (&no_owner.to_string(), "missing field"),
         (&no_doc.to_string(), "grant without document"),
-        (&with(grant("e-2", "acct-1", "2026-01-05T10:00:00Z"), "document", json!(null)).to_string(), "null document"),
-        (&with(grant("e-2", "acct-1", "2026-01-05T10:00:00Z"), "at", json!("yesterday")).to_string(), "bad timestamp"),
-        (&with(grant("e-2", "acct-1", "2026-01-05T10:00:00Z"), "placements", json!(["garage"])).to_string(), "unknown placement"),
-        (r#"{"event_id":"e-2","type":"video.deleted","owner_id":"acct-1","at":"2026-01-01T00:00:00Z"}"#, "deletion without video_id"),
+        (
+            &with(
+                grant("e-2", "acct-1", "2026-01-05T10:00:00Z"),
+                "document",
+                json!(null),
+            )
+            .to_string(),
+            "null document",
+        ),
+        (
+            &with(
+                grant("e-2", "acct-1", "2026-01-05T10:00:00Z"),
+                "at",
+                json!("yesterday"),
+            )
+            .to_string(),
+            "bad timestamp",
+        ),
+        (
+            &with(
+                grant("e-2", "acct-1", "2026-01-05T10:00:00Z"),
+                "placements",
+                json!(["garage"]),
+            )
+            .to_string(),
+            "unknown placement",
+        ),
+        (
+            r#"{"event_id":"e-2","type":"video.deleted","owner_id":"acct-1","at":"2026-01-01T00:00:00Z"}"#,
+            "deletion without video_id",
+        ),
         (&g, "duplicate event id"),
     ];
     for (bad, what) in cases {
@@ -336,12 +601,21 @@ fn invalid_ledger_lines_stop_with_file_and_line() {
 fn revocation_must_name_a_grant_of_the_same_owner() {
     let g = grant("e-1", "acct-1", "2026-01-05T10:00:00Z").to_string();
     let other_owner = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-2", "at": "2026-06-01T00:00:00Z", "grant_id": "e-1"});
-    assert!(matches!(ledger_error(&format!("{g}\n{other_owner}\n")), LedgerError::BadRevocation { line: 2, .. }));
+    assert!(matches!(
+        ledger_error(&format!("{g}\n{other_owner}\n")),
+        LedgerError::BadRevocation { line: 2, .. }
+    ));
     let unknown = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": "2026-06-01T00:00:00Z", "grant_id": "e-404"});
-    assert!(matches!(ledger_error(&format!("{g}\n{unknown}\n")), LedgerError::BadRevocation { .. }));
+    assert!(matches!(
+        ledger_error(&format!("{g}\n{unknown}\n")),
+        LedgerError::BadRevocation { .. }
+    ));
     let share = share("s", "acct-1", "v-1", "2026-01-01T00:00:00Z", "public");
     let not_grant = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": "2026-06-01T00:00:00Z", "grant_id": "s"});
-    assert!(matches!(ledger_error(&format!("{share}\n{not_grant}\n")), LedgerError::BadRevocation { .. }));
+    assert!(matches!(
+        ledger_error(&format!("{share}\n{not_grant}\n")),
+        LedgerError::BadRevocation { .. }
+    ));
 }
 
 #[test]
@@ -351,8 +625,13 @@ fn event_hash_is_of_the_line_as_read_without_its_terminator() {
     let text = format!("\r\n{g}\r\n\n");
     let ledger = Ledger::parse(text.as_bytes(), "l").unwrap();
     let clip = parse_catalog_line(clip().to_string().as_bytes()).unwrap();
-    let Verdict::Include(b) = ledger.index(ts(AS_OF)).decide(&clip) else { panic!() };
-    assert_eq!(b.event_blake3, blake3::hash(g.as_bytes()).to_hex().to_string());
+    let Verdict::Include(b) = ledger.index(ts(AS_OF)).decide(&clip) else {
+        panic!()
+    };
+    assert_eq!(
+        b.event_blake3,
+        blake3::hash(g.as_bytes()).to_hex().to_string()
+    );
     assert_eq!(b.event_line, 2);
 }
 
@@ -371,8 +650,14 @@ fn select_command_on_the_demo_writes_selection_and_record() {
     let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
     assert!(stdout.contains("selected 5 of 9 clips"), "{stdout}");
     let text = std::fs::read_to_string(out.path().join("selection.jsonl")).unwrap();
-    let lines: Vec<SelectionLine> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let decided: Vec<(&str, Decision)> = lines.iter().map(|l| (l.video_id.as_deref().unwrap(), l.decision)).collect();
+    let lines: Vec<SelectionLine> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decided: Vec<(&str, Decision)> = lines
+        .iter()
+        .map(|l| (l.video_id.as_deref().unwrap(), l.decision))
+        .collect();
     use Decision::*;
     assert_eq!(
         decided,
@@ -388,11 +673,17 @@ fn select_command_on_the_demo_writes_selection_and_record() {
             ("v-private", Exclude),
         ]
     );
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("select.json")).unwrap()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("select.json")).unwrap()).unwrap();
     assert_eq!(record["as_of"], AS_OF);
-    let catalog_hash = blake3::hash(&std::fs::read(fixture("demo-catalog.jsonl")).unwrap()).to_hex().to_string();
+    let catalog_hash = blake3::hash(&std::fs::read(fixture("demo-catalog.jsonl")).unwrap())
+        .to_hex()
+        .to_string();
     assert_eq!(record["catalog"]["blake3"], catalog_hash.as_str());
-    assert_eq!(record["selection"]["blake3"], blake3::hash(text.as_bytes()).to_hex().to_string().as_str());
+    assert_eq!(
+        record["selection"]["blake3"],
+        blake3::hash(text.as_bytes()).to_hex().to_string().as_str()
+    );
 }
 
 #[test]
@@ -408,13 +699,21 @@ fn select_command_exits_1_when_catalog_lines_are_invalid_and_still_writes() {
         .assert()
         .code(1);
     let text = std::fs::read_to_string(out.path().join("selection.jsonl")).unwrap();
-    let n = std::fs::read_to_string(fixture("bad/catalog-invalid-lines.jsonl")).unwrap().lines().count();
+    let n = std::fs::read_to_string(fixture("bad/catalog-invalid-lines.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(text.lines().count(), n);
 }
 
 #[test]
 fn a_bad_ledger_stops_everything_and_writes_nothing() {
-    for bad in ["bad/ledger-unknown-type.jsonl", "bad/ledger-grant-without-document.jsonl", "bad/ledger-foreign-revocation.jsonl", "no-such-ledger.jsonl"] {
+    for bad in [
+        "bad/ledger-unknown-type.jsonl",
+        "bad/ledger-grant-without-document.jsonl",
+        "bad/ledger-foreign-revocation.jsonl",
+        "no-such-ledger.jsonl",
+    ] {
         let out = tempfile::tempdir().unwrap();
         let assert = clearframe()
             .args(["select", "--as-of", AS_OF, "--out"])
@@ -426,15 +725,23 @@ fn a_bad_ledger_stops_everything_and_writes_nothing() {
             .assert()
             .code(2);
         let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
-        assert!(stderr.contains(bad.rsplit('/').next().unwrap()), "{bad}: {stderr}");
-        assert!(!out.path().join("sel").exists(), "{bad}: nothing may be written");
+        assert!(
+            stderr.contains(bad.rsplit('/').next().unwrap()),
+            "{bad}: {stderr}"
+        );
+        assert!(
+            !out.path().join("sel").exists(),
+            "{bad}: nothing may be written"
+        );
     }
 }
 
 /// Property tests: random ledgers over a small world of owners, devices, clips and instants.
 mod properties {
     use super::*;
-    use clearframe::records::{AccountEvent, ConsentDocument, Grant, LedgerEvent, Placement, Revocation, Share, VideoEvent};
+    use clearframe::records::{
+        AccountEvent, ConsentDocument, Grant, LedgerEvent, Placement, Revocation, Share, VideoEvent,
+    };
     use proptest::prelude::*;
 
     fn t(i: i64) -> Timestamp {
@@ -443,12 +750,40 @@ mod properties {
 
     #[derive(Debug, Clone)]
     enum Ev {
-        Grant { owner: u8, device: Option<u8>, indoor: bool, at: i64, from: Option<i64>, until: Option<i64>, expires: Option<i64> },
-        Revoke { owner: u8, at: i64, target: Option<usize> },
-        Share { owner: u8, video: u8, at: i64, public: bool },
-        Unshare { owner: u8, video: u8, at: i64 },
-        DeleteVideo { owner: u8, video: u8, at: i64 },
-        DeleteAccount { owner: u8, at: i64 },
+        Grant {
+            owner: u8,
+            device: Option<u8>,
+            indoor: bool,
+            at: i64,
+            from: Option<i64>,
+            until: Option<i64>,
+            expires: Option<i64>,
+        },
+        Revoke {
+            owner: u8,
+            at: i64,
+            target: Option<usize>,
+        },
+        Share {
+            owner: u8,
+            video: u8,
+            at: i64,
+            public: bool,
+        },
+        Unshare {
+            owner: u8,
+            video: u8,
+            at: i64,
+        },
+        DeleteVideo {
+            owner: u8,
+            video: u8,
+            at: i64,
+        },
+        DeleteAccount {
+            owner: u8,
+            at: i64,
+        },
     }
 
     fn ev() -> impl Strategy<Value = Ev> {
@@ -473,7 +808,15 @@ mod properties {
             let id = format!("e{i}");
             let owner = |o: &u8| format!("acct-{o}");
             out.push(match e {
-                Ev::Grant { owner: o, device, indoor, at, from, until, expires } => {
+                Ev::Grant {
+                    owner: o,
+                    device,
+                    indoor,
+                    at,
+                    from,
+                    until,
+                    expires,
+                } => {
                     grants.push((id.clone(), *o));
                     LedgerEvent::ConsentGranted(Box::new(Grant {
                         event_id: id,
@@ -481,28 +824,77 @@ mod properties {
                         at: t(*at),
                         scope: vec!["ml_training".into()],
                         devices: vec![device.map(|d| format!("dev-{d}")).unwrap_or("*".into())],
-                        placements: if *indoor { vec![Placement::Outdoor, Placement::Indoor] } else { vec![Placement::Outdoor] },
+                        placements: if *indoor {
+                            vec![Placement::Outdoor, Placement::Indoor]
+                        } else {
+                            vec![Placement::Outdoor]
+                        },
                         captured_from: from.map(t),
                         captured_until: until.map(t),
                         expires_at: expires.map(t),
-                        document: ConsentDocument { uri: "d.pdf".into(), blake3: "0".repeat(64) },
+                        document: ConsentDocument {
+                            uri: "d.pdf".into(),
+                            blake3: "0".repeat(64),
+                        },
                     }))
                 }
-                Ev::Revoke { owner: o, at, target } => {
-                    let own: Vec<&String> = grants.iter().filter(|g| g.1 == *o).map(|g| &g.0).collect();
-                    let grant_id = target.and_then(|k| (!own.is_empty()).then(|| own[k % own.len()].clone()));
-                    LedgerEvent::ConsentRevoked(Revocation { event_id: id, owner_id: owner(o), at: t(*at), grant_id })
+                Ev::Revoke {
+                    owner: o,
+                    at,
+                    target,
+                } => {
+                    let own: Vec<&String> =
+                        grants.iter().filter(|g| g.1 == *o).map(|g| &g.0).collect();
+                    let grant_id =
+                        target.and_then(|k| (!own.is_empty()).then(|| own[k % own.len()].clone()));
+                    LedgerEvent::ConsentRevoked(Revocation {
+                        event_id: id,
+                        owner_id: owner(o),
+                        at: t(*at),
+                        grant_id,
+                    })
                 }
-                Ev::Share { owner: o, video, at, public } => LedgerEvent::NeighborsShared(Share {
+                Ev::Share {
+                    owner: o,
+                    video,
+                    at,
+                    public,
+                } => LedgerEvent::NeighborsShared(Share {
                     event_id: id,
                     owner_id: owner(o),
                     video_id: format!("v-{video}"),
                     at: t(*at),
-                    visibility: if *public { "public".into() } else { "private".into() },
+                    visibility: if *public {
+                        "public".into()
+                    } else {
+                        "private".into()
+                    },
                 }),
-                Ev::Unshare { owner: o, video, at } => LedgerEvent::NeighborsUnshared(VideoEvent { event_id: id, owner_id: owner(o), video_id: format!("v-{video}"), at: t(*at) }),
-                Ev::DeleteVideo { owner: o, video, at } => LedgerEvent::VideoDeleted(VideoEvent { event_id: id, owner_id: owner(o), video_id: format!("v-{video}"), at: t(*at) }),
-                Ev::DeleteAccount { owner: o, at } => LedgerEvent::AccountDeleted(AccountEvent { event_id: id, owner_id: owner(o), at: t(*at) }),
+                Ev::Unshare {
+                    owner: o,
+                    video,
+                    at,
+                } => LedgerEvent::NeighborsUnshared(VideoEvent {
+                    event_id: id,
+                    owner_id: owner(o),
+                    video_id: format!("v-{video}"),
+                    at: t(*at),
+                }),
+                Ev::DeleteVideo {
+                    owner: o,
+                    video,
+                    at,
+                } => LedgerEvent::VideoDeleted(VideoEvent {
+                    event_id: id,
+                    owner_id: owner(o),
+                    video_id: format!("v-{video}"),
+                    at: t(*at),
+                }),
+                Ev::DeleteAccount { owner: o, at } => LedgerEvent::AccountDeleted(AccountEvent {
+                    event_id: id,
+                    owner_id: owner(o),
+                    at: t(*at),
+                }),
             });
         }
         out
