@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{anonymize, run, select, verify};
+use crate::{anonymize, run, select, stages, verify};
 
 /// ClearFrame: a consent-gated pipeline from home-camera clips to a redacted, annotated,
 /// provenance-tracked training dataset.
@@ -24,7 +24,15 @@ pub struct Cli {
 pub enum Command {
     /// Stage 1: decide which catalog clips may be used, from the consent ledger (fail closed).
     Select(select::SelectArgs),
-    /// The whole pipeline: select, decode, redact, detect, emit a dataset folder.
+    /// Stage 2: decode and redact the selected clips into a work folder (lossless frames and one
+    /// redaction record per clip; up-to-date clips are kept, no-longer-selected ones deleted).
+    Redact(stages::redact::RedactArgs),
+    /// Stage 3: object detection on the redacted frames of a work folder.
+    Detect(stages::detect::DetectArgs),
+    /// Stage 4: the dataset (frames, manifest, annotations, report, dataset.json) from a work
+    /// folder; the same bytes as `run` with the same inputs and settings.
+    Emit(stages::emit::EmitArgs),
+    /// The whole pipeline in one streaming process: select, decode, redact, detect, emit.
     Run(run::RunArgs),
     /// Re-hash a dataset folder and check it against its manifest, dataset.json and selection
     /// (local folders only: download a dataset from S3 first).
@@ -47,10 +55,15 @@ pub fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match &cli.command {
         Command::Select(args) => select::run_cli(args),
+        Command::Redact(args) => stages::redact::run_cli(args),
+        Command::Detect(args) => stages::detect::run_cli(args),
+        Command::Emit(args) => stages::emit::run_cli(args),
         Command::Run(args) => run::run_cli(args),
         Command::Verify(args) => verify::run_cli(args),
         Command::Anonymize(args) => anonymize::run(args),
-        Command::Schema { name, write } => crate::schema::run_cli(name.as_deref(), write.as_deref()),
+        Command::Schema { name, write } => {
+            crate::schema::run_cli(name.as_deref(), write.as_deref())
+        }
     };
     match result {
         Ok(code) => code,
@@ -72,7 +85,8 @@ fn init_tracing(verbose: u8) {
         _ => "debug,clearframe=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -32,6 +32,7 @@ pub mod redact;
 pub mod run;
 pub mod schema;
 pub mod select;
+pub mod stages;
 pub mod storage;
 pub mod verify;
 pub mod vision;

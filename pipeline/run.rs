@@ -33,6 +33,7 @@ use crate::redact::{
     Fill, IndoorPolicy, MaskShape, RedactOptions, Redactor, TemporalHold, Verdict, Zone,
 };
 use crate::select::ObjectRef;
+use crate::stages::ClipInfo;
 use crate::storage::{self, Location, S3Options, Store, StoreArgs, UploadStats, Uploader};
 use crate::vision::centerface::{CenterFace, CenterFaceConfig, CenterFaceVariant};
 use crate::vision::nanodet::{NanoDet, NanoDetConfig};
@@ -195,6 +196,24 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
+    /// The settings of a run: the file's (or the defaults), with `--fps` over `sampling.fps`.
+    pub fn effective(path: Option<&Path>, fps: Option<f32>) -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if let Some(fps) = fps {
+            config.sampling.fps = Some(fps);
+        }
+        if let Some(fps) = config.sampling.fps {
+            anyhow::ensure!(
+                fps.is_finite() && fps > 0.0,
+                "sampling fps must be > 0, got {fps}"
+            );
+        }
+        Ok(config)
+    }
+
     /// blake3 of the canonical JSON of the effective settings.
     pub fn blake3(&self) -> String {
         crate::hashing::hash_bytes(&serde_json::to_vec(self).expect("config serializes"))
@@ -202,17 +221,44 @@ impl Config {
 }
 
 /// The loaded models of a run.
-struct Models {
+pub(crate) struct Models {
     faces: CenterFace,
     fast: bool,
     verifier: RetinaFace,
-    objects: NanoDet,
-    provenance: BTreeMap<String, String>,
-    onnxruntime: String,
+    pub objects: NanoDet,
+    /// Model name -> blake3, of every model loaded.
+    pub provenance: BTreeMap<String, String>,
+    pub onnxruntime: String,
+}
+
+/// The object detector with the `[detect]` thresholds.
+pub(crate) fn object_detector(
+    detect: &DetectConfig,
+    options: &ModelOptions,
+) -> anyhow::Result<NanoDet> {
+    let mut nd = NanoDetConfig::default();
+    nd.thresholds = [detect.threshold; 80];
+    for (name, t) in &detect.class_thresholds {
+        let i = crate::vision::coco::index_of(name).ok_or_else(|| {
+            anyhow::anyhow!("detect.class_thresholds: {name:?} is not a COCO class")
+        })?;
+        nd.thresholds[i] = *t;
+    }
+    NanoDet::new(options, nd).context("cannot load the object detector")
+}
+
+/// How the verifier and the object detector run: on pipeline threads of their own, beside face
+/// detection, one intra-op thread each (no thread hand-offs on small models).
+pub(crate) fn single_thread_options() -> ModelOptions {
+    ModelOptions {
+        intra_spinning: Some(false),
+        intra_threads: Some(1),
+        ..ModelOptions::default()
+    }
 }
 
 impl Models {
-    fn load(config: &Config) -> anyhow::Result<Models> {
+    pub(crate) fn load(config: &Config) -> anyhow::Result<Models> {
         let opts = ModelOptions {
             intra_spinning: Some(false),
             ..ModelOptions::default()
@@ -230,12 +276,7 @@ impl Models {
             variant,
         };
         let faces = CenterFace::new(&opts, cf_config).context("cannot load the face detector")?;
-        // The verifier and the object detector run on pipeline threads of their own, beside face
-        // detection: one intra-op thread each avoids thread hand-offs on small models.
-        let single = ModelOptions {
-            intra_threads: Some(1),
-            ..opts.clone()
-        };
+        let single = single_thread_options();
         let verifier = RetinaFace::new(
             &single,
             RetinaFaceConfig {
@@ -244,15 +285,7 @@ impl Models {
             },
         )
         .context("cannot load the verifier")?;
-        let mut nd = NanoDetConfig::default();
-        nd.thresholds = [config.detect.threshold; 80];
-        for (name, t) in &config.detect.class_thresholds {
-            let i = crate::vision::coco::index_of(name).ok_or_else(|| {
-                anyhow::anyhow!("detect.class_thresholds: {name:?} is not a COCO class")
-            })?;
-            nd.thresholds[i] = *t;
-        }
-        let objects = NanoDet::new(&single, nd).context("cannot load the object detector")?;
+        let objects = object_detector(&config.detect, &single)?;
         let mut provenance = BTreeMap::new();
         for p in [
             faces.provenance(),
@@ -294,6 +327,21 @@ impl Models {
     }
 }
 
+/// A progress bar on stderr when `enabled` (a terminal), else a hidden one.
+pub(crate) fn progress_bar(len: u64, unit: &str, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed}}]"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
 /// `ffmpeg -version`'s version word, for provenance.
 pub fn ffmpeg_version() -> String {
     std::process::Command::new("ffmpeg")
@@ -328,37 +376,25 @@ pub struct RunOutcome {
     pub times: StageTimes,
 }
 
-struct Ctx<'a> {
-    models: &'a Models,
-    config: &'a Config,
-    config_blake3: String,
-    ffmpeg: String,
-    catalog_store: Arc<dyn Store>,
-    s3: S3Options,
+pub(crate) struct Ctx<'a> {
+    pub models: &'a Models,
+    pub config: &'a Config,
+    pub config_blake3: String,
+    pub ffmpeg: String,
+    pub catalog_store: Arc<dyn Store>,
+    pub s3: S3Options,
     /// Frames go here as they are emitted when the dataset is written to S3.
-    upload: Option<crossbeam_channel::Sender<(String, bytes::Bytes)>>,
+    pub upload: Option<crossbeam_channel::Sender<(String, bytes::Bytes)>>,
     /// What the current clip's input was called in messages (a path), to be replaced by its URI.
-    input_name: Option<String>,
-    times: StageTimes,
+    pub input_name: Option<String>,
+    pub times: StageTimes,
 }
 
 /// Runs the whole pipeline. A bad ledger or config stops before anything is written; a bad clip
 /// is recorded in `dataset.json` and the others go on.
 pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     let started = Instant::now();
-    let mut config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    if let Some(fps) = args.fps {
-        config.sampling.fps = Some(fps);
-    }
-    if let Some(fps) = config.sampling.fps {
-        anyhow::ensure!(
-            fps.is_finite() && fps > 0.0,
-            "sampling fps must be > 0, got {fps}"
-        );
-    }
+    let config = Config::effective(args.config.as_deref(), args.fps)?;
     let as_of = args.as_of.unwrap_or_else(Timestamp::now);
 
     let s3 = args.store.to_options()?;
@@ -411,27 +447,63 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     ctx.times.select = select_time;
 
     let included: Vec<ConsentedClip> = lines.iter().filter_map(admit_recorded).collect();
-    let bar = if progress {
-        let b = indicatif::ProgressBar::new(included.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} clips {msg} [{elapsed}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(included.len() as u64, "clips", progress);
     let (mut failed, mut frames) = (0usize, 0u64);
+    // Object detection, JPEG encoding and the manifest entry on the pipeline's third thread.
+    let work = |video_id: &str,
+                info: &ClipInfo,
+                red: &crate::redact::RedactedFrame,
+                masks: u32,
+                found: u32|
+     -> anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)> {
+        let t = Instant::now();
+        let dets = models.objects.detect(red.image())?;
+        let detect_time = t.elapsed();
+        let t = Instant::now();
+        let jpeg = encode_jpeg(red.image())?;
+        let entry = frame_entry(
+            video_id,
+            info,
+            red.index(),
+            red.pts(),
+            masks,
+            found,
+            dets.iter()
+                .map(EmittedDetection::from_detection)
+                .collect::<Result<_, _>>()?,
+        );
+        Ok((entry, jpeg, detect_time, t.elapsed()))
+    };
     for clip in &included {
         let id = clip.clip().video_id.clone();
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
-        ctx.input_name = None;
-        match process_clip(&mut ctx, clip, &mut emitter) {
-            Ok(n) => {
-                frames += n;
-                tracing::info!(frames = n, "clip done");
+        let mut consume = |ctx: &mut Ctx<'_>,
+                           (entry, jpeg, detect_time, encode_time): (
+            ManifestEntry,
+            Vec<u8>,
+            Duration,
+            Duration,
+        )|
+         -> anyhow::Result<()> {
+            let t = Instant::now();
+            let key = emitter.add_frame(entry, &jpeg)?.path.clone();
+            if let Some(upload) = &ctx.upload {
+                upload
+                    .send((key, jpeg.into()))
+                    .map_err(|_| anyhow::anyhow!("the upload feeder stopped"))?;
             }
+            ctx.times.object_detect += detect_time;
+            ctx.times.emit += encode_time + t.elapsed();
+            Ok(())
+        };
+        let r = process_clip(&mut ctx, clip, &work, &mut consume);
+        frames += r.frames;
+        for w in r.withheld {
+            emitter.withhold(w);
+        }
+        match r.outcome {
+            Ok(()) => tracing::info!(frames = r.frames, "clip done"),
             Err(ClipError::Policy(reason)) => {
                 tracing::info!(%reason, "clip left out by policy");
                 emitter.clip_failed(ClipFailure {
@@ -441,12 +513,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
             }
             Err(ClipError::Failed(e)) => {
                 failed += 1;
-                let mut reason = stable_reason(&format!("{e:#}"));
-                // Name the clip by its catalog URI, not by where this run happened to read it
-                // from, so that the record is the same on every store.
-                if let Some(name) = ctx.input_name.take().filter(|n| !n.is_empty()) {
-                    reason = reason.replace(&name, &clip.clip().uri);
-                }
+                let reason = failure_reason(&mut ctx, clip, &e);
                 tracing::error!(%reason, "clip failed; the batch goes on");
                 emitter.clip_failed(ClipFailure {
                     video_id: id,
@@ -473,7 +540,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     })
 }
 
-enum ClipError {
+pub(crate) enum ClipError {
     /// Left out on purpose (the indoor policy `exclude`): not a failure.
     Policy(String),
     Failed(anyhow::Error),
@@ -490,7 +557,7 @@ const MAX_REMOTE_CLIP: u64 = 4 << 30;
 
 /// A clip opened for decoding: ffmpeg's input, the blake3 of exactly the bytes ffmpeg will read,
 /// the name messages use for it, and (for S3) the memory file that must outlive the decoder.
-struct OpenedClip {
+pub(crate) struct OpenedClip {
     input: Input,
     blake3: String,
     name: String,
@@ -504,7 +571,7 @@ struct OpenedClip {
 /// streams, sealed against any change, and ffmpeg reads that memory file: the hash is over the
 /// very bytes decoded, and ffmpeg can seek (MP4s with their index at the end, the usual case,
 /// cannot be decoded from a pipe).
-fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<OpenedClip> {
+pub(crate) fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<OpenedClip> {
     let uri = &clip.clip().uri;
     let (store, key) = storage::resolve(&ctx.catalog_store, uri, &ctx.s3)?;
     if let Location::Local(root) = store.location() {
@@ -573,12 +640,12 @@ fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<OpenedClip> 
 }
 
 /// Uploads a dataset emitted into a staging folder to its S3 prefix.
-struct RemoteOut {
+pub(crate) struct RemoteOut {
     store: Arc<dyn Store>,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     /// Keys under the prefix before the run (all of them dataset outputs: checked).
     before: BTreeSet<String>,
-    frames: crossbeam_channel::Sender<(String, bytes::Bytes)>,
+    pub(crate) frames: crossbeam_channel::Sender<(String, bytes::Bytes)>,
     feeder: std::thread::JoinHandle<(Uploader, BTreeSet<String>)>,
 }
 
@@ -588,7 +655,7 @@ const UPLOADS_IN_FLIGHT: usize = 16;
 impl RemoteOut {
     /// Checks the prefix holds nothing but an earlier dataset, removes its `dataset.json` first
     /// (so a half-replaced dataset never looks complete), and starts the frame uploader.
-    fn start(store: Arc<dyn Store>) -> anyhow::Result<RemoteOut> {
+    pub(crate) fn start(store: Arc<dyn Store>) -> anyhow::Result<RemoteOut> {
         use crate::emit::paths;
         let listed = store
             .list("")
@@ -642,7 +709,7 @@ impl RemoteOut {
 
     /// Uploads every other staged file, removes what an earlier dataset left that this one does
     /// not have, and writes `dataset.json` last.
-    fn finish(self) -> anyhow::Result<UploadStats> {
+    pub(crate) fn finish(self) -> anyhow::Result<UploadStats> {
         use crate::emit::paths;
         drop(self.frames);
         let (uploader, sent) = self
@@ -701,12 +768,50 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<
     Ok(())
 }
 
-/// One clip: decode -> faces -> hold -> redact -> verify -> objects -> emit. Returns frames emitted.
-fn process_clip(
+/// How one clip went: what was learnt about it, the frames the verifier withheld, the redaction
+/// numbers, and whether it finished. Frames handed on before a failure stay handed on.
+pub(crate) struct ClipResult {
+    pub info: Option<ClipInfo>,
+    pub withheld: Vec<WithheldFrame>,
+    pub report: crate::redact::RedactionReport,
+    pub frames: u64,
+    pub outcome: Result<(), ClipError>,
+}
+
+/// The work a caller does on each redacted frame, on a pipeline thread of its own: object
+/// detection and JPEG encoding (`run`), or lossless encoding (`redact`). Receives the clip, the
+/// frame, the number of face masks on it and the number of faces the verifier found (all covered).
+pub(crate) type FrameWork<'w, T> = dyn Fn(&str, &ClipInfo, &crate::redact::RedactedFrame, u32, u32) -> anyhow::Result<T>
+    + Sync
+    + 'w;
+
+/// One clip: decode -> faces -> hold -> redact -> verify, then `work` on a third thread and
+/// `consume` (in frame order) on this one.
+pub(crate) fn process_clip<T: Send>(
     ctx: &mut Ctx<'_>,
     clip: &ConsentedClip,
-    emitter: &mut Emitter,
-) -> Result<u64, ClipError> {
+    work: &FrameWork<'_, T>,
+    consume: &mut dyn FnMut(&mut Ctx<'_>, T) -> anyhow::Result<()>,
+) -> ClipResult {
+    let mut result = ClipResult {
+        info: None,
+        withheld: Vec::new(),
+        report: Default::default(),
+        frames: 0,
+        outcome: Ok(()),
+    };
+    ctx.input_name = None;
+    result.outcome = redact_clip(ctx, clip, work, consume, &mut result);
+    result
+}
+
+fn redact_clip<T: Send>(
+    ctx: &mut Ctx<'_>,
+    clip: &ConsentedClip,
+    work: &FrameWork<'_, T>,
+    consume: &mut dyn FnMut(&mut Ctx<'_>, T) -> anyhow::Result<()>,
+    result: &mut ClipResult,
+) -> Result<(), ClipError> {
     let c = clip.clip();
     let indoor = (c.placement == Placement::Indoor).then_some(ctx.config.indoor.policy);
     let f = &ctx.config.faces;
@@ -760,35 +865,40 @@ fn process_clip(
             ..DecodeOptions::default()
         },
     )?;
-    let (w, h) = (decoder.info().width, decoder.info().height);
-    let provenance = Provenance {
-        source_blake3,
-        consent: ConsentBasis::from(clip.basis()),
-        models: ctx.models.provenance.clone(),
-        config_blake3: ctx.config_blake3.clone(),
-        clearframe_version: env!("CARGO_PKG_VERSION").to_string(),
-        ffmpeg_version: ctx.ffmpeg.clone(),
-        onnxruntime_version: ctx.models.onnxruntime.clone(),
+    let info = ClipInfo {
+        width: decoder.info().width,
+        height: decoder.info().height,
+        zones: (0..c.privacy_zones.len())
+            .map(|i| format!("zone-{i}"))
+            .collect(),
+        indoor_policy: match indoor {
+            None => "none".to_string(),
+            Some(p) => serde_json::to_value(p)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        },
+        provenance: Provenance {
+            source_blake3,
+            consent: ConsentBasis::from(clip.basis()),
+            models: ctx.models.provenance.clone(),
+            config_blake3: ctx.config_blake3.clone(),
+            clearframe_version: env!("CARGO_PKG_VERSION").to_string(),
+            ffmpeg_version: ctx.ffmpeg.clone(),
+            onnxruntime_version: ctx.models.onnxruntime.clone(),
+        },
     };
-    let policy_name = match indoor {
-        None => "none".to_string(),
-        Some(p) => serde_json::to_value(p)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
-    };
-    let zone_names: Vec<String> = (0..c.privacy_zones.len())
-        .map(|i| format!("zone-{i}"))
-        .collect();
+    result.info = Some(info.clone());
     let models = ctx.models;
     let need_persons = indoor == Some(IndoorPolicy::BlurBackground);
 
     type Detected = (Frame, Vec<BBox>, Vec<BBox>);
     let (tx, rx) = bounded::<anyhow::Result<Detected>>(4);
-    let mut emitted = 0u64;
     let mut hold: TemporalHold<(Frame, Vec<BBox>)> = TemporalHold::new(f.hold_frames);
     let mut face_time = Duration::ZERO;
-    let result: Result<(), ClipError> = std::thread::scope(|s| {
+    let withheld = &mut result.withheld;
+    let emitted = &mut result.frames;
+    let outcome: Result<(), ClipError> = std::thread::scope(|s| {
         let rx = rx;
         let detector = s.spawn(move || {
             let mut spent = Duration::ZERO;
@@ -811,69 +921,26 @@ fn process_clip(
             }
             spent
         });
-        // Object detection, JPEG encoding and manifest entries on a third thread: redacted
-        // frames only. Results come back unbounded (small: an entry and a JPEG) so neither side
-        // can block the other.
+        // The caller's work on a third thread: redacted frames only. Results come back
+        // unbounded (small) so neither side can block the other.
         let (otx, orx) = bounded::<(crate::redact::RedactedFrame, u32, u32)>(4);
-        let (dtx, drx) = crossbeam_channel::unbounded::<
-            anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)>,
-        >();
-        let (zone_names, policy_name, provenance, c) = (&zone_names, &policy_name, &provenance, c);
+        let (dtx, drx) = crossbeam_channel::unbounded::<anyhow::Result<T>>();
+        let info = &info;
         s.spawn(move || {
             for (red, masks, found) in orx {
-                let item = (|| {
-                    let t = Instant::now();
-                    let dets = models.objects.detect(red.image())?;
-                    let detect_time = t.elapsed();
-                    let t = Instant::now();
-                    let jpeg = encode_jpeg(red.image())?;
-                    let entry = ManifestEntry {
-                        video_id: c.video_id.clone(),
-                        frame: red.index(),
-                        timestamp_s: (red.pts() * 1e6).round() / 1e6,
-                        width: w,
-                        height: h,
-                        path: String::new(),
-                        blake3: String::new(),
-                        detections: dets
-                            .iter()
-                            .map(EmittedDetection::from_detection)
-                            .collect::<Result<_, _>>()?,
-                        redaction: RedactionSummary {
-                            faces_masked: masks,
-                            zones: zone_names.clone(),
-                            indoor_policy: policy_name.clone(),
-                            verifier: VerifierResult {
-                                passed: true,
-                                faces_found: found,
-                            },
-                        },
-                        provenance: provenance.clone(),
-                    };
-                    Ok((entry, jpeg, detect_time, t.elapsed()))
-                })();
-                if dtx.send(item).is_err() {
+                if dtx
+                    .send(work(&c.video_id, info, &red, masks, found))
+                    .is_err()
+                {
                     break;
                 }
             }
         });
-        let mut add = |ctx: &mut Ctx<'_>,
-                       item: anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)>|
-         -> Result<(), ClipError> {
-            let (entry, jpeg, detect_time, encode_time) = item?;
-            let t = Instant::now();
-            let key = emitter.add_frame(entry, &jpeg)?.path.clone();
-            if let Some(upload) = &ctx.upload {
-                upload
-                    .send((key, jpeg.into()))
-                    .map_err(|_| anyhow::anyhow!("the upload feeder stopped"))?;
-            }
-            ctx.times.object_detect += detect_time;
-            ctx.times.emit += encode_time + t.elapsed();
-            emitted += 1;
+        let mut add = |ctx: &mut Ctx<'_>, item: anyhow::Result<T>| -> Result<(), ClipError> {
+            consume(ctx, item?)?;
+            *emitted += 1;
             Ok(())
         };
-        let mut withheld = Vec::new();
         let mut finish_one = |ctx: &mut Ctx<'_>,
                               (frame, persons): (Frame, Vec<BBox>),
                               faces: Vec<BBox>,
@@ -905,51 +972,98 @@ fn process_clip(
                 }
                 Verdict::Pass(red) => {
                     if otx.send((red, masks, found.len() as u32)).is_err() {
-                        return Err(anyhow::anyhow!("the object detection thread stopped").into());
+                        return Err(anyhow::anyhow!("the frame work thread stopped").into());
                     }
                 }
             }
             Ok(())
         };
         let mut wait = Duration::ZERO;
-        loop {
-            let t = Instant::now();
-            let Ok(item) = rx.recv() else { break };
-            wait += t.elapsed();
-            let (frame, faces, persons) = item?;
-            if let Some((item, boxes, held)) = hold.push((frame, persons), faces) {
+        let mut go = || -> Result<(), ClipError> {
+            loop {
+                let t = Instant::now();
+                let Ok(item) = rx.recv() else { break };
+                wait += t.elapsed();
+                let (frame, faces, persons) = item?;
+                if let Some((item, boxes, held)) = hold.push((frame, persons), faces) {
+                    finish_one(ctx, item, boxes, held)?;
+                }
+                for done in drx.try_iter() {
+                    add(ctx, done)?;
+                }
+            }
+            for (item, boxes, held) in hold.flush() {
                 finish_one(ctx, item, boxes, held)?;
             }
-            for done in drx.try_iter() {
-                add(ctx, done)?;
-            }
-        }
-        for (item, boxes, held) in hold.flush() {
-            finish_one(ctx, item, boxes, held)?;
-        }
+            Ok(())
+        };
+        let decoded = go();
+        drop(go);
         drop(finish_one);
         drop(otx);
+        drop(rx);
+        // Frames already redacted are handed on even when decoding failed later.
+        let mut handed = Ok(());
         for done in drx.iter() {
-            add(ctx, done)?;
-        }
-        drop(add);
-        for w in withheld {
-            emitter.withhold(w);
+            if handed.is_ok() {
+                handed = add(ctx, done);
+            }
         }
         ctx.times.decode_wait += wait;
         face_time = detector.join().unwrap_or_default();
-        Ok(())
+        decoded.and(handed)
     });
     ctx.times.face_detect += face_time;
-    result?;
-    let r = redactor.report();
+    result.report = redactor.report().clone();
     tracing::debug!(
-        frames = r.frames,
-        masked = r.faces_masked,
-        withheld = r.frames_withheld,
+        frames = result.report.frames,
+        masked = result.report.faces_masked,
+        withheld = result.report.frames_withheld,
         "redaction"
     );
-    Ok(emitted)
+    outcome
+}
+
+/// The manifest entry of one redacted frame (path and blake3 are set by the emitter).
+pub(crate) fn frame_entry(
+    video_id: &str,
+    info: &ClipInfo,
+    frame: u64,
+    pts: f64,
+    masks: u32,
+    found: u32,
+    detections: Vec<EmittedDetection>,
+) -> ManifestEntry {
+    ManifestEntry {
+        video_id: video_id.to_owned(),
+        frame,
+        timestamp_s: (pts * 1e6).round() / 1e6,
+        width: info.width,
+        height: info.height,
+        path: String::new(),
+        blake3: String::new(),
+        detections,
+        redaction: RedactionSummary {
+            faces_masked: masks,
+            zones: info.zones.clone(),
+            indoor_policy: info.indoor_policy.clone(),
+            verifier: VerifierResult {
+                passed: true,
+                faces_found: found,
+            },
+        },
+        provenance: info.provenance.clone(),
+    }
+}
+
+/// The reason recorded for a failed clip: reproducible, and naming the clip by its catalog URI,
+/// not by where this run happened to read it from, so that the record is the same on every store.
+pub(crate) fn failure_reason(ctx: &mut Ctx<'_>, clip: &ConsentedClip, e: &anyhow::Error) -> String {
+    let mut reason = stable_reason(&format!("{e:#}"));
+    if let Some(name) = ctx.input_name.take().filter(|n| !n.is_empty()) {
+        reason = reason.replace(&name, &clip.clip().uri);
+    }
+    reason
 }
 
 /// Drops what differs between two runs of the same failure from an error text (ffmpeg prints the
@@ -967,13 +1081,8 @@ fn stable_reason(text: &str) -> String {
     out
 }
 
-/// Runs `clearframe run`: exit 0 when every included clip went through, 1 when some failed
-/// (they are listed in `dataset.json`), 2 when the run could not start.
-pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let progress = std::io::stderr().is_terminal();
-    let o = run(args, progress)?;
-    let r = &o.record;
-    let out = Location::parse(&args.out)?;
+/// Prints what a dataset holds and what it left out (`run` and `emit`).
+pub(crate) fn print_dataset_summary(r: &DatasetRecord, out: &Location, failed_clips: usize) {
     println!(
         "dataset {} at {}: {} frames from {} clips, {} withheld by the verifier, {} clips failed",
         &r.merkle_root,
@@ -981,7 +1090,7 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
         r.frames,
         r.counts.clips.len(),
         r.withheld.len(),
-        o.failed_clips
+        failed_clips
     );
     for (decision, n) in &r.counts.decisions {
         println!("  {decision:<8} {n} clips");
@@ -989,6 +1098,15 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
     for f in &r.failed_clips {
         println!("  not in dataset: {} ({})", f.video_id, f.reason);
     }
+}
+
+/// Runs `clearframe run`: exit 0 when every included clip went through, 1 when some failed
+/// (they are listed in `dataset.json`), 2 when the run could not start.
+pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let progress = std::io::stderr().is_terminal();
+    let o = run(args, progress)?;
+    let out = Location::parse(&args.out)?;
+    print_dataset_summary(&o.record, &out, o.failed_clips);
     let secs = o.wall.as_secs_f64();
     println!(
         "  {:.1} s, {:.1} frames/s end to end",

@@ -23,6 +23,13 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("dataset", s::<crate::emit::DatasetRecord>()),
         ("redaction-report", s::<crate::redact::RedactionReport>()),
         ("run-config", s::<crate::run::Config>()),
+        ("redact-record", s::<crate::stages::RedactStageRecord>()),
+        ("clip-redaction", s::<crate::stages::ClipRedactionRecord>()),
+        ("detect-record", s::<crate::stages::DetectStageRecord>()),
+        (
+            "clip-detections",
+            s::<crate::stages::ClipDetectionsRecord>(),
+        ),
     ]
 }
 
@@ -51,10 +58,9 @@ pub fn run_cli(name: Option<&str>, write: Option<&Path>) -> anyhow::Result<ExitC
             }
         }
         Some(n) => {
-            let (_, schema) = schemas
-                .iter()
-                .find(|(stem, _)| *stem == n)
-                .ok_or_else(|| anyhow::anyhow!("no record named {n:?}; `clearframe schema` lists them"))?;
+            let (_, schema) = schemas.iter().find(|(stem, _)| *stem == n).ok_or_else(|| {
+                anyhow::anyhow!("no record named {n:?}; `clearframe schema` lists them")
+            })?;
             print!("{}", render(schema));
         }
     }

@@ -1,5 +1,6 @@
-//! `clearframe run` and `clearframe select` with catalog, ledger, clips and output in S3 (a real
-//! `s3s-fs` on loopback): the dataset must be byte-identical to the same run on local folders.
+//! `clearframe run`, `select` and the single stages with catalog, ledger, clips, work folder and
+//! output in S3 (a real `s3s-fs` on loopback): the dataset must be byte-identical to the same run
+//! on local folders.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -65,7 +66,7 @@ fn upload_demo(store: &Arc<dyn Store>) {
 }
 
 /// Every file below a local folder, by `/`-separated path.
-fn local_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn local_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
@@ -103,7 +104,10 @@ fn s3_files(store: &Arc<dyn Store>, prefix: &str) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn assert_same_files(local: &BTreeMap<String, Vec<u8>>, remote: &BTreeMap<String, Vec<u8>>) {
+pub(crate) fn assert_same_files(
+    local: &BTreeMap<String, Vec<u8>>,
+    remote: &BTreeMap<String, Vec<u8>>,
+) {
     assert_eq!(
         local.keys().collect::<Vec<_>>(),
         remote.keys().collect::<Vec<_>>(),
@@ -172,6 +176,37 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
     );
     assert!(local_files.contains_key("dataset.json"));
     assert_same_files(&local_files, &remote_files);
+
+    // The stages one at a time, with the work folder and the dataset in S3: the same bytes.
+    cmd(&server, "select")
+        .args(["--as-of", AS_OF])
+        .args([
+            "--catalog",
+            &s3("input/demo-catalog.jsonl"),
+            "--ledger",
+            &s3("input/demo-ledger.jsonl"),
+            "--out",
+            &s3("work"),
+        ])
+        .assert()
+        .success();
+    cmd(&server, "redact")
+        .args(["--fps", "4", "--work", &s3("work")])
+        .assert()
+        .code(1);
+    assert!(
+        store.list("work/redacted/v-car-front/").unwrap().len() >= 10,
+        "redacted frames are in S3"
+    );
+    cmd(&server, "detect")
+        .args(["--work", &s3("work")])
+        .assert()
+        .success();
+    cmd(&server, "emit")
+        .args(["--work", &s3("work"), "--out", &s3("datasets/staged")])
+        .assert()
+        .code(1);
+    assert_same_files(&local_files, &s3_files(&store, "datasets/staged"));
 
     // A clip whose bytes in S3 differ from the catalog's blake3 fails and leaves no frame.
     store

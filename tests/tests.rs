@@ -3,10 +3,11 @@
 
 mod common;
 mod emit;
-mod schemas;
-mod select;
-mod storage;
-mod vision;
 mod redact;
 mod run;
 mod run_s3;
+mod schemas;
+mod select;
+mod stages;
+mod storage;
+mod vision;

@@ -1,0 +1,268 @@
+//! `clearframe detect`: object detection on the redacted frames `redact` wrote, one detections
+//! record per clip, then `detect.json`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{
+    ClipDetectionsRecord, ClipRedactionRecord, DETECT_FORMAT, DetectStageRecord, FrameDetections,
+    RecordRef, RedactStageRecord, RedactedFrameRecord, keys,
+};
+use crate::run::{Config, DetectConfig};
+use crate::storage::{self, Location, Store, StoreArgs};
+
+/// Arguments of `clearframe detect`.
+#[derive(clap::Args, Debug)]
+pub struct DetectArgs {
+    /// Work folder that `clearframe redact` wrote (a path, file:///path or s3://bucket/prefix).
+    #[arg(long, value_name = "URL")]
+    pub work: String,
+    /// Configuration file (TOML). Only its `[detect]` section may differ from the settings
+    /// `redact` ran with (recorded in `redact.json`, the default); the others must match.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Redo every clip, even those whose record is up to date.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// What `detect` did.
+#[derive(Debug, Default)]
+pub struct DetectOutcome {
+    pub clips: usize,
+    pub reused: usize,
+    /// Frames detected on by this invocation.
+    pub frames: u64,
+    pub detections: u64,
+}
+
+/// The settings `detect` runs with: `redact`'s, with the file's `[detect]` when one is given.
+fn effective_config(redact: &Config, file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let Some(path) = file else {
+        return Ok(redact.clone());
+    };
+    let given = Config::load(path)?;
+    let mut differ = Vec::new();
+    if given.sampling != redact.sampling {
+        differ.push("[sampling]");
+    }
+    if given.faces != redact.faces {
+        differ.push("[faces]");
+    }
+    if given.verifier != redact.verifier {
+        differ.push("[verifier]");
+    }
+    if given.indoor != redact.indoor {
+        differ.push("[indoor]");
+    }
+    anyhow::ensure!(
+        differ.is_empty(),
+        "{}: {} differ from the settings `redact` ran with; only [detect] may change between redact and detect (rerun redact with this config)",
+        path.display(),
+        differ.join(", ")
+    );
+    Ok(Config {
+        detect: given.detect,
+        ..redact.clone()
+    })
+}
+
+fn clip_key(redaction_blake3: &str, detect: &DetectConfig, model_blake3: &str) -> String {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        clearframe: &'a str,
+        redaction: &'a str,
+        detect: &'a DetectConfig,
+        model: &'a str,
+    }
+    crate::hashing::hash_bytes(
+        &serde_json::to_vec(&Key {
+            clearframe: env!("CARGO_PKG_VERSION"),
+            redaction: redaction_blake3,
+            detect,
+            model: model_blake3,
+        })
+        .expect("keys serialise"),
+    )
+}
+
+/// Reads a redacted frame, checks it is the one `redact` recorded, and decodes it.
+pub(crate) fn read_frame(
+    work: &Arc<dyn Store>,
+    f: &RedactedFrameRecord,
+) -> anyhow::Result<image::RgbImage> {
+    let bytes = work
+        .get(&f.path)
+        .with_context(|| format!("cannot read {}", work.url(&f.path)))?;
+    let actual = crate::hashing::hash_bytes(&bytes);
+    anyhow::ensure!(
+        actual == f.blake3,
+        "{} changed after `clearframe redact` wrote it (blake3 {actual}, recorded {}); rerun `clearframe redact --force`",
+        work.url(&f.path),
+        f.blake3
+    );
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .with_context(|| format!("{} is not a PNG", work.url(&f.path)))?;
+    Ok(img.into_rgb8())
+}
+
+/// Runs the stage.
+pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome> {
+    let s3 = args.store.to_options()?;
+    let work = storage::open(&args.work, &s3)?;
+    let (redact, redact_blake3): (RedactStageRecord, String) = super::read_record(
+        &work,
+        keys::REDACT,
+        "run `clearframe redact` on this work folder first",
+    )?;
+    let config = effective_config(&redact.config, args.config.as_deref())?;
+    let detector =
+        crate::run::object_detector(&config.detect, &crate::run::single_thread_options())?;
+    let model = detector.provenance().clone();
+
+    super::delete_if_present(&work, keys::DETECT)?;
+    let mut records = Vec::new();
+    for (id, r) in &redact.clips {
+        let record: ClipRedactionRecord = super::read_listed(&work, r, "redact")?;
+        if let Some(info) = &record.info {
+            let recorded = info.provenance.models.get(&model.name);
+            anyhow::ensure!(
+                recorded == Some(&model.blake3),
+                "{id}: redact recorded object detector {} as {recorded:?}, this detector is {}; rerun redact",
+                model.name,
+                model.blake3
+            );
+            anyhow::ensure!(
+                info.provenance.onnxruntime_version == model.onnxruntime,
+                "{id}: redact ran ONNX Runtime {}, detect runs {}; run both stages with one runtime",
+                info.provenance.onnxruntime_version,
+                model.onnxruntime
+            );
+        }
+        if !record.frames.is_empty() {
+            records.push((id.clone(), r.blake3.clone(), record));
+        }
+    }
+    let keep: std::collections::BTreeSet<&str> =
+        records.iter().map(|(id, ..)| id.as_str()).collect();
+    for gone in super::listed_clips(&work, keys::DETECTED)? {
+        if !keep.contains(gone.as_str()) {
+            super::delete_if_present(&work, &keys::clip_detections(&gone))?;
+        }
+    }
+
+    let total: u64 = records.iter().map(|(.., r)| r.frames.len() as u64).sum();
+    let bar = crate::run::progress_bar(total, "frames", progress);
+    let mut outcome = DetectOutcome {
+        clips: records.len(),
+        ..DetectOutcome::default()
+    };
+    let mut clips = BTreeMap::new();
+    for (id, redaction_blake3, record) in &records {
+        bar.set_message(id.clone());
+        let _span = tracing::info_span!("clip", video_id = %id).entered();
+        let key = clip_key(redaction_blake3, &config.detect, &model.blake3);
+        let record_key = keys::clip_detections(id);
+        let old: Option<ClipDetectionsRecord> = if args.force {
+            None
+        } else {
+            work.get(&record_key)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        };
+        let dets = match old.filter(|o| o.key == key) {
+            Some(o) => {
+                tracing::info!("up to date; kept");
+                outcome.reused += 1;
+                bar.inc(record.frames.len() as u64);
+                o
+            }
+            None => {
+                // Fetching and decoding on one thread, detection on this one.
+                let frames = std::thread::scope(|s| -> anyhow::Result<Vec<FrameDetections>> {
+                    let (tx, rx) = crossbeam_channel::bounded(4);
+                    let work = &work;
+                    s.spawn(move || {
+                        for f in &record.frames {
+                            if tx.send((f.frame, read_frame(work, f))).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut out = Vec::with_capacity(record.frames.len());
+                    for (frame, img) in rx {
+                        let found = detector.detect(&img?)?;
+                        outcome.detections += found.len() as u64;
+                        out.push(FrameDetections {
+                            frame,
+                            detections: super::detections_of(&found)?,
+                        });
+                        bar.inc(1);
+                    }
+                    Ok(out)
+                })?;
+                outcome.frames += frames.len() as u64;
+                ClipDetectionsRecord {
+                    video_id: id.clone(),
+                    key,
+                    frames,
+                }
+            }
+        };
+        let bytes = super::record_bytes(&dets);
+        let blake3 = crate::hashing::hash_bytes(&bytes);
+        work.put_record(&record_key, bytes.into())
+            .with_context(|| format!("cannot write {}", work.url(&record_key)))?;
+        clips.insert(
+            id.clone(),
+            RecordRef {
+                key: record_key,
+                blake3,
+            },
+        );
+    }
+    bar.finish_and_clear();
+    let stage = DetectStageRecord {
+        format: DETECT_FORMAT.into(),
+        clearframe_version: env!("CARGO_PKG_VERSION").into(),
+        redact_blake3,
+        config_blake3: config.blake3(),
+        config,
+        model: model.name.clone(),
+        model_blake3: model.blake3.clone(),
+        clips,
+    };
+    work.put_record(keys::DETECT, super::record_bytes(&stage).into())
+        .with_context(|| format!("cannot write {}", work.url(keys::DETECT)))?;
+    Ok(outcome)
+}
+
+/// Runs `clearframe detect`.
+pub fn run_cli(args: &DetectArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let o = detect(args, std::io::stderr().is_terminal())?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "detected on {} clips in {}: {} redone ({} frames, {} detections), {} up to date",
+        o.clips,
+        Location::parse(&args.work)?,
+        o.clips - o.reused,
+        o.frames,
+        o.detections,
+        o.reused
+    );
+    println!(
+        "  {secs:.1} s, {:.1} frames/s; next: clearframe emit --work {} --out DATASET",
+        o.frames as f64 / secs.max(1e-9),
+        args.work
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,309 @@
+//! The pipeline one stage at a time, for engineers who iterate on one of them:
+//! `select` → `redact` → `detect` → `emit`, all in one work folder (a path, `file://` or
+//! `s3://` URL).
+//!
+//! ```text
+//! WORK/selection.jsonl, select.json         clearframe select --out WORK
+//! WORK/redacted/<video_id>/<frame>.png      clearframe redact --work WORK
+//! WORK/redacted/<video_id>.json             (one record per clip)
+//! WORK/redact.json                          (the stage record, written last)
+//! WORK/detected/<video_id>.json             clearframe detect --work WORK
+//! WORK/detect.json                          (the stage record, written last)
+//! DATASET/...                               clearframe emit --work WORK --out DATASET
+//! ```
+//!
+//! Each stage reads the previous stage's record, checks by blake3 that what it reads is what that
+//! record describes, and writes its own record last (an atomic put), after removing it first: a
+//! stage that stops half-way leaves no record, and the next stage refuses to start. `redact` and
+//! `detect` resume: a clip whose record was made from the same inputs and settings is kept, the
+//! others are redone, and clips the selection no longer includes (a revoked consent) are deleted.
+//!
+//! Redacted frames are lossless PNGs, so that `detect` sees exactly the pixels `run` detects on
+//! and `emit` encodes exactly the JPEGs `run` writes: the stages in sequence give the same dataset,
+//! byte for byte, as `clearframe run` with the same inputs and settings. Decoding never stands
+//! alone: unredacted frames are not an artifact.
+
+pub mod detect;
+pub mod emit;
+pub mod redact;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::emit::{ConsentBasis, EmittedDetection, Provenance, WithheldFrame};
+use crate::redact::RedactionReport;
+use crate::run::Config;
+use crate::storage::Store;
+
+/// Keys in the work folder.
+pub mod keys {
+    /// The select stage's record.
+    pub const SELECT: &str = "select.json";
+    /// The selection lines.
+    pub const SELECTION: &str = "selection.jsonl";
+    /// The redact stage's record.
+    pub const REDACT: &str = "redact.json";
+    /// The detect stage's record.
+    pub const DETECT: &str = "detect.json";
+    /// Folder of redacted frames and per-clip redaction records.
+    pub const REDACTED: &str = "redacted";
+    /// Folder of per-clip detection records.
+    pub const DETECTED: &str = "detected";
+
+    /// `redacted/<video_id>.json`
+    pub fn clip_redaction(video_id: &str) -> String {
+        format!("{REDACTED}/{video_id}.json")
+    }
+    /// `redacted/<video_id>/` (the clip's frames)
+    pub fn clip_frames(video_id: &str) -> String {
+        format!("{REDACTED}/{video_id}/")
+    }
+    /// `redacted/<video_id>/<frame:06>.png`
+    pub fn frame(video_id: &str, frame: u64) -> String {
+        format!("{REDACTED}/{video_id}/{frame:06}.png")
+    }
+    /// `detected/<video_id>.json`
+    pub fn clip_detections(video_id: &str) -> String {
+        format!("{DETECTED}/{video_id}.json")
+    }
+}
+
+/// Format id of `redact.json`.
+pub const REDACT_FORMAT: &str = "clearframe-redact/1";
+/// Format id of `detect.json`.
+pub const DETECT_FORMAT: &str = "clearframe-detect/1";
+
+/// How a selected clip went through `redact`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipStatus {
+    /// Decoded and redacted to the end.
+    Redacted,
+    /// Could not be read or decoded (frames redacted before the failure are kept).
+    Failed,
+    /// Left out by policy (indoor clip under `exclude`).
+    Excluded,
+}
+
+/// One redacted frame, as `redact` stored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedactedFrameRecord {
+    /// Index among the decoded frames of the clip.
+    pub frame: u64,
+    /// Presentation time in seconds.
+    pub timestamp_s: f64,
+    /// Work-folder key of the PNG.
+    pub path: String,
+    /// blake3 (hex) of the PNG's bytes.
+    pub blake3: String,
+    /// Face masks drawn on it.
+    pub faces_masked: u32,
+    /// Faces the verifier found on it (all covered by masks, or it would be withheld).
+    pub verifier_faces: u32,
+}
+
+/// What is known of a clip once opened; repeated by every manifest line of its frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClipInfo {
+    pub width: u32,
+    pub height: u32,
+    /// Names of the privacy zones applied (`zone-0`, ...).
+    pub zones: Vec<String>,
+    /// The interior policy applied, `none` for outdoor clips.
+    pub indoor_policy: String,
+    /// Source, consent, models, config and versions.
+    pub provenance: Provenance,
+}
+
+/// `redacted/<video_id>.json`: one clip's redaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClipRedactionRecord {
+    pub video_id: String,
+    /// The clip's catalog URI.
+    pub uri: String,
+    /// The consent or sharing event the selection admitted it on.
+    pub consent: ConsentBasis,
+    /// blake3 of everything this record follows from (source bytes, consent basis, settings,
+    /// models, versions); a clip whose key is unchanged is not redone.
+    pub key: String,
+    pub status: ClipStatus,
+    /// Why the clip failed or was excluded.
+    pub reason: Option<String>,
+    /// Absent when the clip could not be opened.
+    pub info: Option<ClipInfo>,
+    /// Frames that passed the verifier, in order.
+    pub frames: Vec<RedactedFrameRecord>,
+    /// Frames the verifier withheld.
+    pub withheld: Vec<WithheldFrame>,
+    /// Redaction numbers.
+    pub report: RedactionReport,
+}
+
+/// A per-clip record as listed in a stage record: where it is and its blake3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRef {
+    pub key: String,
+    pub blake3: String,
+}
+
+/// `redact.json`: the redact stage's record, written last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedactStageRecord {
+    /// [`REDACT_FORMAT`].
+    pub format: String,
+    pub clearframe_version: String,
+    /// blake3 of the `select.json` this stage read.
+    pub select_blake3: String,
+    /// The effective settings.
+    pub config: Config,
+    /// blake3 of the effective settings' canonical JSON.
+    pub config_blake3: String,
+    /// Every clip the selection included, by video id.
+    pub clips: BTreeMap<String, RecordRef>,
+}
+
+/// Detections of one redacted frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FrameDetections {
+    pub frame: u64,
+    pub detections: Vec<EmittedDetection>,
+}
+
+/// `detected/<video_id>.json`: one clip's detections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClipDetectionsRecord {
+    pub video_id: String,
+    /// blake3 of everything this record follows from (the clip's redaction record, the detect
+    /// settings, the model); a clip whose key is unchanged is not redone.
+    pub key: String,
+    /// Per redacted frame, in order.
+    pub frames: Vec<FrameDetections>,
+}
+
+/// `detect.json`: the detect stage's record, written last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetectStageRecord {
+    /// [`DETECT_FORMAT`].
+    pub format: String,
+    pub clearframe_version: String,
+    /// blake3 of the `redact.json` this stage read.
+    pub redact_blake3: String,
+    /// The effective settings: `redact`'s, with this stage's `[detect]` section.
+    pub config: Config,
+    /// blake3 of the effective settings' canonical JSON (what the manifest records).
+    pub config_blake3: String,
+    /// The object detector: name and blake3.
+    pub model: String,
+    pub model_blake3: String,
+    /// Clips with at least one redacted frame, by video id.
+    pub clips: BTreeMap<String, RecordRef>,
+}
+
+/// Reads and parses a JSON record from the work folder, naming it in errors.
+pub(crate) fn read_record<T: DeserializeOwned>(
+    store: &Arc<dyn Store>,
+    key: &str,
+    missing: &str,
+) -> anyhow::Result<(T, String)> {
+    let bytes = store.get(key).map_err(|e| {
+        if e.is_not_found() {
+            anyhow::anyhow!("{} does not exist: {missing}", store.url(key))
+        } else {
+            anyhow::Error::from(e).context(format!("cannot read {}", store.url(key)))
+        }
+    })?;
+    let value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a valid record", store.url(key)))?;
+    Ok((value, crate::hashing::hash_bytes(&bytes)))
+}
+
+/// Reads a record and checks it has the blake3 its stage record lists.
+pub(crate) fn read_listed<T: DeserializeOwned>(
+    store: &Arc<dyn Store>,
+    r: &RecordRef,
+    stage: &str,
+) -> anyhow::Result<T> {
+    let (value, blake3) = read_record(store, &r.key, &format!("rerun `clearframe {stage}`"))?;
+    anyhow::ensure!(
+        blake3 == r.blake3,
+        "{} changed after `clearframe {stage}` wrote it (blake3 {blake3}, recorded {}); rerun `clearframe {stage}`",
+        store.url(&r.key),
+        r.blake3
+    );
+    Ok(value)
+}
+
+/// Pretty JSON with a trailing newline, as every record is written.
+pub(crate) fn record_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut v = serde_json::to_vec_pretty(value).expect("records serialise");
+    v.push(b'\n');
+    v
+}
+
+/// Deletes `key` if present.
+pub(crate) fn delete_if_present(store: &Arc<dyn Store>, key: &str) -> anyhow::Result<()> {
+    match store.delete(key) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("cannot delete {}", store.url(key)))),
+    }
+}
+
+/// Deletes every object under `prefix`.
+pub(crate) fn delete_prefix(store: &Arc<dyn Store>, prefix: &str) -> anyhow::Result<()> {
+    let listed = store
+        .list(prefix)
+        .with_context(|| format!("cannot list {}", store.url(prefix)))?;
+    for m in listed {
+        delete_if_present(store, &m.key)?;
+    }
+    // A local folder emptied this way goes too (S3 has no folders to leave behind).
+    if let (crate::storage::Location::Local(root), Some(dir)) =
+        (store.location(), prefix.strip_suffix('/'))
+    {
+        let _ = std::fs::remove_dir(root.join(dir));
+    }
+    Ok(())
+}
+
+/// Video ids that have objects directly under `folder/` (as `<id>.json` or `<id>/...`).
+pub(crate) fn listed_clips(
+    store: &Arc<dyn Store>,
+    folder: &str,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let prefix = format!("{folder}/");
+    let listed = store
+        .list(&prefix)
+        .with_context(|| format!("cannot list {}", store.url(&prefix)))?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|m| {
+            let rest = m.key.strip_prefix(&prefix)?.to_owned();
+            match rest.split_once('/') {
+                Some((id, _)) => Some(id.to_owned()),
+                None => rest.strip_suffix(".json").map(str::to_owned),
+            }
+        })
+        .collect())
+}
+
+/// Keeps the detections' JSON stable whether they came from `run` or from `detect`.
+pub(crate) fn detections_of(
+    dets: &[crate::vision::Detection],
+) -> anyhow::Result<Vec<EmittedDetection>> {
+    Ok(dets
+        .iter()
+        .map(EmittedDetection::from_detection)
+        .collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,425 @@
+//! `clearframe redact`: decode and redact every clip the selection includes, into lossless PNG
+//! frames and one redaction record per clip, then `redact.json`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{
+    ClipInfo, ClipRedactionRecord, ClipStatus, REDACT_FORMAT, RecordRef, RedactStageRecord,
+    RedactedFrameRecord, keys,
+};
+use crate::consent::{ConsentedClip, admit_recorded};
+use crate::emit::ConsentBasis;
+use crate::records::{SelectRecord, SelectionLine};
+use crate::run::{ClipError, Config, Ctx, Models, StageTimes};
+use crate::select::ObjectRef;
+use crate::storage::{self, Location, Store, StoreArgs, Uploader};
+
+/// Arguments of `clearframe redact`.
+#[derive(clap::Args, Debug)]
+pub struct RedactArgs {
+    /// Work folder: where `clearframe select --out` wrote `select.json` (a path, file:///path or
+    /// s3://bucket/prefix). Redacted frames and records are written beside it.
+    #[arg(long, value_name = "URL")]
+    pub work: String,
+    /// Where relative clip URIs resolve: the catalog's URL. Default: the catalog recorded in
+    /// `select.json` (as it was given to `select`).
+    #[arg(long, value_name = "URL")]
+    pub catalog: Option<String>,
+    /// Sample N frames per second of clip time (overrides `sampling.fps` in the config).
+    #[arg(long)]
+    pub fps: Option<f32>,
+    /// Configuration file (TOML), as for `clearframe run`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Redo every clip, even those whose record is up to date.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// What `redact` did.
+#[derive(Debug, Default)]
+pub struct RedactOutcome {
+    pub clips: usize,
+    /// Clips whose up-to-date record was kept.
+    pub reused: usize,
+    pub failed: usize,
+    pub excluded: usize,
+    /// Frames redacted by this invocation.
+    pub frames: u64,
+    pub withheld: u64,
+    /// Clips deleted because the selection no longer includes them.
+    pub dropped: usize,
+}
+
+/// The selection recorded in a work folder: `select.json`, its blake3, and the included clips.
+pub(crate) struct RecordedSelection {
+    pub record: SelectRecord,
+    pub blake3: String,
+    pub bytes: bytes::Bytes,
+    pub included: Vec<ConsentedClip>,
+}
+
+/// Reads `select.json` and `selection.jsonl`, checks the one against the other.
+pub(crate) fn read_selection(work: &Arc<dyn Store>) -> anyhow::Result<RecordedSelection> {
+    let (record, blake3): (SelectRecord, String) = super::read_record(
+        work,
+        keys::SELECT,
+        "run `clearframe select --out` on this work folder first",
+    )?;
+    let bytes = work
+        .get(keys::SELECTION)
+        .with_context(|| format!("cannot read {}", work.url(keys::SELECTION)))?;
+    let actual = crate::hashing::hash_bytes(&bytes);
+    anyhow::ensure!(
+        actual == record.selection.blake3,
+        "{} changed after `clearframe select` wrote it (blake3 {actual}, select.json says {}); rerun select",
+        work.url(keys::SELECTION),
+        record.selection.blake3
+    );
+    let mut included = Vec::new();
+    for (n, line) in crate::consent::split_lines(&bytes) {
+        let line: SelectionLine = serde_json::from_slice(line).with_context(|| {
+            format!(
+                "{} line {n} is not a selection line",
+                work.url(keys::SELECTION)
+            )
+        })?;
+        included.extend(admit_recorded(&line));
+    }
+    anyhow::ensure!(
+        included.len() as u64 == record.included,
+        "{} admits {} clips, select.json says {} were included",
+        work.url(keys::SELECTION),
+        included.len(),
+        record.included
+    );
+    Ok(RecordedSelection {
+        record,
+        blake3,
+        bytes,
+        included,
+    })
+}
+
+/// The key of a clip's redaction: everything the redacted frames and the record follow from.
+fn clip_key(
+    clip: &ConsentedClip,
+    source_blake3: &str,
+    config: &Config,
+    models: &BTreeMap<String, String>,
+    ffmpeg: &str,
+    onnxruntime: &str,
+) -> String {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        clearframe: &'a str,
+        uri: &'a str,
+        source_blake3: &'a str,
+        consent: ConsentBasis,
+        clip: &'a crate::records::CatalogClip,
+        config: &'a Config,
+        models: &'a BTreeMap<String, String>,
+        ffmpeg: &'a str,
+        onnxruntime: &'a str,
+    }
+    crate::hashing::hash_bytes(
+        &serde_json::to_vec(&Key {
+            clearframe: env!("CARGO_PKG_VERSION"),
+            uri: &clip.clip().uri,
+            source_blake3,
+            consent: ConsentBasis::from(clip.basis()),
+            clip: clip.clip(),
+            config,
+            models,
+            ffmpeg,
+            onnxruntime,
+        })
+        .expect("keys serialise"),
+    )
+}
+
+/// blake3 of a clip's bytes, read from its store (to decide whether its record is up to date).
+fn source_blake3(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<String> {
+    let (store, key) = storage::resolve(&ctx.catalog_store, &clip.clip().uri, &ctx.s3)?;
+    if let Location::Local(root) = store.location() {
+        return Ok(crate::hashing::hash_file(&root.join(&key))?);
+    }
+    Ok(crate::hashing::hash_reader(store.reader(&key)?)?)
+}
+
+/// Encodes a redacted frame losslessly (fast deflate; the same pixels always give the same bytes).
+pub(crate) fn encode_png(image: &image::RgbImage) -> anyhow::Result<Vec<u8>> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let mut out = Vec::new();
+    let encoder = PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Sub);
+    image.write_with_encoder(encoder)?;
+    Ok(out)
+}
+
+/// Runs the stage. A missing or inconsistent selection, or a bad config, stops it before anything
+/// is written; a bad clip is recorded (status `failed`) and the others go on.
+pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome> {
+    let s3 = args.store.to_options()?;
+    let work = storage::open(&args.work, &s3)?;
+    let selection = read_selection(&work)?;
+    let catalog_url = args
+        .catalog
+        .clone()
+        .unwrap_or_else(|| selection.record.catalog.uri.clone());
+    let catalog = ObjectRef::open(&catalog_url, &s3)?;
+    let config = Config::effective(args.config.as_deref(), args.fps)?;
+    let models = Models::load(&config)?;
+
+    // From here on the work folder's redaction is not complete.
+    super::delete_if_present(&work, keys::REDACT)?;
+    let mut outcome = RedactOutcome {
+        clips: selection.included.len(),
+        ..RedactOutcome::default()
+    };
+    let included: std::collections::BTreeSet<&str> = selection
+        .included
+        .iter()
+        .map(|c| c.clip().video_id.as_str())
+        .collect();
+    for gone in super::listed_clips(&work, keys::REDACTED)? {
+        if !included.contains(gone.as_str()) {
+            tracing::info!(video_id = %gone, "the selection no longer includes this clip; its frames are deleted");
+            super::delete_prefix(&work, &keys::clip_frames(&gone))?;
+            super::delete_if_present(&work, &keys::clip_redaction(&gone))?;
+            outcome.dropped += 1;
+        }
+    }
+
+    let mut ctx = Ctx {
+        models: &models,
+        config_blake3: config.blake3(),
+        config: &config,
+        ffmpeg: crate::run::ffmpeg_version(),
+        catalog_store: Arc::clone(&catalog.store),
+        s3: s3.clone(),
+        upload: None,
+        input_name: None,
+        times: StageTimes::default(),
+    };
+    let bar = crate::run::progress_bar(selection.included.len() as u64, "clips", progress);
+    let mut clips = BTreeMap::new();
+    for clip in &selection.included {
+        let id = clip.clip().video_id.clone();
+        bar.set_message(id.clone());
+        let _span = tracing::info_span!("clip", video_id = %id).entered();
+        let record_key = keys::clip_redaction(&id);
+        let record = match (!args.force)
+            .then(|| up_to_date(&ctx, &work, clip))
+            .transpose()?
+            .flatten()
+        {
+            Some(record) => {
+                tracing::info!("up to date; kept");
+                outcome.reused += 1;
+                record
+            }
+            None => {
+                let record = redact_one(&mut ctx, &work, clip)?;
+                match record.status {
+                    ClipStatus::Redacted => {}
+                    ClipStatus::Failed => outcome.failed += 1,
+                    ClipStatus::Excluded => outcome.excluded += 1,
+                }
+                outcome.frames += record.frames.len() as u64;
+                outcome.withheld += record.withheld.len() as u64;
+                record
+            }
+        };
+        let bytes = super::record_bytes(&record);
+        let blake3 = crate::hashing::hash_bytes(&bytes);
+        work.put_record(&record_key, bytes.into())
+            .with_context(|| format!("cannot write {}", work.url(&record_key)))?;
+        clips.insert(
+            id,
+            RecordRef {
+                key: record_key,
+                blake3,
+            },
+        );
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let stage = RedactStageRecord {
+        format: REDACT_FORMAT.into(),
+        clearframe_version: env!("CARGO_PKG_VERSION").into(),
+        select_blake3: selection.blake3,
+        config_blake3: config.blake3(),
+        config: config.clone(),
+        clips,
+    };
+    work.put_record(keys::REDACT, super::record_bytes(&stage).into())
+        .with_context(|| format!("cannot write {}", work.url(keys::REDACT)))?;
+    Ok(outcome)
+}
+
+/// The clip's existing record, if it was made from the same inputs and settings, finished, and
+/// every frame it lists is still there.
+fn up_to_date(
+    ctx: &Ctx<'_>,
+    work: &Arc<dyn Store>,
+    clip: &ConsentedClip,
+) -> anyhow::Result<Option<ClipRedactionRecord>> {
+    let id = &clip.clip().video_id;
+    let key = keys::clip_redaction(id);
+    let old: ClipRedactionRecord = match work.get(&key) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable redaction record; redoing the clip");
+                return Ok(None);
+            }
+        },
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!("cannot read {}", work.url(&key))));
+        }
+    };
+    if old.status != ClipStatus::Redacted {
+        return Ok(None);
+    }
+    let Ok(source) = source_blake3(ctx, clip) else {
+        return Ok(None);
+    };
+    let expected = clip_key(
+        clip,
+        &source,
+        ctx.config,
+        &ctx.models.provenance,
+        &ctx.ffmpeg,
+        &ctx.models.onnxruntime,
+    );
+    if old.key != expected {
+        return Ok(None);
+    }
+    let present: std::collections::BTreeSet<String> = work
+        .list(&keys::clip_frames(id))?
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    Ok(old
+        .frames
+        .iter()
+        .all(|f| present.contains(&f.path))
+        .then_some(old))
+}
+
+/// Decodes and redacts one clip into the work folder; returns its record (not yet written).
+fn redact_one(
+    ctx: &mut Ctx<'_>,
+    work: &Arc<dyn Store>,
+    clip: &ConsentedClip,
+) -> anyhow::Result<ClipRedactionRecord> {
+    let c = clip.clip();
+    // A clip is redone as a whole: its earlier frames go first, so no stale frame survives.
+    super::delete_prefix(work, &keys::clip_frames(&c.video_id))?;
+    let uploader = Uploader::new(Arc::clone(work), 8);
+    let mut frames: Vec<RedactedFrameRecord> = Vec::new();
+    let work_fn = |video_id: &str,
+                   _: &ClipInfo,
+                   red: &crate::redact::RedactedFrame,
+                   masks: u32,
+                   found: u32|
+     -> anyhow::Result<(RedactedFrameRecord, Vec<u8>)> {
+        let png = encode_png(red.image())?;
+        Ok((
+            RedactedFrameRecord {
+                frame: red.index(),
+                timestamp_s: red.pts(),
+                path: keys::frame(video_id, red.index()),
+                blake3: crate::hashing::hash_bytes(&png),
+                faces_masked: masks,
+                verifier_faces: found,
+            },
+            png,
+        ))
+    };
+    let mut consume = |_: &mut Ctx<'_>, (rec, png): (RedactedFrameRecord, Vec<u8>)| {
+        uploader.submit(rec.path.clone(), png);
+        frames.push(rec);
+        Ok(())
+    };
+    let r = crate::run::process_clip(ctx, clip, &work_fn, &mut consume);
+    drop(consume);
+    uploader
+        .finish()
+        .with_context(|| format!("cannot write the redacted frames of {}", c.video_id))?;
+    let (status, reason) = match r.outcome {
+        Ok(()) => (ClipStatus::Redacted, None),
+        Err(ClipError::Policy(reason)) => {
+            tracing::info!(%reason, "clip left out by policy");
+            (ClipStatus::Excluded, Some(reason))
+        }
+        Err(ClipError::Failed(e)) => {
+            let reason = crate::run::failure_reason(ctx, clip, &e);
+            tracing::error!(%reason, "clip failed; the batch goes on");
+            (ClipStatus::Failed, Some(reason))
+        }
+    };
+    let key = match &r.info {
+        Some(info) => clip_key(
+            clip,
+            &info.provenance.source_blake3,
+            ctx.config,
+            &ctx.models.provenance,
+            &ctx.ffmpeg,
+            &ctx.models.onnxruntime,
+        ),
+        None => String::new(),
+    };
+    Ok(ClipRedactionRecord {
+        video_id: c.video_id.clone(),
+        uri: c.uri.clone(),
+        consent: ConsentBasis::from(clip.basis()),
+        key,
+        status,
+        reason,
+        info: r.info,
+        frames,
+        withheld: r.withheld,
+        report: r.report,
+    })
+}
+
+/// Runs `clearframe redact`: exit 0 when every included clip was redacted (or left out by
+/// policy), 1 when some failed (recorded in their records), 2 when the stage could not run.
+pub fn run_cli(args: &RedactArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let o = redact(args, std::io::stderr().is_terminal())?;
+    let work = Location::parse(&args.work)?;
+    println!(
+        "redacted {} clips into {}: {} redone ({} frames, {} withheld by the verifier), {} up to date, {} failed, {} excluded by policy, {} dropped (no longer selected)",
+        o.clips,
+        work,
+        o.clips - o.reused,
+        o.frames,
+        o.withheld,
+        o.reused,
+        o.failed,
+        o.excluded,
+        o.dropped
+    );
+    println!(
+        "  {:.1} s; next: clearframe detect --work {}",
+        started.elapsed().as_secs_f64(),
+        args.work
+    );
+    Ok(if o.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
