@@ -245,19 +245,6 @@ pub fn select(catalog: &[u8], index: &ConsentIndex<'_>) -> Selection {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 /// Serializes selection lines as JSON Lines (in parallel, order kept).
 pub fn to_jsonl(lines: &[SelectionLine]) -> Vec<u8> {
     let chunks: Vec<Vec<u8>> = lines

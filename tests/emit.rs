@@ -24,60 +24,18 @@ const BIKES_FRAMES: [u64; 3] = [30, 35, 40];
 
 /// Decodes the given frames of a clip into memory with the ffmpeg CLI (rgb24 raw video).
 fn decode(path: &Path, frames: &[u64]) -> Vec<image::RgbImage> {
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=width,height",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs (scripts/setup.sh installs ffmpeg)");
-    let dims = String::from_utf8(probe.stdout).unwrap();
-    let (w, h) = dims.trim().split_once(',').expect("width,height");
-    let (w, h): (u32, u32) = (w.parse().unwrap(), h.parse().unwrap());
     let select = frames
         .iter()
         .map(|n| format!("eq(n\\,{n})"))
         .collect::<Vec<_>>()
         .join("+");
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-i"])
-        .arg(path)
-        .args([
-            "-vf",
-            &format!("select='{select}'"),
-            "-vsync",
-            "0",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ])
-        .output()
-        .expect("ffmpeg runs");
-    assert!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::ffmpeg_frames(
+        path,
+        &format!("select='{select}'"),
+        crate::common::video_size(path),
     );
-    let size = (w * h * 3) as usize;
-    assert_eq!(
-        out.stdout.len(),
-        size * frames.len(),
-        "ffmpeg gave {} bytes",
-        out.stdout.len()
-    );
-    out.stdout
-        .chunks(size)
-        .map(|c| image::RgbImage::from_raw(w, h, c.to_vec()).unwrap())
-        .collect()
+    assert_eq!(out.len(), frames.len());
+    out
 }
 
 /// Masks a box with its mean colour, as the redact stage's solid mask does.
