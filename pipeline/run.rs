@@ -36,7 +36,7 @@ use crate::select::ObjectRef;
 use crate::stages::ClipInfo;
 use crate::storage::{self, Location, S3Options, Store, StoreArgs, UploadStats, Uploader};
 use crate::vision::centerface::{CenterFace, CenterFaceConfig, CenterFaceVariant};
-use crate::vision::nanodet::{NanoDet, NanoDetConfig};
+use crate::vision::nanodet::{NanoDet, NanoDetConfig, NanoDetVariant};
 use crate::vision::retinaface::{RetinaFace, RetinaFaceConfig};
 use crate::vision::{BBox, Detection};
 
@@ -150,10 +150,22 @@ impl Default for VerifierConfig {
     }
 }
 
+/// Which NanoDet build detects objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectModel {
+    /// The float32 model as converted.
+    Reference,
+    /// The network body quantised to INT8: about 3x faster, the same persons on the test frames
+    /// (default).
+    Int8,
+}
+
 /// `[detect]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
+    pub model: ObjectModel,
     /// NanoDet score threshold for every class.
     pub threshold: f32,
     /// Per-class overrides, by COCO name (e.g. `dog = 0.4`).
@@ -163,6 +175,7 @@ pub struct DetectConfig {
 impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
+            model: ObjectModel::Int8,
             threshold: 0.5,
             class_thresholds: BTreeMap::new(),
         }
@@ -236,7 +249,13 @@ pub(crate) fn object_detector(
     detect: &DetectConfig,
     options: &ModelOptions,
 ) -> anyhow::Result<NanoDet> {
-    let mut nd = NanoDetConfig::default();
+    let mut nd = NanoDetConfig {
+        variant: match detect.model {
+            ObjectModel::Reference => NanoDetVariant::Reference,
+            ObjectModel::Int8 => NanoDetVariant::Int8,
+        },
+        ..NanoDetConfig::default()
+    };
     nd.thresholds = [detect.threshold; 80];
     for (name, t) in &detect.class_thresholds {
         let i = crate::vision::coco::index_of(name).ok_or_else(|| {
@@ -259,10 +278,6 @@ pub(crate) fn single_thread_options() -> ModelOptions {
 
 impl Models {
     pub(crate) fn load(config: &Config) -> anyhow::Result<Models> {
-        let opts = ModelOptions {
-            intra_spinning: Some(false),
-            ..ModelOptions::default()
-        };
         let f = &config.faces;
         let (variant, fast) = match f.model {
             FaceModel::Reference => (CenterFaceVariant::Reference, false),
@@ -275,7 +290,8 @@ impl Models {
             scale: f.scale.map(|[w, h]| (w, h)),
             variant,
         };
-        let faces = CenterFace::new(&opts, cf_config).context("cannot load the face detector")?;
+        let faces = CenterFace::new(&single_thread_options(), cf_config)
+            .context("cannot load the face detector")?;
         let single = single_thread_options();
         let verifier = RetinaFace::new(
             &single,

@@ -242,50 +242,13 @@ fn one_detector_shared_by_threads_gives_the_same_answer() {
 /// Decodes every `every`-th frame of a fixture clip with the ffmpeg CLI into memory (no files),
 /// optionally stretched to `size`.
 fn clip_frames(name: &str, every: usize, size: Option<(u32, u32)>) -> Vec<image::RgbImage> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/media")
-        .join(name);
-    let probe = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=width,height",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&path)
-        .output()
-        .expect("ffprobe (scripts/setup.sh installs ffmpeg)");
-    let dims = String::from_utf8(probe.stdout).unwrap();
-    let mut it = dims.trim().split(',').map(|v| v.parse::<u32>().unwrap());
-    let (w0, h0) = (it.next().unwrap(), it.next().unwrap());
-    let (w, h) = size.unwrap_or((w0, h0));
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&path)
-        .args([
-            "-vf",
-            &format!("select=not(mod(n\\,{every})),scale={w}:{h}"),
-            "-vsync",
-            "0",
-        ])
-        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-        .output()
-        .expect("ffmpeg");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let frame = (w * h * 3) as usize;
-    assert!(!out.stdout.is_empty() && out.stdout.len().is_multiple_of(frame));
-    out.stdout
-        .chunks_exact(frame)
-        .map(|c| image::RgbImage::from_raw(w, h, c.to_vec()).unwrap())
-        .collect()
+    let path = crate::common::fixture("media").join(name);
+    let (w, h) = size.unwrap_or_else(|| crate::common::video_size(&path));
+    crate::common::ffmpeg_frames(
+        &path,
+        &format!("select=not(mod(n\\,{every})),scale={w}:{h}"),
+        (w, h),
+    )
 }
 
 /// For each minimum score: the faces `reference` found with at least that score, and how many of
@@ -457,4 +420,47 @@ fn face_speed_table() {
             ref_time.as_secs_f64() / dt.as_secs_f64()
         );
     }
+}
+
+#[test]
+fn int8_nanodet_keeps_every_reference_person_on_real_frames() {
+    use clearframe::vision::nanodet::NanoDetVariant;
+    let mut frames = clip_frames("bikes.mp4", 10, None);
+    frames.extend(clip_frames("carphone_pristine.mp4", 12, None));
+    frames.push(media("person.jpg"));
+    let reference = NanoDet::new(&opts(), NanoDetConfig::default()).unwrap();
+    let int8 = NanoDet::new(
+        &opts(),
+        NanoDetConfig {
+            variant: NanoDetVariant::Int8,
+            ..NanoDetConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(int8.provenance().name, "nanodet_int8");
+    let (mut persons, mut kept, mut all, mut found) = (0, 0, 0, 0);
+    for f in &frames {
+        let r = reference.detect(f).unwrap();
+        let q = int8.detect(f).unwrap();
+        for d in &r {
+            let hit = q
+                .iter()
+                .any(|e| e.class_id == d.class_id && e.bbox.iou(&d.bbox) >= 0.5);
+            all += 1;
+            found += usize::from(hit);
+            if d.class_id == 0 {
+                persons += 1;
+                kept += usize::from(hit);
+            }
+        }
+    }
+    assert!(persons >= 5, "the frames have persons: {persons}");
+    assert_eq!(
+        kept, persons,
+        "INT8 NanoDet lost a person the float model finds"
+    );
+    assert!(
+        found * 100 >= all * 80,
+        "INT8 recall of all classes {found}/{all}"
+    );
 }

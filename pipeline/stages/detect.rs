@@ -133,13 +133,14 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
     for (id, r) in &redact.clips {
         let record: ClipRedactionRecord = super::read_listed(&work, r, "redact")?;
         if let Some(info) = &record.info {
-            let recorded = info.provenance.models.get(&model.name);
-            anyhow::ensure!(
-                recorded == Some(&model.blake3),
-                "{id}: redact recorded object detector {} as {recorded:?}, this detector is {}; rerun redact",
-                model.name,
-                model.blake3
-            );
+            if let Some(recorded) = info.provenance.models.get(&model.name) {
+                anyhow::ensure!(
+                    *recorded == model.blake3,
+                    "{id}: redact ran model {} with blake3 {recorded}, this one is {}; rerun redact",
+                    model.name,
+                    model.blake3
+                );
+            }
             anyhow::ensure!(
                 info.provenance.onnxruntime_version == model.onnxruntime,
                 "{id}: redact ran ONNX Runtime {}, detect runs {}; run both stages with one runtime",

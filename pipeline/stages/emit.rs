@@ -118,6 +118,11 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         );
         let mut info = info.clone();
         info.provenance.config_blake3 = detect.config_blake3.clone();
+        // The models that made the frame: redact's (faces, verifier, and the object detector
+        // that kept persons sharp indoors) and detect's (the same one unless [detect] changed it).
+        info.provenance
+            .models
+            .insert(detect.model.clone(), detect.model_blake3.clone());
         for (f, d) in record.frames.into_iter().zip(dets.frames) {
             let entry = crate::run::frame_entry(
                 id,
