@@ -290,8 +290,13 @@ impl Models {
             scale: f.scale.map(|[w, h]| (w, h)),
             variant,
         };
-        let faces = CenterFace::new(&single_thread_options(), cf_config)
-            .context("cannot load the face detector")?;
+        // Face detection may use both cores when the other pipeline threads wait (measured: a
+        // little faster than one thread).
+        let opts = ModelOptions {
+            intra_spinning: Some(false),
+            ..ModelOptions::default()
+        };
+        let faces = CenterFace::new(&opts, cf_config).context("cannot load the face detector")?;
         let single = single_thread_options();
         let verifier = RetinaFace::new(
             &single,
