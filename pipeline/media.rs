@@ -70,6 +70,24 @@ pub enum MediaError {
         /// The last lines of ffmpeg's stderr.
         stderr_tail: String,
     },
+    /// The input has no video stream (an audio file, a subtitle track).
+    #[error("{name}: has no video stream; ffmpeg said:\n{stderr_tail}")]
+    NoVideo {
+        /// The clip concerned.
+        name: String,
+        /// The last lines of ffmpeg's stderr.
+        stderr_tail: String,
+    },
+    /// ffmpeg read the input to its end without an error but gave no frame.
+    #[error("{name}: no frame decoded ({status}); ffmpeg said:\n{stderr_tail}")]
+    NoFrames {
+        /// The clip concerned.
+        name: String,
+        /// ffmpeg's exit status, as text.
+        status: String,
+        /// The last lines of ffmpeg's stderr.
+        stderr_tail: String,
+    },
     /// The frame size exceeds the configured limit.
     #[error("{name}: frame {width}x{height} exceeds the limit of {max_pixels} pixels")]
     Limits {
@@ -160,7 +178,10 @@ pub enum Sampling {
     /// Every frame, with its own timestamp (variable frame rate preserved).
     #[default]
     All,
-    /// N frames per second of clip time (ffmpeg's `fps` filter).
+    /// N frames per second of clip time: at each time k/N (k = 0, 1, ...) before the clip's end,
+    /// the frame on screen then, stamped k/N (ffmpeg's `fps` filter with `round=up`). A clip
+    /// with at least one frame gives at least one; frames are repeated when N exceeds the clip's
+    /// own rate.
     Fps(f32),
 }
 
@@ -295,7 +316,10 @@ impl Decoder {
         }
         let filter = match opts.sampling {
             Sampling::All => "showinfo".to_owned(),
-            Sampling::Fps(n) => format!("fps={n},showinfo"),
+            // `round=up` maps a frame at t to the first slot at or after t, so slot k shows the
+            // last frame at or before k/N. The default (`near`) takes frames up to half a period
+            // late and drops a last slot, or the only one of a clip shorter than half a period.
+            Sampling::Fps(n) => format!("fps={n}:round=up,showinfo"),
         };
         cmd.args(["-map", "0:v:0", "-an", "-sn", "-dn", "-vf"])
             .arg(filter)
@@ -367,10 +391,14 @@ impl Decoder {
             Err(_) => {
                 // stderr ended without an output stream: ffmpeg refused the input.
                 let status = dec.finish_child();
+                let stderr_tail = dec.tail.text();
+                if stderr_tail.contains("matches no streams") {
+                    return Err(MediaError::NoVideo { name, stderr_tail });
+                }
                 return Err(MediaError::Decode {
                     name,
                     status,
-                    stderr_tail: dec.tail.text(),
+                    stderr_tail,
                 });
             }
         }
@@ -444,6 +472,13 @@ impl Decoder {
             // during decoding makes the clip corrupt.
             let ok = status.ends_with(": 0") && !self.tail.had_error();
             if filled == 0 && ok {
+                if self.next_index == 0 {
+                    return Err(MediaError::NoFrames {
+                        name: self.name.clone(),
+                        status,
+                        stderr_tail: self.tail.text(),
+                    });
+                }
                 return Ok(None);
             }
             if filled == 0 && self.next_index == 0 {
@@ -933,6 +968,88 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 120);
+    }
+
+    /// Runs ffmpeg with `args` and returns what it wrote to stdout.
+    fn ffmpeg_out(args: &[&str]) -> Vec<u8> {
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    fn decode(input: Input, sampling: Sampling) -> Result<Vec<Frame>, MediaError> {
+        let opts = DecodeOptions {
+            sampling,
+            ..Default::default()
+        };
+        Decoder::open(input, &opts)?.collect()
+    }
+
+    #[test]
+    fn a_sampled_frame_is_the_frame_on_screen_at_its_time() {
+        // bikes.mp4 runs at 25 fps from 0: at k/4 s the frame on screen is number floor(k*25/4).
+        let all = decode(Input::Path(fixture("bikes.mp4")), Sampling::All).unwrap();
+        let sampled = decode(Input::Path(fixture("bikes.mp4")), Sampling::Fps(4.0)).unwrap();
+        assert_eq!(all.len(), 250);
+        assert_eq!(sampled.len(), 40, "one per quarter second of a 10 s clip");
+        for (k, f) in sampled.iter().enumerate() {
+            assert!((f.pts - k as f64 / 4.0).abs() < 1e-6, "{k}: {}", f.pts);
+            let shown = &all[k * 25 / 4];
+            assert!(
+                shown.image == f.image,
+                "sample {k} is not frame {}",
+                shown.index
+            );
+        }
+    }
+
+    #[test]
+    fn a_clip_shorter_than_half_a_period_still_gives_its_frame() {
+        // One frame of 40 ms: ffmpeg's default `fps` rounding drops it at 4 fps.
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one.mp4");
+        let bikes = fixture("bikes.mp4");
+        ffmpeg_out(&[
+            "-i",
+            bikes.to_str().unwrap(),
+            "-frames:v",
+            "1",
+            "-an",
+            one.to_str().unwrap(),
+        ]);
+        for n in [4.0, 0.5] {
+            let frames = decode(Input::Path(one.clone()), Sampling::Fps(n)).unwrap();
+            assert_eq!(frames.len(), 1, "at {n} fps");
+            assert_eq!(frames[0].pts, 0.0);
+        }
+        // A still image is a one-frame clip too.
+        let photo = fixture("person.jpg");
+        assert_eq!(decode(Input::Path(photo), Sampling::Fps(4.0)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn audio_without_video_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let audio = dir.path().join("doorbell.m4a");
+        ffmpeg_out(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=d=1",
+            "-c:a",
+            "aac",
+            audio.to_str().unwrap(),
+        ]);
+        let err = decode(Input::Path(audio), Sampling::Fps(4.0)).unwrap_err();
+        assert!(matches!(err, MediaError::NoVideo { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("doorbell.m4a: has no video stream"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub struct RunArgs {
     /// dataset there is replaced).
     #[arg(long, value_name = "URL")]
     pub out: String,
-    /// Sample N frames per second of clip time (overrides `sampling.fps` in the config).
+    /// Sample N frames per second of clip time: the frame on screen at 0, 1/N, 2/N ... s
+    /// (overrides `sampling.fps` in the config).
     #[arg(long)]
     pub fps: Option<f32>,
     /// Configuration file (TOML). Every key is optional; unknown keys are an error.
@@ -85,7 +86,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
-    /// Frames per second of clip time; absent: every frame.
+    /// Frames per second of clip time: the frame on screen at 0, 1/N, 2/N ... s before the
+    /// clip's end (a clip with a frame gives at least one); absent: every frame.
     pub fps: Option<f32>,
 }
 

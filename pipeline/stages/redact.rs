@@ -32,7 +32,8 @@ pub struct RedactArgs {
     /// `select.json` (as it was given to `select`).
     #[arg(long, value_name = "URL")]
     pub catalog: Option<String>,
-    /// Sample N frames per second of clip time (overrides `sampling.fps` in the config).
+    /// Sample N frames per second of clip time: the frame on screen at 0, 1/N, 2/N ... s
+    /// (overrides `sampling.fps` in the config).
     #[arg(long)]
     pub fps: Option<f32>,
     /// Configuration file (TOML), as for `clearframe run`.
