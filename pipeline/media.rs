@@ -977,7 +977,11 @@ mod tests {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 
@@ -1028,7 +1032,12 @@ mod tests {
         }
         // A still image is a one-frame clip too.
         let photo = fixture("person.jpg");
-        assert_eq!(decode(Input::Path(photo), Sampling::Fps(4.0)).unwrap().len(), 1);
+        assert_eq!(
+            decode(Input::Path(photo), Sampling::Fps(4.0))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -1047,7 +1056,8 @@ mod tests {
         let err = decode(Input::Path(audio), Sampling::Fps(4.0)).unwrap_err();
         assert!(matches!(err, MediaError::NoVideo { .. }), "{err:?}");
         assert!(
-            err.to_string().contains("doorbell.m4a: has no video stream"),
+            err.to_string()
+                .contains("doorbell.m4a: has no video stream"),
             "{err}"
         );
     }
