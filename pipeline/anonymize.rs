@@ -484,7 +484,6 @@ pub fn anonymize_video(
         for ready in hold.flush() {
             emit(ready, &mut redactor, &mut summary)?;
         }
-        drop(emit);
         drop(det_rx);
         summary.detect_seconds = detect.join().map(|d| d.as_secs_f64()).unwrap_or(0.0);
         encoder.finish()?;

@@ -419,38 +419,38 @@ impl<'a> ConsentIndex<'a> {
         if !g.placements.contains(&clip.placement) {
             return say(&|| format!("it does not cover {} cameras", clip.placement.as_str()));
         }
-        if let Some(from) = g.captured_from {
-            if clip.captured_at < from {
-                return say(&|| {
-                    format!(
-                        "it covers clips captured from {from}; this one was captured at {}",
-                        clip.captured_at
-                    )
-                });
-            }
+        if let Some(from) = g.captured_from
+            && clip.captured_at < from
+        {
+            return say(&|| {
+                format!(
+                    "it covers clips captured from {from}; this one was captured at {}",
+                    clip.captured_at
+                )
+            });
         }
-        if let Some(until) = g.captured_until {
-            if clip.captured_at > until {
-                return say(&|| {
-                    format!(
-                        "it covers clips captured until {until}; this one was captured at {}",
-                        clip.captured_at
-                    )
-                });
-            }
+        if let Some(until) = g.captured_until
+            && clip.captured_at > until
+        {
+            return say(&|| {
+                format!(
+                    "it covers clips captured until {until}; this one was captured at {}",
+                    clip.captured_at
+                )
+            });
         }
-        if let Some(expires) = g.expires_at {
-            if expires <= self.as_of {
-                return say(&|| format!("it expired at {expires}"));
-            }
+        if let Some(expires) = g.expires_at
+            && expires <= self.as_of
+        {
+            return say(&|| format!("it expired at {expires}"));
         }
         if let Some(&r) = self.revoked_grants.get(g.event_id.as_str()) {
             return say(&|| format!("it was revoked by {}", self.describe(r)));
         }
-        if let Some(&r) = self.blanket_revocations.get(g.owner_id.as_str()) {
-            if g.at <= self.ledger.events[r].event.common().2 {
-                return say(&|| format!("it was revoked by {}", self.describe(r)));
-            }
+        if let Some(&r) = self.blanket_revocations.get(g.owner_id.as_str())
+            && g.at <= self.ledger.events[r].event.common().2
+        {
+            return say(&|| format!("it was revoked by {}", self.describe(r)));
         }
         None
     }
@@ -493,10 +493,9 @@ impl<'a> ConsentIndex<'a> {
             qualifying: Some((owner, i)),
             ..
         }) = share
+            && *owner == clip.owner_id
         {
-            if *owner == clip.owner_id {
-                return Verdict::Include(self.basis(*i, BasisKind::Neighbors));
-            }
+            return Verdict::Include(self.basis(*i, BasisKind::Neighbors));
         }
         let mut problems: Vec<String> = grants
             .iter()

@@ -589,16 +589,17 @@ fn drain_decoder_stderr(
             if !in_output && text.contains("Audio:") {
                 has_audio = true;
             }
-            if in_output && text.contains("Video:") {
-                if let (Some((width, height)), Some(tx)) = (parse_dimensions(text), hdr_tx.take()) {
-                    let fps = parse_fps(text);
-                    let _ = tx.send(Header::Info(StreamInfo {
-                        width,
-                        height,
-                        fps,
-                        has_audio,
-                    }));
-                }
+            if in_output
+                && text.contains("Video:")
+                && let (Some((width, height)), Some(tx)) = (parse_dimensions(text), hdr_tx.take())
+            {
+                let fps = parse_fps(text);
+                let _ = tx.send(Header::Info(StreamInfo {
+                    width,
+                    height,
+                    fps,
+                    has_audio,
+                }));
             }
         }
         tail.push(text.to_owned());

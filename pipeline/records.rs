@@ -64,10 +64,10 @@ impl CatalogClip {
     pub fn check(&self) -> Result<(), String> {
         check_video_id(&self.video_id)?;
         check_uri(&self.uri)?;
-        if let Some(h) = &self.blake3 {
-            if !crate::hashing::is_blake3_hex(h) {
-                return Err(format!("blake3 {h:?} is not 64 hex digits"));
-            }
+        if let Some(h) = &self.blake3
+            && !crate::hashing::is_blake3_hex(h)
+        {
+            return Err(format!("blake3 {h:?} is not 64 hex digits"));
         }
         if self.owner_id.is_empty() {
             return Err("owner_id is empty".into());

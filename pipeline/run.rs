@@ -74,6 +74,7 @@ pub struct RunArgs {
 /// blake3 in every manifest line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Config {
     pub sampling: SamplingConfig,
     pub faces: FacesConfig,
@@ -189,18 +190,6 @@ impl Default for DetectConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct IndoorConfig {
     pub policy: IndoorPolicy,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sampling: SamplingConfig::default(),
-            faces: FacesConfig::default(),
-            verifier: VerifierConfig::default(),
-            detect: DetectConfig::default(),
-            indoor: IndoorConfig::default(),
-        }
-    }
 }
 
 impl Config {
@@ -865,14 +854,14 @@ fn redact_clip<T: Send>(
     let opened = open_clip(ctx, clip)?;
     ctx.input_name = Some(opened.name.clone());
     let source_blake3 = opened.blake3;
-    if let Some(expected) = &c.blake3 {
-        if !expected.eq_ignore_ascii_case(&source_blake3) {
-            return Err(anyhow::anyhow!(
-                "clip {} has blake3 {source_blake3}, the catalog expects {expected}",
-                opened.name
-            )
-            .into());
-        }
+    if let Some(expected) = &c.blake3
+        && !expected.eq_ignore_ascii_case(&source_blake3)
+    {
+        return Err(anyhow::anyhow!(
+            "clip {} has blake3 {source_blake3}, the catalog expects {expected}",
+            opened.name
+        )
+        .into());
     }
     let _memory = opened._memory;
     let sampling = ctx
@@ -1021,8 +1010,6 @@ fn redact_clip<T: Send>(
             Ok(())
         };
         let decoded = go();
-        drop(go);
-        drop(finish_one);
         drop(otx);
         drop(rx);
         // Frames already redacted are handed on even when decoding failed later.

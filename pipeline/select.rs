@@ -413,8 +413,8 @@ pub fn run_select_store(
 pub fn print_table(w: &mut impl Write, lines: &[SelectionLine]) -> std::io::Result<()> {
     writeln!(
         w,
-        "{:>5}  {:<24} {:<8} {}",
-        "line", "video_id", "decision", "basis / reason"
+        "{:>5}  {:<24} {:<8} basis / reason",
+        "line", "video_id", "decision"
     )?;
     for l in lines {
         let id = l.video_id.as_deref().unwrap_or("-");

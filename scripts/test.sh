@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The full test suite, from a fresh machine: installs what the tests need (idempotently), then
-# runs every test. `.ci/run` calls exactly this.
+# The full test suite, from a fresh machine: installs what the tests need (idempotently), checks
+# formatting and clippy lints, then runs every test. `.ci/run` calls exactly this.
 #   - scripts/setup.sh            ffmpeg (apt) and libonnxruntime.so (PyPI onnxruntime wheel)
 #   - scripts/install-s3s.sh      the S3-compatible test server (s3s-fs, cargo install, cached)
 #   - scripts/setup-consumers.sh  pycocotools, datumaro, label-studio-sdk in a venv (PyPI)
@@ -20,5 +20,8 @@ if ! command -v chromium >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# Formatting and lints first: cheap, and a warning is a failure.
+cargo fmt --check
+cargo clippy --locked --all-targets --quiet -- -D warnings
 # One profile for everything (dev, with optimised dependencies): no second world build.
 cargo test --locked --all-targets "$@"

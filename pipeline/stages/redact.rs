@@ -354,7 +354,6 @@ fn redact_one(
         Ok(())
     };
     let r = crate::run::process_clip(ctx, clip, &work_fn, &mut consume);
-    drop(consume);
     uploader
         .finish()
         .with_context(|| format!("cannot write the redacted frames of {}", c.video_id))?;
