@@ -1091,19 +1091,28 @@ fn stable_reason(text: &str) -> String {
     out
 }
 
+/// `n` and `noun`, plural unless `n` is 1.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Prints what a dataset holds and what it left out (`run` and `emit`).
 pub(crate) fn print_dataset_summary(r: &DatasetRecord, out: &Location, failed_clips: usize) {
     println!(
-        "dataset {} at {}: {} frames from {} clips, {} withheld by the verifier, {} clips failed",
+        "dataset {} at {}: {}, {}, {} withheld by the verifier, {} failed",
         &r.merkle_root,
         out,
-        r.frames,
-        r.counts.clips.len(),
+        count(r.frames, "frame"),
+        count(r.counts.clips.len() as u64, "clip"),
         r.withheld.len(),
-        failed_clips
+        count(failed_clips as u64, "clip"),
     );
     for (decision, n) in &r.counts.decisions {
-        println!("  {decision:<8} {n} clips");
+        println!("  {decision:<8} {}", count(*n, "clip"));
     }
     for f in &r.failed_clips {
         println!("  not in dataset: {} ({})", f.video_id, f.reason);
