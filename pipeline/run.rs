@@ -72,9 +72,8 @@ pub struct RunArgs {
 
 /// The run's settings: `--config` TOML over these defaults. Recorded (as canonical JSON) by
 /// blake3 in every manifest line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
-#[derive(Default)]
 pub struct Config {
     pub sampling: SamplingConfig,
     pub faces: FacesConfig,
@@ -153,22 +152,13 @@ impl Default for VerifierConfig {
     }
 }
 
-/// Which NanoDet build detects objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ObjectModel {
-    /// The float32 model as converted.
-    Reference,
-    /// The network body quantised to INT8: about 3x faster, the same persons on the test frames
-    /// (default).
-    Int8,
-}
-
 /// `[detect]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
-    pub model: ObjectModel,
+    /// Which NanoDet build: `int8` (default; about 3x faster, the same persons on the test
+    /// frames) or `reference` (the float32 model).
+    pub model: NanoDetVariant,
     /// NanoDet score threshold for every class.
     pub threshold: f32,
     /// Per-class overrides, by COCO name (e.g. `dog = 0.4`).
@@ -178,7 +168,7 @@ pub struct DetectConfig {
 impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
-            model: ObjectModel::Int8,
+            model: NanoDetVariant::Int8,
             threshold: 0.5,
             class_thresholds: BTreeMap::new(),
         }
@@ -241,10 +231,7 @@ pub(crate) fn object_detector(
     options: &ModelOptions,
 ) -> anyhow::Result<NanoDet> {
     let mut nd = NanoDetConfig {
-        variant: match detect.model {
-            ObjectModel::Reference => NanoDetVariant::Reference,
-            ObjectModel::Int8 => NanoDetVariant::Int8,
-        },
+        variant: detect.model,
         ..NanoDetConfig::default()
     };
     nd.thresholds = [detect.threshold; 80];

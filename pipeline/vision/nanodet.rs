@@ -22,8 +22,19 @@ pub const MODEL_NAME: &str = "nanodet_coco";
 /// Manifest name of the INT8 model (`scripts/quantize-detectors.sh`).
 pub const INT8_MODEL_NAME: &str = "nanodet_int8";
 
-/// Which NanoDet build runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which NanoDet build runs (`detect.model` in a run's config: `reference` or `int8`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum NanoDetVariant {
     /// The float32 model as converted from the npm package.
     #[default]
