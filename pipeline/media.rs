@@ -1066,13 +1066,16 @@ mod tests {
     #[test]
     fn samples_fps_from_a_reader() {
         // An mp4 with its index at the end cannot be read from a pipe; MPEG-TS can.
-        let ts = std::process::Command::new("ffmpeg")
-            .args(["-v", "error", "-i"])
-            .arg(fixture("bikes.mp4"))
-            .args(["-c", "copy", "-f", "mpegts", "pipe:1"])
-            .output()
-            .unwrap()
-            .stdout;
+        let bikes = fixture("bikes.mp4");
+        let ts = ffmpeg_out(&[
+            "-i",
+            bikes.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            "pipe:1",
+        ]);
         assert!(ts.len() > 100_000);
         let opts = DecodeOptions {
             sampling: Sampling::Fps(2.0),

@@ -229,13 +229,9 @@ def check_labelstudio(root, manifest):
     return f"({len(tasks)} tasks, {regions} regions)"
 
 
-def main():
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    root = sys.argv[1]
-    manifest = load_manifest(root)
-    for check in (check_coco, check_datumaro_coco, check_datumaro_cvat, check_labelstudio):
+def run_checks(root, manifest, checks):
+    """Runs each check(root, manifest) and prints "<check>: ok <summary>" or "<check>: FAILED"."""
+    for check in checks:
         name = check.__name__.removeprefix("check_").replace("_", "-")
         before = len(problems)
         try:
@@ -243,6 +239,15 @@ def main():
         except Exception as e:  # a consumer that throws has rejected the file
             fail(name, f"{type(e).__name__}: {e}")
         print(f"{name}: ok {summary}" if len(problems) == before else f"{name}: FAILED")
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    root = sys.argv[1]
+    manifest = load_manifest(root)
+    run_checks(root, manifest, (check_coco, check_datumaro_coco, check_datumaro_cvat, check_labelstudio))
     for p in problems:
         print(p, file=sys.stderr)
     return 1 if problems else 0

@@ -37,17 +37,11 @@ import warnings
 
 warnings.filterwarnings("ignore")
 
-problems = []
+# The problem list, the manifest reader and the check runner are check_annotations.py's (next to
+# this file; it imports its consumers inside the checks, so it loads in this venv too).
+from check_annotations import fail, load_manifest, problems, run_checks  # noqa: E402
+
 PX = 0.01  # pixel tolerance against the manifest (coco.json and the CVAT XML keep 2 decimals)
-
-
-def fail(check, msg):
-    problems.append(f"{check}: {msg}")
-
-
-def load_manifest(root):
-    with open(os.path.join(root, "manifest.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def start_mongod(tmp):
@@ -270,14 +264,7 @@ def main():
                 "FIFTYONE_LOGGING_LEVEL": "ERROR",
                 "MPLCONFIGDIR": os.path.join(tmp, "mpl"),
             })
-            for check in (check_fiftyone_coco, check_fiftyone_cvat):
-                name = check.__name__.removeprefix("check_").replace("_", "-")
-                before = len(problems)
-                try:
-                    summary = check(root, manifest)
-                except Exception as e:  # a consumer that throws has rejected the file
-                    fail(name, f"{type(e).__name__}: {e}")
-                print(f"{name}: ok {summary}" if len(problems) == before else f"{name}: FAILED")
+            run_checks(root, manifest, (check_fiftyone_coco, check_fiftyone_cvat))
             try:
                 import fiftyone.core.odm.database as fodb
                 fodb._disconnect()

@@ -252,7 +252,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// The Python of a consumers venv: `$ENV` (set by scripts/test.sh), else where
 /// `scripts/setup-consumers.sh` puts venv `venv`.
-pub(crate) fn venv_python(env: &str, venv: &str) -> PathBuf {
+fn venv_python(env: &str, venv: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
@@ -265,7 +265,7 @@ pub(crate) fn venv_python(env: &str, venv: &str) -> PathBuf {
 }
 
 /// Runs a check script with `python` on `dataset`; returns its stdout and stderr, asserting success.
-pub(crate) fn run_check(python: &Path, script: &str, dataset: &Path, hint: &str) -> String {
+fn run_check(python: &Path, script: &str, dataset: &Path, hint: &str) -> String {
     assert!(
         python.exists(),
         "{} is missing\nhint: {hint}",
@@ -283,6 +283,41 @@ pub(crate) fn run_check(python: &Path, script: &str, dataset: &Path, hint: &str)
     );
     assert!(out.status.success(), "{script} failed:\n{text}");
     text
+}
+
+/// Runs every real consumer on `dataset` and asserts that each check passed: pycocotools,
+/// datumaro (COCO and CVAT) and the Label Studio SDK (`scripts/check_annotations.py`), and
+/// FiftyOne's COCO detection and CVAT video importers on its own MongoDB
+/// (`scripts/check_fiftyone.py`).
+pub(crate) fn assert_consumers_accept(dataset: &Path) {
+    let text = run_check(
+        &venv_python("CLEARFRAME_CONSUMERS_PYTHON", "consumers-venv"),
+        "check_annotations.py",
+        dataset,
+        "run scripts/setup-consumers.sh (it installs pycocotools, datumaro and label-studio-sdk)",
+    );
+    assert_checks_ok(
+        &text,
+        &["coco", "datumaro-coco", "datumaro-cvat", "labelstudio"],
+    );
+    let text = run_check(
+        &venv_python("CLEARFRAME_FIFTYONE_PYTHON", "fiftyone-venv"),
+        "check_fiftyone.py",
+        dataset,
+        "run scripts/setup-consumers.sh fiftyone",
+    );
+    assert_checks_ok(&text, &["fiftyone-coco", "fiftyone-cvat"]);
+}
+
+/// Each of `checks` printed its "<check>: ok" line.
+fn assert_checks_ok(text: &str, checks: &[&str]) {
+    for check in checks {
+        let ok = format!("{check}: ok");
+        assert!(
+            text.lines().any(|l| l.starts_with(&ok)),
+            "no {ok:?}:\n{text}"
+        );
+    }
 }
 
 #[test]
@@ -425,33 +460,8 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
         std::process::ExitCode::SUCCESS
     );
 
-    // Real consumers: pycocotools, datumaro (COCO and CVAT), the Label Studio SDK.
-    let text = run_check(
-        &venv_python("CLEARFRAME_CONSUMERS_PYTHON", "consumers-venv"),
-        "check_annotations.py",
-        &dir,
-        "run scripts/setup-consumers.sh (it installs pycocotools, datumaro and label-studio-sdk)",
-    );
-    assert!(
-        text.contains("coco: ok") && text.contains("datumaro-coco: ok"),
-        "{text}"
-    );
-    assert!(
-        text.contains("datumaro-cvat: ok") && text.contains("labelstudio: ok"),
-        "{text}"
-    );
-
-    // FiftyOne: its COCO detection and CVAT video importers, on its own MongoDB.
-    let text = run_check(
-        &venv_python("CLEARFRAME_FIFTYONE_PYTHON", "fiftyone-venv"),
-        "check_fiftyone.py",
-        &dir,
-        "run scripts/setup-consumers.sh fiftyone",
-    );
-    assert!(
-        text.contains("fiftyone-coco: ok") && text.contains("fiftyone-cvat: ok"),
-        "{text}"
-    );
+    // Real consumers: pycocotools, datumaro (COCO and CVAT), the Label Studio SDK, FiftyOne.
+    assert_consumers_accept(&dir);
 }
 
 #[test]
