@@ -1,6 +1,7 @@
 //! The local-folder store: keys are relative paths under a root folder. Writes go to a temp file
 //! in the destination folder and are renamed into place, so readers never see a partial object;
 //! records are additionally fsynced (file and folder) so a crash leaves the old or the new record.
+//! Files are created with [`super::FILE_MODE`] and folders with [`super::DIR_MODE`].
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use super::{Location, ObjectMeta, Result, StorageError, Store, check_key, check_prefix};
 
 /// Temp files start with this; [`Store::list`] skips them.
-const TEMP_PREFIX: &str = ".cf-tmp.";
+pub(crate) const TEMP_PREFIX: &str = ".cf-tmp.";
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -68,7 +69,7 @@ impl LocalStore {
     ) -> Result<u64> {
         let path = self.path(key)?;
         let dir = path.parent().expect("a key has a parent: the root");
-        fs::create_dir_all(dir).map_err(|e| io_err("create folder", dir, e))?;
+        super::create_dir_all(dir).map_err(|e| io_err("create folder", dir, e))?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -77,6 +78,7 @@ impl LocalStore {
         let temp = dir.join(format!("{TEMP_PREFIX}{name}.{}.{n}", std::process::id()));
         let result = (|| {
             let mut file = File::create(&temp).map_err(|e| io_err("create", &temp, e))?;
+            super::set_file_mode(&file).map_err(|e| io_err("chmod", &temp, e))?;
             let written = fill(&mut file).map_err(|e| io_err("write", &temp, e))?;
             if durable {
                 file.sync_all().map_err(|e| io_err("fsync", &temp, e))?;

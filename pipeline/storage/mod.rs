@@ -10,12 +10,16 @@
 //! listing returns every key under a prefix in key order however many there are, and delete is
 //! idempotent. S3 adds server-side encryption on every write, with [`S3Options::require_sse`]
 //! refusing to write without it; see [`s3`].
+//!
+//! Everything ClearFrame creates on a local disk gets one explicit mode, whatever the umask:
+//! files [`FILE_MODE`] (`0640`), folders [`DIR_MODE`] (`0750`); private staging folders are
+//! `0700` ([`crate::staging`]).
 
 mod local;
 pub mod s3;
 
 use std::fmt;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +28,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 pub use local::LocalStore;
+pub(crate) use local::TEMP_PREFIX;
 pub use s3::{S3Credentials, S3Options, S3Store, Sse};
 
 /// Result alias for storage operations.
@@ -53,6 +58,16 @@ pub enum StorageError {
     /// A storage option is inconsistent (for example a KMS key id without `--sse aws:kms`).
     #[error("invalid storage option: {0}")]
     InvalidOption(String),
+    /// A clip lies outside every allowed source location ([`Sources`]).
+    #[error(
+        "{url} is outside the allowed sources ({allowed})\nhint: pass --sources {url} (or a prefix of it) if clips may be read from there"
+    )]
+    SourceNotAllowed {
+        /// Where the clip would have been read from.
+        url: String,
+        /// The allowed locations, comma-separated.
+        allowed: String,
+    },
 
     // --- The data ---
     /// The object does not exist.
@@ -118,14 +133,18 @@ pub enum StorageError {
         /// The server's message.
         message: String,
     },
-    /// The S3 endpoint could not be reached, or no credentials could be loaded, after retries.
-    #[error("{operation} {url}: could not complete the request: {message}")]
+    /// The S3 endpoint could not be reached, did not answer in time, or no credentials could be
+    /// loaded, after retries.
+    #[error(
+        "{operation} {url}: could not complete the request: {message}\nhint: check the endpoint and the network; --s3-timeout sets how long one attempt may take"
+    )]
     Dispatch {
         /// The S3 operation.
         operation: &'static str,
         /// The object or prefix URL.
         url: String,
-        /// The whole error chain.
+        /// A short, stable cause (`timed out`, `connection refused`, …). The SDK's whole error
+        /// chain, which can hold raw HTTP responses, goes to the debug log only.
         message: String,
     },
     /// Any other S3 error (after the SDK's retries on throttling and 5xx).
@@ -137,7 +156,8 @@ pub enum StorageError {
         url: String,
         /// The S3 error code, when the server sent one.
         code: Option<String>,
-        /// The whole error chain.
+        /// A short, stable description: the S3 error code, the HTTP status and the server's
+        /// message. Never a raw response (the debug log has the whole chain).
         message: String,
     },
     /// A local filesystem error (or an error from a reader given to [`Store::put_reader`]).
@@ -173,6 +193,18 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// True when the same failure would recur for every other object of a batch (policy,
+    /// credentials, the endpoint, the disk), so an [`Uploader`] stops at it; false for a failure
+    /// of one object (its key, its data, a missing object).
+    pub fn stops_batch(&self) -> bool {
+        !matches!(
+            self,
+            StorageError::InvalidKey { .. }
+                | StorageError::NotFound { .. }
+                | StorageError::Source { .. }
+        )
+    }
+
     /// True for [`StorageError::NotFound`] (also inside a [`StorageError::Batch`]).
     pub fn is_not_found(&self) -> bool {
         match self {
@@ -182,6 +214,56 @@ impl StorageError {
         }
     }
 }
+
+/// Mode of every file ClearFrame creates on a local disk (owner read/write, group read).
+pub const FILE_MODE: u32 = 0o640;
+/// Mode of every folder ClearFrame creates on a local disk (owner all, group read/list).
+pub const DIR_MODE: u32 = 0o750;
+
+/// Creates `path` and its missing parents with [`DIR_MODE`] (set explicitly, whatever the umask);
+/// folders that already exist are left as they are.
+pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut missing = Vec::new();
+    let mut at = path;
+    loop {
+        match std::fs::symlink_metadata(at) {
+            Ok(m) if m.is_dir() || std::fs::metadata(at).is_ok_and(|m| m.is_dir()) => break,
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a folder", at.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(at);
+                match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for dir in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sets [`FILE_MODE`] on a file ClearFrame created (before it is renamed into place).
+pub fn set_file_mode(file: &std::fs::File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+}
+
+/// Keys starting with this are ClearFrame's write probes ([`Store::probe_write`]): short-lived,
+/// and never taken for someone else's data.
+pub const PROBE_PREFIX: &str = ".clearframe-probe.";
 
 /// What [`Store::head`] and [`Store::list`] know about an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,6 +321,13 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Deletes an object. Deleting a missing object succeeds (as on S3).
     fn delete(&self, key: &str) -> Result<()>;
+
+    /// Checks, before anything is deleted or replaced, that writes here will be accepted: S3
+    /// writes a small probe object ([`PROBE_PREFIX`]), checks the server confirms the required
+    /// encryption, and deletes it again. Local folders need no probe.
+    fn probe_write(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A store location: a local folder or an S3 bucket and prefix.
@@ -444,6 +533,101 @@ pub fn resolve(
     Ok((open_location(parent, options)?, key))
 }
 
+/// Where clips may be read from: the catalog's own folder or bucket prefix, and any location
+/// given with `--sources`. A catalog can name any object the credentials can read (another
+/// dataset's frames, another bucket); a clip outside the allowlist is excluded by `select`
+/// (`source_not_allowed`) and refused again when it is opened ([`Sources::resolve`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sources {
+    allowed: Vec<Location>,
+}
+
+impl Sources {
+    /// The catalog's location (`base`, the store that holds the catalog) and the `extra` URLs.
+    pub fn new(base: &Location, extra: &[String]) -> Result<Sources> {
+        let mut allowed = vec![base.clone()];
+        for url in extra {
+            let url = url.trim();
+            if url.is_empty() {
+                continue;
+            }
+            allowed.push(Location::parse(url)?);
+        }
+        Ok(Sources { allowed })
+    }
+
+    /// True when `target` lies in (or is) one of the allowed locations.
+    pub fn allows(&self, target: &Location) -> bool {
+        self.allowed.iter().any(|a| match (a, target) {
+            (Location::Local(root), Location::Local(path)) => path.starts_with(root),
+            (
+                Location::S3 {
+                    bucket: b1,
+                    prefix: p1,
+                },
+                Location::S3 {
+                    bucket: b2,
+                    prefix: p2,
+                },
+            ) => {
+                b1 == b2
+                    && (p1.is_empty()
+                        || p2 == p1
+                        || p2
+                            .strip_prefix(p1.as_str())
+                            .is_some_and(|r| r.starts_with('/')))
+            }
+            _ => false,
+        })
+    }
+
+    /// The allowed locations, for messages.
+    pub fn describe(&self) -> String {
+        self.allowed
+            .iter()
+            .map(Location::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Checks a catalog `uri` (relative to the catalog at `base`, or `s3://…`) against the
+    /// allowlist; the error says where it points and what is allowed.
+    pub fn check_uri(&self, base: &Location, uri: &str) -> Result<()> {
+        let absolute = uri.contains("://") || Path::new(uri).is_absolute();
+        let target = if absolute {
+            Location::parse(uri)?
+        } else {
+            base.join(uri)
+        };
+        if self.allows(&target) {
+            Ok(())
+        } else {
+            Err(StorageError::SourceNotAllowed {
+                url: target.to_string(),
+                allowed: self.describe(),
+            })
+        }
+    }
+
+    /// [`resolve`], refusing anything outside the allowlist.
+    pub fn resolve(
+        &self,
+        base: &Arc<dyn Store>,
+        uri: &str,
+        options: &S3Options,
+    ) -> Result<(Arc<dyn Store>, String)> {
+        let (store, key) = resolve(base, uri, options)?;
+        let target = store.location().join(&key);
+        if !self.allows(&target) {
+            return Err(StorageError::SourceNotAllowed {
+                url: target.to_string(),
+                allowed: self.describe(),
+            });
+        }
+        Ok((store, key))
+    }
+}
+
 /// Checks an object key: non-empty, relative, `/`-separated, no empty, `.` or `..` segments, no
 /// backslashes or control characters. Keys that pass cannot escape a local store's folder.
 pub fn check_key(key: &str) -> Result<()> {
@@ -484,7 +668,9 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
     })
 }
 
-fn check_bucket(bucket: &str) -> Result<(), &'static str> {
+/// Checks an S3 bucket name (3 to 63 of lowercase letters, digits, `-` and `.`, starting and
+/// ending with a letter or digit).
+pub fn check_bucket(bucket: &str) -> Result<(), &'static str> {
     if !(3..=63).contains(&bucket.len()) {
         return Err("bucket names are 3 to 63 characters");
     }
@@ -524,7 +710,10 @@ type Job = (String, Bytes);
 /// Puts many small objects (frames) with a bounded number in flight, overlapping with the
 /// caller's compute: [`Uploader::submit`] returns at once while fewer than `in_flight` uploads are
 /// queued and blocks otherwise (back-pressure, bounded memory). Works with any [`Store`].
-/// Failures are collected, not fatal: [`Uploader::finish`] reports them.
+/// A failure that would recur for every object (refused encryption, credentials, an unreachable
+/// or stalled endpoint: [`StorageError::stops_batch`]) stops the batch: later objects are not
+/// sent (they count as failed), [`Uploader::failed`] tells the caller to stop producing them, and
+/// [`Uploader::finish`] reports it. A failure of one object (a bad key) does not stop the others.
 pub struct Uploader {
     tx: Option<crossbeam_channel::Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
@@ -533,6 +722,8 @@ pub struct Uploader {
 
 #[derive(Default)]
 struct UploadState {
+    /// Set by the first failure that would recur for every object ([`StorageError::stops_batch`]).
+    stopped: bool,
     stats: UploadStats,
     submitted: usize,
     failed: usize,
@@ -552,6 +743,13 @@ impl Uploader {
                     .name(format!("upload-{i}"))
                     .spawn(move || {
                         for (key, data) in rx {
+                            {
+                                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                                if s.stopped {
+                                    s.failed += 1; // not sent: the batch stopped
+                                    continue;
+                                }
+                            }
                             let len = data.len() as u64;
                             let result = store.put(&key, data);
                             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -563,6 +761,7 @@ impl Uploader {
                                 Err(err) => {
                                     tracing::error!(key = %store.url(&key), error = %err, "upload failed");
                                     s.failed += 1;
+                                    s.stopped |= err.stops_batch();
                                     s.first_error.get_or_insert(err);
                                 }
                             }
@@ -578,12 +777,27 @@ impl Uploader {
         }
     }
 
-    /// Queues one object; blocks while `in_flight` uploads are already waiting.
+    /// True once the batch stopped at a failure: nothing more is sent; the caller should stop.
+    pub fn failed(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stopped
+    }
+
+    /// A handle that tells whether an upload failed, for a thread that does not own the uploader.
+    pub fn watch(&self) -> UploadWatch {
+        UploadWatch(Arc::clone(&self.state))
+    }
+
+    /// Queues one object; blocks while `in_flight` uploads are already waiting. Once the batch
+    /// stopped ([`Uploader::failed`]) the object is not sent and counts as failed.
     pub fn submit(&self, key: impl Into<String>, data: impl Into<Bytes>) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .submitted += 1;
+        {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.submitted += 1;
+            if s.stopped {
+                s.failed += 1; // not sent: the batch stopped
+                return;
+            }
+        }
         let tx = self.tx.as_ref().expect("uploader is open until finish");
         // The workers only stop when the channel closes, so sending cannot fail.
         tx.send((key.into(), data.into()))
@@ -613,6 +827,17 @@ impl Uploader {
             });
         }
         Ok(s.stats)
+    }
+}
+
+/// Tells whether an [`Uploader`] stopped at a failure ([`Uploader::watch`]).
+#[derive(Clone)]
+pub struct UploadWatch(Arc<Mutex<UploadState>>);
+
+impl UploadWatch {
+    /// True once an upload failed.
+    pub fn failed(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).stopped
     }
 }
 
@@ -654,9 +879,32 @@ pub struct StoreArgs {
     /// KMS key id or ARN for `--sse aws:kms` (default: the account's aws/s3 key).
     #[arg(long, value_name = "KEY_ID", requires = "sse")]
     pub sse_kms_key_id: Option<String>,
-    /// Refuse to write to S3 unless server-side encryption is configured and confirmed.
-    #[arg(long)]
+    /// Refuse to write to S3 unless the server confirms the server-side encryption asked for with
+    /// `--sse` (checked with a probe object before anything is deleted or replaced).
+    #[arg(long, requires = "sse")]
     pub require_sse: bool,
+    /// Seconds one S3 request attempt (and each wait for the next chunk of a download) may take
+    /// before it is retried; a request gives up after its attempts, naming the object.
+    #[arg(
+        long = "s3-timeout",
+        env = "CLEARFRAME_S3_TIMEOUT",
+        value_name = "SECONDS",
+        value_parser = parse_timeout
+    )]
+    pub s3_timeout: Option<std::time::Duration>,
+}
+
+fn parse_timeout(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!(
+            "{s:?}: the timeout must be > 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// The `--sse` values.
@@ -686,11 +934,13 @@ impl StoreArgs {
             }
         };
         let endpoint = self.s3_endpoint.clone().filter(|e| !e.trim().is_empty());
+        let defaults = S3Options::default();
         Ok(S3Options {
             endpoint,
             sse,
             require_sse: self.require_sse,
-            ..S3Options::default()
+            attempt_timeout: self.s3_timeout.unwrap_or(defaults.attempt_timeout),
+            ..defaults
         })
     }
 }
@@ -827,6 +1077,47 @@ mod tests {
         assert_eq!(store.location(), &Location::Local("/elsewhere".into()));
         assert_eq!(key, "c.mp4");
         assert!(resolve(&base, "../escape.mp4", &S3Options::default()).is_err());
+    }
+
+    /// Regression (trust boundaries, item 7): a catalog could point a clip at any object the
+    /// credentials can read; where clips are opened, the allowlist refuses it again.
+    #[test]
+    fn sources_confine_where_clips_are_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+        let opts = S3Options::default();
+        let only_catalog = Sources::new(base.location(), &[]).unwrap();
+        only_catalog.resolve(&base, "clips/a.mp4", &opts).unwrap();
+        let err = only_catalog
+            .resolve(&base, "s3://other/datasets/v7/frames/x.jpg", &opts)
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::SourceNotAllowed { .. })
+                && err
+                    .to_string()
+                    .contains("s3://other/datasets/v7/frames/x.jpg")
+                && err.to_string().contains("hint: pass --sources"),
+            "{err}"
+        );
+        assert!(only_catalog.resolve(&base, "/etc/passwd", &opts).is_err());
+        let wider = Sources::new(base.location(), &["s3://other/clips".to_owned()]).unwrap();
+        wider
+            .resolve(&base, "s3://other/clips/a.mp4", &opts)
+            .unwrap();
+        assert!(
+            wider
+                .resolve(&base, "s3://other/clipsX/a.mp4", &opts)
+                .is_err()
+        );
+        assert!(
+            wider
+                .resolve(&base, "s3://other/datasets/a.jpg", &opts)
+                .is_err()
+        );
+        let bucket = Sources::new(base.location(), &["s3://other".to_owned()]).unwrap();
+        bucket
+            .resolve(&base, "s3://other/datasets/a.jpg", &opts)
+            .unwrap();
     }
 
     #[derive(Parser, Debug)]

@@ -11,6 +11,12 @@
 //!   failure); reads stream through a bounded channel.
 //! - Throttling, 5xx and transient network errors are retried by the SDK's standard retry
 //!   strategy (exponential backoff with jitter, [`S3Options::max_attempts`] attempts).
+//! - Nothing waits forever: each attempt has [`S3Options::attempt_timeout`], a whole request
+//!   `attempt_timeout x (max_attempts + 1)`, and a download that receives nothing for
+//!   `attempt_timeout` fails; a server that accepts connections and never answers gives a
+//!   [`StorageError::Dispatch`] naming the object, within a bounded time.
+//! - Errors display short and stable (operation, URL, S3 code / HTTP status, the server's
+//!   message); the SDK's whole chain, raw HTTP responses included, goes to the debug log only.
 //! - Every write carries the configured server-side encryption ([`Sse`]). With
 //!   [`S3Options::require_sse`] a write without SSE configured is refused before anything is
 //!   sent, and a write the server does not confirm as encrypted is deleted again and reported.
@@ -19,7 +25,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,7 +40,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::{Location, ObjectMeta, Result, StorageError, Store, check_key, check_prefix, join_key};
+use super::{
+    Location, ObjectMeta, PROBE_PREFIX, Result, StorageError, Store, check_key, check_prefix,
+    join_key,
+};
 
 const MIB: u64 = 1024 * 1024;
 /// S3's smallest part (all but the last) and its largest part count.
@@ -91,7 +100,8 @@ impl fmt::Debug for S3Credentials {
 }
 
 /// How to talk to S3. [`Default`] gives the AWS chain, no endpoint override, no SSE, 16 MiB
-/// multipart threshold with 8 MiB parts (4 in flight) and 5 attempts per request.
+/// multipart threshold with 8 MiB parts (4 in flight), 5 attempts per request and 60 s per
+/// attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct S3Options {
     /// An S3-compatible endpoint (`http://127.0.0.1:9000`); enables path-style addressing.
@@ -112,6 +122,9 @@ pub struct S3Options {
     pub part_concurrency: usize,
     /// Attempts per request, retries included (throttling, 5xx, transient network errors).
     pub max_attempts: u32,
+    /// How long one attempt may take (and a download may go without receiving data); a request
+    /// as a whole gives up after `attempt_timeout x (max_attempts + 1)`.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for S3Options {
@@ -126,11 +139,21 @@ impl Default for S3Options {
             part_size: 8 * MIB,
             part_concurrency: 4,
             max_attempts: 5,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
     }
 }
 
+/// [`S3Options::attempt_timeout`] unless `--s3-timeout` / `CLEARFRAME_S3_TIMEOUT` says otherwise.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl S3Options {
+    /// The limit on a whole request, retries and backoff included.
+    pub fn operation_timeout(&self) -> Duration {
+        self.attempt_timeout
+            .saturating_mul(self.max_attempts.saturating_add(1))
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(StorageError::InvalidOption(m));
         if !(MIN_PART..=MAX_PART).contains(&self.part_size) {
@@ -138,6 +161,9 @@ impl S3Options {
                 "S3 part size {} is outside 5 MiB..5 GiB",
                 self.part_size
             ));
+        }
+        if self.attempt_timeout.is_zero() {
+            return bad("the S3 attempt timeout must be more than 0 s".to_owned());
         }
         if self.multipart_threshold == 0 || self.part_concurrency == 0 || self.max_attempts == 0 {
             return bad(
@@ -165,6 +191,7 @@ struct ClientKey {
     region: Option<String>,
     credentials: Option<S3Credentials>,
     max_attempts: u32,
+    attempt_timeout: Duration,
 }
 
 /// A store under an S3 bucket and prefix.
@@ -259,7 +286,8 @@ impl S3Store {
                     .key(full_key)
                     .send(),
             ) {
-                tracing::error!(object = url, error = %DisplayErrorContext(&err), "could not remove an object written without confirmed encryption");
+                tracing::error!(object = url, error = %error_chain(&err), "could not remove an object written without confirmed encryption");
+                tracing::debug!(object = url, error = %DisplayErrorContext(&err), "DeleteObject failed");
             }
             return Err(StorageError::SseNotConfirmed {
                 url: url.to_owned(),
@@ -328,7 +356,8 @@ impl S3Store {
                 .key(full_key)
                 .upload_id(&upload_id);
             if let Err(err) = block_on(request.send()) {
-                tracing::warn!(object = url, upload_id, error = %DisplayErrorContext(&err), "could not abort a failed multipart upload");
+                tracing::warn!(object = url, upload_id, error = %error_chain(&err), "could not abort a failed multipart upload");
+                tracing::debug!(object = url, error = %DisplayErrorContext(&err), "AbortMultipartUpload failed");
             }
         };
         let (completed, total) = match self.upload_parts(full_key, url, &upload_id, parts) {
@@ -351,10 +380,9 @@ impl S3Store {
             );
         match block_on(complete.send()) {
             Ok(out) => {
-                let answered = out
-                    .server_side_encryption()
-                    .or(created.server_side_encryption());
-                self.confirm_sse(url, full_key, answered)?;
+                // Only the completed object's answer counts: CreateMultipartUpload accepting the
+                // header says nothing about what was stored.
+                self.confirm_sse(url, full_key, out.server_side_encryption())?;
                 Ok(total)
             }
             Err(err) => {
@@ -471,19 +499,29 @@ impl Store for S3Store {
             let request = self.client.get_object().bucket(&self.bucket).key(&full_key);
             let out = block_on(request.send())
                 .map_err(|e| sdk_error("GetObject", &url, &self.bucket, e))?;
-            match block_on(out.body.collect()) {
-                Ok(body) => return Ok(body.into_bytes()),
+            match block_on(read_body(out.body, self.options.attempt_timeout)) {
+                Ok(body) => return Ok(body),
                 Err(err) if attempt < self.options.max_attempts => {
-                    tracing::debug!(object = %url, attempt, error = %DisplayErrorContext(&err), "retrying a failed body read");
+                    tracing::debug!(object = %url, attempt, error = %err, "retrying a failed body read");
                     std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
                     attempt += 1;
                 }
-                Err(err) => {
+                Err(BodyError::Stalled(after)) => {
+                    return Err(StorageError::Dispatch {
+                        operation: "GetObject",
+                        url,
+                        message: format!(
+                            "the download received nothing for {:.1} s",
+                            after.as_secs_f64()
+                        ),
+                    });
+                }
+                Err(err @ BodyError::Failed(_)) => {
                     return Err(StorageError::S3 {
                         operation: "GetObject",
                         url,
                         code: None,
-                        message: format!("reading the body: {}", DisplayErrorContext(&err)),
+                        message: err.to_string(),
                     });
                 }
             }
@@ -498,15 +536,26 @@ impl Store for S3Store {
             block_on(request.send()).map_err(|e| sdk_error("GetObject", &url, &self.bucket, e))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_CHANNEL_CHUNKS);
         let mut body = out.body;
+        let stall = self.options.attempt_timeout;
         runtime().spawn(async move {
             loop {
-                let item = match body.try_next().await {
-                    Ok(Some(chunk)) => Ok(chunk),
-                    Ok(None) => break,
-                    Err(e) => Err(io::Error::other(format!(
-                        "reading {url}: {}",
-                        DisplayErrorContext(&e)
-                    ))),
+                let item = match tokio::time::timeout(stall, body.try_next()).await {
+                    Ok(Ok(Some(chunk))) => Ok(chunk),
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
+                        tracing::debug!(object = %url, error = %DisplayErrorContext(&e), "download failed");
+                        Err(io::Error::other(format!(
+                            "reading {url}: the download failed: {}",
+                            error_chain(&e)
+                        )))
+                    }
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "reading {url}: the download received nothing for {:.1} s",
+                            stall.as_secs_f64()
+                        ),
+                    )),
                 };
                 let failed = item.is_err();
                 // A closed channel means the reader was dropped: stop downloading.
@@ -676,6 +725,37 @@ impl Store for S3Store {
         Ok(out)
     }
 
+    fn probe_write(&self) -> Result<()> {
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let key = format!(
+            "{PROBE_PREFIX}{}.{}",
+            std::process::id(),
+            PROBES.fetch_add(1, Ordering::Relaxed)
+        );
+        let full_key = self.full_key(&key)?;
+        let url = self.object_url(&full_key);
+        // The PUT's own answer is checked (and the probe removed) under require_sse...
+        self.put_single(
+            &full_key,
+            &url,
+            Bytes::from_static(b"clearframe write probe\n"),
+        )?;
+        // ...and so is what the server says it stored.
+        if let (true, Some(sse)) = (self.options.require_sse, &self.options.sse) {
+            let requested = sse.algorithm();
+            let stored = self.head(&key)?.encryption;
+            if stored.as_deref() != Some(requested.as_str()) {
+                self.delete(&key)?;
+                return Err(StorageError::SseNotConfirmed {
+                    url,
+                    requested: requested.as_str().to_owned(),
+                    answered: stored.unwrap_or_else(|| "nothing".to_owned()),
+                });
+            }
+        }
+        self.delete(&key)
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         let full_key = self.full_key(key)?;
         let url = self.object_url(&full_key);
@@ -724,7 +804,80 @@ impl Read for ChannelReader {
     }
 }
 
-/// Turns an SDK error into a [`StorageError`] that names the object and the cause.
+/// Why reading a response body failed.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// Nothing arrived for this long.
+    #[error("the download received nothing for {:.1} s", .0.as_secs_f64())]
+    Stalled(Duration),
+    /// The stream broke (a short description, not the SDK's whole chain).
+    #[error("reading the body failed: {0}")]
+    Failed(String),
+}
+
+/// Reads a whole body, failing when no chunk arrives for `stall`.
+async fn read_body(mut body: ByteStream, stall: Duration) -> std::result::Result<Bytes, BodyError> {
+    let mut out = BytesMut::new();
+    loop {
+        match tokio::time::timeout(stall, body.try_next()).await {
+            Ok(Ok(Some(chunk))) => out.extend_from_slice(&chunk),
+            Ok(Ok(None)) => return Ok(out.freeze()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %DisplayErrorContext(&e), "body read failed");
+                return Err(BodyError::Failed(error_chain(&e)));
+            }
+            Err(_) => return Err(BodyError::Stalled(stall)),
+        }
+    }
+}
+
+/// An error and its sources, joined by `: ` on one line: the `Display` texts only, never the
+/// `Debug` dump that [`DisplayErrorContext`] appends (which holds raw HTTP responses).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    one_line(&parts.join(": "))
+}
+
+/// Collapses whitespace (newlines included) and bounds the length of a server-supplied text.
+fn one_line(text: &str) -> String {
+    let mut out: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > 300 {
+        let mut cut = 300;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// The cause of a request that got no usable answer: `timed out`, the I/O error's kind
+/// (`connection refused`, …), or the error's own short chain.
+fn dispatch_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return match io.kind() {
+                io::ErrorKind::Other => one_line(&io.to_string()),
+                kind => kind.to_string(),
+            };
+        }
+        next = e.source();
+    }
+    error_chain(err)
+}
+
+/// Turns an SDK error into a [`StorageError`] that names the object and the cause, in a short,
+/// stable text (what ends up in records and reports); the whole chain goes to the debug log.
 fn sdk_error<E>(
     operation: &'static str,
     url: &str,
@@ -734,19 +887,26 @@ fn sdk_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    tracing::debug!(operation, object = url, error = %DisplayErrorContext(&err), "S3 request failed");
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().map(str::to_owned);
-    let server_message = err.message().unwrap_or("").to_owned();
-    let chain = DisplayErrorContext(&err).to_string();
+    let server_message = err.message().map(one_line).unwrap_or_default();
     let url = url.to_owned();
-    if matches!(
-        err,
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ConstructionFailure(_)
-    ) {
+    let dispatch = match &err {
+        SdkError::TimeoutError(_) => Some("timed out".to_owned()),
+        SdkError::DispatchFailure(d) if d.is_timeout() => Some("timed out".to_owned()),
+        SdkError::DispatchFailure(_) => Some(dispatch_cause(&err)),
+        SdkError::ConstructionFailure(_) => Some(format!(
+            "the request could not be built: {}",
+            error_chain(&err)
+        )),
+        _ => None,
+    };
+    if let Some(message) = dispatch {
         return StorageError::Dispatch {
             operation,
             url,
-            message: chain,
+            message,
         };
     }
     match (code.as_deref(), status) {
@@ -779,12 +939,23 @@ where
                 server_message
             },
         },
-        _ => StorageError::S3 {
-            operation,
-            url,
-            code,
-            message: chain,
-        },
+        _ => {
+            let mut message = match (&code, status) {
+                (Some(c), Some(s)) => format!("{c} (HTTP {s})"),
+                (Some(c), None) => c.clone(),
+                (None, Some(s)) => format!("HTTP {s}"),
+                (None, None) => "an error without a code or status".to_owned(),
+            };
+            if !server_message.is_empty() {
+                message = format!("{message}: {server_message}");
+            }
+            StorageError::S3 {
+                operation,
+                url,
+                code,
+                message,
+            }
+        }
     }
 }
 
@@ -827,6 +998,7 @@ fn client_for(options: &S3Options) -> Client {
         region: options.region.clone(),
         credentials: options.credentials.clone(),
         max_attempts: options.max_attempts,
+        attempt_timeout: options.attempt_timeout,
     };
     let mut clients = CLIENTS
         .get_or_init(Default::default)
@@ -845,8 +1017,11 @@ fn build_client(key: &ClientKey) -> Client {
         .with_max_attempts(key.max_attempts)
         .with_initial_backoff(Duration::from_millis(200))
         .with_max_backoff(Duration::from_secs(20));
+    let attempt = key.attempt_timeout;
     let timeouts = TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(attempt.min(Duration::from_secs(5)))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(attempt.saturating_mul(key.max_attempts.saturating_add(1)))
         .build();
     let region = match &key.region {
         Some(region) => RegionProviderChain::first_try(Region::new(region.clone())),
@@ -876,4 +1051,87 @@ fn build_client(key: &ClientKey) -> Client {
         .force_path_style(custom_endpoint)
         .build();
     Client::from_conf(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    /// An S3 error as the SDK hands it over: the parsed error and the raw response, whose
+    /// `date` header (and request ids) differ on every call.
+    fn answer(status: u16, code: &str, date: &str) -> SdkError<GetObjectError, HttpResponse> {
+        let mut raw = HttpResponse::new(
+            status.try_into().unwrap(),
+            SdkBody::from(format!(
+                "<Error><Code>{code}</Code><Message>We encountered an internal error.</Message><RequestId>{date}</RequestId></Error>"
+            )),
+        );
+        raw.headers_mut().insert("date", date.to_owned());
+        raw.headers_mut()
+            .insert("x-amz-request-id", format!("req-{date}"));
+        let err = GetObjectError::generic(
+            ErrorMetadata::builder()
+                .code(code)
+                .message("We encountered an internal error.")
+                .custom("s3_extended_request_id", format!("ext-{date}"))
+                .build(),
+        );
+        SdkError::service_error(err, raw)
+    }
+
+    /// Regression (trust boundaries, item 4): the message of a storage error used to carry the
+    /// SDK's whole chain, `Debug` dump of the raw HTTP response included (a `date` header, request
+    /// ids), into failure reasons that dataset.json and the report record.
+    #[test]
+    fn storage_errors_are_short_and_stable() {
+        let url = "s3://bkt/clips/a.mp4";
+        let texts: Vec<String> = [
+            "Wed, 02 Dec 2026 06:00:00 GMT",
+            "Wed, 02 Dec 2026 06:00:07 GMT",
+        ]
+        .into_iter()
+        .map(|date| {
+            sdk_error("GetObject", url, "bkt", answer(500, "InternalError", date)).to_string()
+        })
+        .collect();
+        assert_eq!(
+            texts[0], texts[1],
+            "the text differs between two identical failures"
+        );
+        let text = &texts[0];
+        assert_eq!(
+            text,
+            "GetObject s3://bkt/clips/a.mp4: InternalError (HTTP 500): We encountered an internal error."
+        );
+        for leak in [
+            "date", "GMT", "req-", "ext-", "Response", "headers", "<Error>",
+        ] {
+            assert!(!text.contains(leak), "{leak:?} in {text:?}");
+        }
+        // A response without a parseable error: the status only.
+        let raw = HttpResponse::new(502u16.try_into().unwrap(), SdkBody::from("<html>"));
+        let err: SdkError<GetObjectError, HttpResponse> = SdkError::service_error(
+            GetObjectError::generic(ErrorMetadata::builder().build()),
+            raw,
+        );
+        assert_eq!(
+            sdk_error("GetObject", url, "bkt", err).to_string(),
+            "GetObject s3://bkt/clips/a.mp4: HTTP 502"
+        );
+        // A timeout: short, with the hint.
+        let err: SdkError<GetObjectError, HttpResponse> = SdkError::timeout_error(
+            "operation timeout (all attempts including retries) occurred after 6s",
+        );
+        let text = sdk_error("GetObject", url, "bkt", err).to_string();
+        assert!(
+            text.starts_with(
+                "GetObject s3://bkt/clips/a.mp4: could not complete the request: timed out\nhint:"
+            ),
+            "{text}"
+        );
+    }
 }
