@@ -51,8 +51,13 @@ pub enum Command {
 
 /// Entry point used by `main`: parses arguments, runs, prints the error chain on failure.
 pub fn main() -> ExitCode {
+    // Before any other thread starts: signals are handled on a thread of their own, which
+    // removes the private staging folders before exiting.
+    crate::staging::install_signal_cleanup();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    // What a killed run left behind (its staging folders carry its pid).
+    crate::staging::sweep();
     let result = match &cli.command {
         Command::Select(args) => select::run_cli(args),
         Command::Redact(args) => stages::redact::run_cli(args),

