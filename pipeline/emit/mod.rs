@@ -14,13 +14,15 @@
 //! | `report.html` | a self-contained page for people ([`report`]) |
 //! | `dataset.json` | the [`DatasetRecord`]: Merkle root, inputs, counts, file hashes; written last, atomically |
 //!
-//! Every file is written to a temporary file in its folder and renamed into place. Entries may
-//! arrive in any order; they are sorted before anything but the frames is written, and nothing
+//! Every file is written to a temporary file in its folder and renamed into place, with mode
+//! `0640` (folders `0750`). An earlier dataset in the folder is replaced following [`dest`]: only
+//! what its `dataset.json` lists is ever deleted. Entries may arrive in any order; they are sorted before anything but the frames is written, and nothing
 //! reads the clock, so the same inputs give byte-identical outputs. [`crate::verify`] checks a
 //! folder written here.
 
 pub mod coco;
 pub mod cvat;
+pub mod dest;
 pub mod labelstudio;
 pub mod merkle;
 pub mod report;
@@ -82,14 +84,22 @@ pub enum EmitError {
         #[source]
         source: std::io::Error,
     },
-    /// The output folder holds files the emitter did not write; it refuses to delete them.
-    #[error("output folder {} holds {entry:?}, which is not part of a dataset; choose an empty folder", path.display())]
-    ForeignFile {
-        /// The output folder.
-        path: PathBuf,
-        /// The unexpected entry.
-        entry: String,
+    /// The destination holds something ClearFrame did not write, or cannot show it wrote
+    /// ([`dest`]); nothing was deleted or written.
+    #[error("{location} holds {found}, but {why}; nothing was deleted or written\nhint: {hint}")]
+    NotOurs {
+        /// The folder or prefix.
+        location: String,
+        /// What was found there.
+        found: String,
+        /// Why it is not a destination ClearFrame may replace.
+        why: String,
+        /// What to do.
+        hint: String,
     },
+    /// The destination's store failed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// JPEG encoding failed.
     #[error("cannot encode JPEG: {0}")]
     Encode(#[from] image::ImageError),
@@ -470,11 +480,14 @@ fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<(), EmitError
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    crate::storage::create_dir_all(dir).map_err(io)?;
+    // The local store's temp prefix: listings skip it, so a crash leaves nothing that looks like
+    // someone else's file.
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(crate::storage::TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(io)?;
+    crate::storage::set_file_mode(tmp.as_file()).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     if sync {
         tmp.as_file().sync_all().map_err(io)?;
@@ -482,17 +495,6 @@ fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<(), EmitError
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
-
-/// Names a dataset folder may hold at its top level.
-const KNOWN_TOP: [&str; 7] = [
-    "frames",
-    "annotations",
-    "manifest.jsonl",
-    "dataset.json",
-    "selection.jsonl",
-    "report.html",
-    ".tmp-",
-];
 
 /// Writes a dataset folder. Create with [`Emitter::create`], feed frames with
 /// [`Emitter::add_frame`], record what was left out with [`Emitter::withhold`] and
@@ -518,22 +520,57 @@ pub struct Emitter {
     entries: BTreeMap<(String, u64), ManifestEntry>,
     withheld: BTreeSet<WithheldFrame>,
     failed: BTreeSet<ClipFailure>,
+    /// The destination being replaced; `None` for a private staging folder.
+    dest: Option<dest::Destination>,
 }
 
 impl Emitter {
-    /// Prepares `root` for a new dataset. The folder is created if missing. If it holds an
-    /// earlier dataset, `dataset.json` is removed first (so a half-written folder never looks
-    /// complete) and the old outputs are cleared; any other content is an error
-    /// ([`EmitError::ForeignFile`]). `inputs.selection_jsonl` must parse as selection lines.
+    /// Prepares the folder `root` for a new dataset ([`dest`]): a missing or empty folder is
+    /// used as is; an earlier dataset there is replaced (its `dataset.json` is removed first, so
+    /// a half-written folder never looks complete, and at the end exactly the objects it listed
+    /// that the new one lacks are deleted); anything else is refused ([`EmitError::NotOurs`]).
+    /// `inputs.selection_jsonl` must parse as selection lines.
     pub fn create(
         root: &Path,
         inputs: DatasetInputs,
         options: EmitOptions,
     ) -> Result<Self, EmitError> {
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| EmitError::Io { path: p, source }
+        let store: std::sync::Arc<dyn crate::storage::Store> =
+            std::sync::Arc::new(crate::storage::LocalStore::new(root.to_path_buf()));
+        let dest = dest::Destination::inspect(store)?;
+        Self::create_in(dest, inputs, options)
+    }
+
+    /// [`Emitter::create`] for a local destination already inspected.
+    pub fn create_in(
+        dest: dest::Destination,
+        inputs: DatasetInputs,
+        options: EmitOptions,
+    ) -> Result<Self, EmitError> {
+        let crate::storage::Location::Local(root) = dest.store().location().clone() else {
+            return Err(input_err(
+                "destination",
+                "the emitter writes into a local folder; S3 datasets are staged locally first",
+            ));
         };
+        let mut emitter = Self::new(&root, inputs, options)?;
+        let clips: BTreeSet<String> = emitter.included.keys().cloned().collect();
+        dest.begin(&clips)?;
+        emitter.dest = Some(dest);
+        Ok(emitter)
+    }
+
+    /// An emitter writing into a fresh private staging folder (no earlier dataset to replace);
+    /// the caller uploads what it writes.
+    pub(crate) fn create_staging(
+        root: &Path,
+        inputs: DatasetInputs,
+        options: EmitOptions,
+    ) -> Result<Self, EmitError> {
+        Self::new(root, inputs, options)
+    }
+
+    fn new(root: &Path, inputs: DatasetInputs, options: EmitOptions) -> Result<Self, EmitError> {
         let selection =
             parse_selection(&inputs.selection_jsonl).map_err(|e| input_err(paths::SELECTION, e))?;
         let mut included = BTreeMap::new();
@@ -548,34 +585,10 @@ impl Emitter {
                 }
             }
         }
-        std::fs::create_dir_all(root).map_err(io(root))?;
-        let mut names: Vec<String> = Vec::new();
-        for entry in std::fs::read_dir(root).map_err(io(root))? {
-            let entry = entry.map_err(io(root))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-        names.sort();
-        for name in &names {
-            if !KNOWN_TOP
-                .iter()
-                .any(|k| name == k || (k.ends_with('-') && name.starts_with(k)))
-            {
-                return Err(EmitError::ForeignFile {
-                    path: root.to_path_buf(),
-                    entry: name.clone(),
-                });
-            }
-        }
-        // dataset.json first: from here on the folder is not a complete dataset.
-        for name in std::iter::once(paths::DATASET.to_string()).chain(names) {
-            let p = root.join(&name);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).map_err(io(&p))?,
-                Ok(_) => std::fs::remove_file(&p).map_err(io(&p))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&p)(e)),
-            }
-        }
+        crate::storage::create_dir_all(root).map_err(|source| EmitError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
         Ok(Self {
             root: root.to_path_buf(),
             inputs,
@@ -585,6 +598,7 @@ impl Emitter {
             entries: BTreeMap::new(),
             withheld: BTreeSet::new(),
             failed: BTreeSet::new(),
+            dest: None,
         })
     }
 
@@ -674,6 +688,8 @@ impl Emitter {
     /// `dataset.json`, and returns the record.
     pub fn finish(self) -> Result<DatasetRecord, EmitError> {
         let entries: Vec<&ManifestEntry> = self.entries.values().collect();
+        let mut written: BTreeSet<String> = entries.iter().map(|e| e.path.clone()).collect();
+        written.insert(paths::MANIFEST.to_owned());
         let mut files = BTreeMap::new();
         let mut put = |rel: &str, bytes: &[u8]| -> Result<(), EmitError> {
             write_atomic(&self.root.join(rel), bytes)?;
@@ -743,7 +759,13 @@ impl Emitter {
 
         record.files = files;
         record.seal = record.compute_seal();
-        write_atomic(&self.root.join(paths::DATASET), &record.to_bytes())?;
+        match &self.dest {
+            Some(dest) => {
+                written.extend(record.files.keys().cloned());
+                dest.commit(&written, record.to_bytes())?;
+            }
+            None => write_atomic(&self.root.join(paths::DATASET), &record.to_bytes())?,
+        }
         Ok(record)
     }
 

@@ -1,0 +1,418 @@
+//! Replacing a dataset without destroying what ClearFrame did not write.
+//!
+//! Before anything is written, the destination (a local folder or an S3 prefix) is inspected
+//! ([`Destination::inspect`], read-only):
+//! - **empty**: a new dataset;
+//! - **an earlier dataset**: a `dataset.json` in canonical form whose seal checks, whose `files`
+//!   are dataset files, and whose `manifest.jsonl` has the recorded Merkle root and frame count.
+//!   What ClearFrame may delete is exactly what that record vouches for: its `files`, the frame
+//!   paths of its manifest, `manifest.jsonl` and `dataset.json`;
+//! - **an interrupted replacement**: no `dataset.json` but the sealed marker [`PARTIAL`] that a
+//!   replacement writes before it deletes anything. It lists the earlier dataset's objects and
+//!   the clips the interrupted run was writing (whose objects are `frames/<id>/<frame>.jpg` and
+//!   `annotations/cvat/<id>.xml`, beside the dataset's fixed files);
+//! - **anything else is refused**, naming what was found, and nothing is deleted or written.
+//!
+//! Objects no record vouches for are left alone and named in a warning; one that the new dataset
+//! would overwrite is refused. Then S3 destinations get a probe write ([`Store::probe_write`]),
+//! so that settings that make writes fail (`--require-sse` on an endpoint that does not confirm
+//! SSE) stop the run before the earlier dataset is touched.
+//!
+//! The replacement itself ([`Destination::begin`], [`Destination::commit`]): write the marker,
+//! delete `dataset.json` (from here on the destination is not a complete dataset), write the new
+//! dataset, delete the earlier dataset's objects that it did not rewrite, write `dataset.json`,
+//! delete the marker. The same on local folders and on S3.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DATASET_FORMAT, DatasetRecord, EmitError, ManifestEntry, is_safe_video_id, merkle, paths,
+};
+use crate::storage::{Location, PROBE_PREFIX, Store};
+
+/// The marker of a replacement in progress (sealed; see the module docs).
+pub const PARTIAL: &str = ".clearframe-partial.json";
+
+/// Format id of the marker.
+pub const PARTIAL_FORMAT: &str = "clearframe-partial/1";
+
+/// Files of a dataset other than frames and CVAT files.
+const FIXED: [&str; 7] = [
+    paths::MANIFEST,
+    paths::DATASET,
+    paths::SELECTION,
+    paths::REPORT,
+    paths::COCO,
+    paths::LABELSTUDIO,
+    paths::LABELSTUDIO_CONFIG,
+];
+
+const HINT_FOREIGN: &str = "choose an empty folder or prefix, or one that holds a dataset ClearFrame wrote; ClearFrame replaces only what the dataset.json it wrote there lists";
+const HINT_CHANGED: &str = "the dataset was changed after ClearFrame wrote it: restore it (clearframe verify names what differs), or choose another destination";
+
+/// The marker: what ClearFrame owns in a destination while a replacement is under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialRecord {
+    format: String,
+    /// Objects of the earlier dataset (as its record listed them).
+    owned: Vec<String>,
+    /// Clips the new dataset writes.
+    clips: Vec<String>,
+    /// blake3 of this record, pretty-printed with `seal` empty.
+    seal: String,
+}
+
+impl PartialRecord {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("the marker serialises");
+        v.push(b'\n');
+        v
+    }
+
+    fn compute_seal(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.seal.clear();
+        crate::hashing::hash_bytes(&unsealed.to_bytes())
+    }
+}
+
+/// `frames/<id>/<frame>.jpg` with a safe id and at least six digits.
+fn frame_clip(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(paths::FRAMES_DIR)?.strip_prefix('/')?;
+    let (id, name) = rest.split_once('/')?;
+    let digits = name.strip_suffix(".jpg")?;
+    (is_safe_video_id(id) && digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(id)
+}
+
+/// `annotations/cvat/<id>.xml` with a safe id.
+fn cvat_clip(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(paths::CVAT_DIR)?.strip_prefix('/')?;
+    let id = rest.strip_suffix(".xml")?;
+    is_safe_video_id(id).then_some(id)
+}
+
+/// A file a dataset record may list in `files`.
+fn is_dataset_file(key: &str) -> bool {
+    (FIXED.contains(&key) && key != paths::MANIFEST && key != paths::DATASET)
+        || cvat_clip(key).is_some()
+}
+
+/// A key a dataset of `clips` writes.
+fn would_write(key: &str, clips: &BTreeSet<String>) -> bool {
+    FIXED.contains(&key)
+        || frame_clip(key).is_some_and(|id| clips.contains(id))
+        || cvat_clip(key).is_some_and(|id| clips.contains(id))
+}
+
+/// `N objects (a, b, c, …)` for messages.
+pub(crate) fn describe(keys: &[&String]) -> String {
+    const SHOWN: usize = 5;
+    let mut names: Vec<String> = keys.iter().take(SHOWN).map(|k| format!("`{k}`")).collect();
+    if keys.len() > SHOWN {
+        names.push(format!("and {} more", keys.len() - SHOWN));
+    }
+    let noun = if keys.len() == 1 { "object" } else { "objects" };
+    format!("{} {noun} ({})", keys.len(), names.join(", "))
+}
+
+/// A destination for a dataset, inspected; see the module docs.
+#[derive(Debug)]
+pub struct Destination {
+    store: Arc<dyn Store>,
+    /// Objects there now that ClearFrame wrote (and may delete).
+    owned: BTreeSet<String>,
+    /// Objects there now that no record vouches for (left alone).
+    unknown: Vec<String>,
+}
+
+impl Destination {
+    /// Inspects `store` (read-only), refuses a destination that holds anything ClearFrame cannot
+    /// show it wrote, then probes that writes are accepted (S3). Nothing is deleted.
+    pub fn inspect(store: Arc<dyn Store>) -> Result<Destination, EmitError> {
+        let present: BTreeSet<String> = store
+            .list("")?
+            .into_iter()
+            .map(|m| m.key)
+            .filter(|k| !k.starts_with(PROBE_PREFIX))
+            .collect();
+        let mut listed = BTreeSet::new();
+        if !present.is_empty() {
+            let refuse = |why: String, hint: &str| {
+                let all: Vec<&String> = present.iter().collect();
+                EmitError::NotOurs {
+                    location: store.location().to_string(),
+                    found: describe(&all),
+                    why,
+                    hint: hint.to_owned(),
+                }
+            };
+            let partial = if present.contains(PARTIAL) {
+                Some(read_partial(&*store, &present))
+            } else {
+                None
+            };
+            if present.contains(paths::DATASET) {
+                listed = read_record(&*store)?.map_err(|why| refuse(why, HINT_CHANGED))?;
+                // A replacement that wrote its dataset.json but not yet removed its marker.
+                if let Some(Ok(Ok(more))) = partial {
+                    listed.extend(more);
+                }
+            } else {
+                match partial {
+                    Some(result) => {
+                        listed = result?.map_err(|why| refuse(why, HINT_CHANGED))?;
+                    }
+                    None => {
+                        return Err(refuse(
+                            "it holds no dataset.json written by ClearFrame".to_owned(),
+                            HINT_FOREIGN,
+                        ));
+                    }
+                }
+            }
+        }
+        let (owned, unknown): (BTreeSet<String>, BTreeSet<String>) =
+            present.into_iter().partition(|k| listed.contains(k));
+        store.probe_write()?;
+        Ok(Destination {
+            store,
+            owned,
+            unknown: unknown.into_iter().collect(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Objects left alone because no record vouches for them.
+    pub fn unknown(&self) -> &[String] {
+        &self.unknown
+    }
+
+    /// Starts the replacement by a dataset of `clips`: refuses when an object no record vouches
+    /// for would be overwritten, warns about the others, writes the marker and deletes
+    /// `dataset.json`.
+    pub fn begin(&self, clips: &BTreeSet<String>) -> Result<(), EmitError> {
+        let location = self.store.location().to_string();
+        let collide: Vec<&String> = self
+            .unknown
+            .iter()
+            .filter(|k| would_write(k, clips))
+            .collect();
+        if !collide.is_empty() {
+            return Err(EmitError::NotOurs {
+                location,
+                found: describe(&collide),
+                why: "the new dataset would overwrite them and no dataset.json ClearFrame wrote lists them".to_owned(),
+                hint: "move them away, or choose another destination".to_owned(),
+            });
+        }
+        if !self.unknown.is_empty() {
+            let all: Vec<&String> = self.unknown.iter().collect();
+            tracing::warn!(
+                destination = %location,
+                objects = %describe(&all),
+                "left alone: no dataset.json ClearFrame wrote lists them (the new dataset does not include them either)"
+            );
+        }
+        let mut marker = PartialRecord {
+            format: PARTIAL_FORMAT.to_owned(),
+            owned: self.owned.iter().cloned().collect(),
+            clips: clips.iter().cloned().collect(),
+            seal: String::new(),
+        };
+        marker.seal = marker.compute_seal();
+        self.store.put_record(PARTIAL, marker.to_bytes().into())?;
+        self.store.delete(paths::DATASET)?;
+        Ok(())
+    }
+
+    /// Finishes the replacement: deletes the earlier dataset's objects that are not in `written`,
+    /// writes `dataset_json` as `dataset.json`, and deletes the marker.
+    pub fn commit(
+        &self,
+        written: &BTreeSet<String>,
+        dataset_json: Vec<u8>,
+    ) -> Result<(), EmitError> {
+        for key in &self.owned {
+            if key == paths::DATASET || key == PARTIAL || written.contains(key) {
+                continue;
+            }
+            self.store.delete(key)?;
+            if let Location::Local(root) = self.store.location() {
+                prune_empty_parents(root, key);
+            }
+        }
+        self.store.put_record(paths::DATASET, dataset_json.into())?;
+        self.store.delete(PARTIAL)?;
+        Ok(())
+    }
+}
+
+/// Removes the folders of a deleted local key that are now empty, up to (not including) `root`.
+fn prune_empty_parents(root: &std::path::Path, key: &str) {
+    let mut rel = std::path::Path::new(key).parent();
+    while let Some(dir) = rel.filter(|d| !d.as_os_str().is_empty()) {
+        if std::fs::remove_dir(root.join(dir)).is_err() {
+            break;
+        }
+        rel = dir.parent();
+    }
+}
+
+/// What an earlier dataset's record vouches for, or why it is not a record ClearFrame wrote.
+/// (The outer error is the store's.)
+fn read_record(store: &dyn Store) -> Result<Result<BTreeSet<String>, String>, EmitError> {
+    let bytes = store.get(paths::DATASET)?;
+    let record: DatasetRecord = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(Err(format!(
+                "its dataset.json is not a dataset record ({e})"
+            )));
+        }
+    };
+    if record.to_bytes() != bytes[..] {
+        return Ok(Err(
+            "its dataset.json is not in the form ClearFrame writes (it was edited)".to_owned(),
+        ));
+    }
+    if record.compute_seal() != record.seal {
+        return Ok(Err(
+            "the seal of its dataset.json does not match the record's content".to_owned(),
+        ));
+    }
+    if record.format != DATASET_FORMAT || record.merkle != merkle::CONSTRUCTION {
+        return Ok(Err(format!(
+            "its dataset.json has format {:?} / Merkle construction {:?}, not {DATASET_FORMAT:?} / {:?}",
+            record.format,
+            record.merkle,
+            merkle::CONSTRUCTION
+        )));
+    }
+    let mut owned: BTreeSet<String> = [paths::DATASET, paths::MANIFEST]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    for key in record.files.keys() {
+        if !is_dataset_file(key) {
+            return Ok(Err(format!(
+                "its dataset.json lists {key:?}, which is not a file of a ClearFrame dataset"
+            )));
+        }
+        owned.insert(key.clone());
+    }
+    let manifest = match store.get(paths::MANIFEST) {
+        Ok(m) => m,
+        Err(e) if e.is_not_found() => {
+            return Ok(Err(
+                "its dataset.json has no manifest.jsonl beside it".to_owned()
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match merkle::manifest_root(&manifest) {
+        Ok(root) if crate::hashing::hex(&root) == record.merkle_root => {}
+        _ => {
+            return Ok(Err(
+                "its manifest.jsonl does not have the Merkle root its dataset.json records"
+                    .to_owned(),
+            ));
+        }
+    }
+    let text = String::from_utf8_lossy(&manifest);
+    let mut lines = 0u64;
+    for (i, line) in text.lines().enumerate() {
+        lines += 1;
+        let entry: ManifestEntry = match serde_json::from_str(line) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(format!("manifest.jsonl line {}: {e}", i + 1))),
+        };
+        if !is_safe_video_id(&entry.video_id)
+            || entry.path != ManifestEntry::frame_path(&entry.video_id, entry.frame)
+        {
+            return Ok(Err(format!(
+                "manifest.jsonl line {} names {:?}, which is not a frame path",
+                i + 1,
+                entry.path
+            )));
+        }
+        owned.insert(entry.path);
+    }
+    if lines != record.frames {
+        return Ok(Err(format!(
+            "its manifest.jsonl has {lines} lines, its dataset.json records {} frames",
+            record.frames
+        )));
+    }
+    Ok(Ok(owned))
+}
+
+/// What the marker of an interrupted replacement vouches for (among `present`), or why it is not
+/// a marker ClearFrame wrote.
+fn read_partial(
+    store: &dyn Store,
+    present: &BTreeSet<String>,
+) -> Result<Result<BTreeSet<String>, String>, EmitError> {
+    let bytes = store.get(PARTIAL)?;
+    let marker: PartialRecord = match serde_json::from_slice(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            return Ok(Err(format!(
+                "its {PARTIAL} is not a marker ClearFrame wrote ({e})"
+            )));
+        }
+    };
+    if marker.format != PARTIAL_FORMAT
+        || marker.to_bytes() != bytes[..]
+        || marker.compute_seal() != marker.seal
+    {
+        return Ok(Err(format!(
+            "its {PARTIAL} is not a sealed marker ClearFrame wrote"
+        )));
+    }
+    let clips: BTreeSet<String> = marker.clips.iter().cloned().collect();
+    if let Some(bad) = marker.clips.iter().find(|c| !is_safe_video_id(c)) {
+        return Ok(Err(format!("its {PARTIAL} names the clip {bad:?}")));
+    }
+    if let Some(bad) = marker
+        .owned
+        .iter()
+        .find(|k| !(FIXED.contains(&k.as_str()) || is_dataset_file(k) || frame_clip(k).is_some()))
+    {
+        return Ok(Err(format!(
+            "its {PARTIAL} lists {bad:?}, which is not a file of a ClearFrame dataset"
+        )));
+    }
+    let mut owned: BTreeSet<String> = marker.owned.into_iter().collect();
+    owned.insert(PARTIAL.to_owned());
+    owned.extend(present.iter().filter(|k| would_write(k, &clips)).cloned());
+    Ok(Ok(owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_shapes() {
+        assert_eq!(frame_clip("frames/v-1/000012.jpg"), Some("v-1"));
+        assert_eq!(frame_clip("frames/v-1/12.jpg"), None);
+        assert_eq!(frame_clip("frames/v-1/notes.txt"), None);
+        assert_eq!(frame_clip("frames/../000001.jpg"), None);
+        assert_eq!(cvat_clip("annotations/cvat/v-1.xml"), Some("v-1"));
+        assert!(is_dataset_file("annotations/coco.json"));
+        assert!(!is_dataset_file("annotations/mine.json"));
+        let clips = BTreeSet::from(["a".to_owned()]);
+        assert!(would_write("frames/a/000000.jpg", &clips));
+        assert!(!would_write("frames/b/000000.jpg", &clips));
+        assert!(would_write("report.html", &clips));
+    }
+}
