@@ -114,12 +114,21 @@ pub fn check_video_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A clip URI is `s3://bucket/key` or a relative path that cannot leave the catalog's folder.
+/// A clip URI is `s3://bucket/key` (a valid bucket name and a key without empty, `.` or `..`
+/// segments) or a relative path that cannot leave the catalog's folder.
 pub fn check_uri(uri: &str) -> Result<(), String> {
     if let Some(rest) = uri.strip_prefix("s3://") {
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() || key.is_empty() {
             return Err(format!("uri {uri:?} must be s3://bucket/key"));
+        }
+        if let Err(why) = crate::storage::check_bucket(bucket) {
+            return Err(format!("uri {uri:?} has an invalid bucket name: {why}"));
+        }
+        if crate::storage::check_key(key).is_err() {
+            return Err(format!(
+                "uri {uri:?} has an invalid key: empty, `.` or `..` segments (`//`, `/./`, `/../`), backslashes or control characters"
+            ));
         }
         return Ok(());
     }
@@ -328,6 +337,9 @@ pub enum ReasonCode {
     AccountDeleted,
     /// No grant covers the clip and it is not publicly shared.
     NoBasis,
+    /// The clip's URI points outside the allowed source locations (the catalog's own folder or
+    /// prefix, and `--sources`).
+    SourceNotAllowed,
 }
 
 impl ReasonCode {
@@ -339,6 +351,7 @@ impl ReasonCode {
             ReasonCode::VideoDeleted => "video_deleted",
             ReasonCode::AccountDeleted => "account_deleted",
             ReasonCode::NoBasis => "no_basis",
+            ReasonCode::SourceNotAllowed => "source_not_allowed",
         }
     }
 }

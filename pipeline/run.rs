@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::consent::{ConsentedClip, admit_recorded};
+use crate::emit::dest::Destination;
 use crate::emit::{
     ClipFailure, ConsentBasis, DatasetInputs, DatasetRecord, EmitOptions, EmittedDetection,
     Emitter, ManifestEntry, Provenance, RedactionSummary, VerifierResult, WithheldFrame,
@@ -34,7 +35,10 @@ use crate::redact::{
 };
 use crate::select::ObjectRef;
 use crate::stages::ClipInfo;
-use crate::storage::{self, Location, S3Options, Store, StoreArgs, UploadStats, Uploader};
+use crate::staging::Staging;
+use crate::storage::{
+    self, Location, S3Options, Sources, Store, StoreArgs, UploadStats, UploadWatch, Uploader,
+};
 use crate::vision::centerface::{CenterFace, CenterFaceConfig, CenterFaceVariant};
 use crate::vision::nanodet::{NanoDet, NanoDetConfig, NanoDetVariant};
 use crate::vision::retinaface::{RetinaFace, RetinaFaceConfig};
@@ -55,9 +59,15 @@ pub struct RunArgs {
     #[arg(long, value_parser = crate::select::parse_timestamp)]
     pub as_of: Option<Timestamp>,
     /// Where the dataset goes: a folder, file:///path or s3://bucket/prefix (created; an earlier
-    /// dataset there is replaced).
+    /// dataset ClearFrame wrote there is replaced; a folder or prefix holding anything else is
+    /// refused).
     #[arg(long, value_name = "URL")]
     pub out: String,
+    /// Where clips may be read from besides the catalog's own folder or S3 prefix
+    /// (comma-separated URLs, e.g. s3://clips/2026/); a clip elsewhere is excluded with
+    /// `source_not_allowed`.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub sources: Vec<String>,
     /// Sample N frames per second of clip time: the frame on screen at 0, 1/N, 2/N ... s
     /// (overrides `sampling.fps` in the config).
     #[arg(long)]
@@ -381,6 +391,8 @@ pub(crate) struct Ctx<'a> {
     pub config_blake3: String,
     pub ffmpeg: String,
     pub catalog_store: Arc<dyn Store>,
+    /// Where clips may be read from.
+    pub sources: Sources,
     pub s3: S3Options,
     /// Frames go here as they are emitted when the dataset is written to S3.
     pub upload: Option<crossbeam_channel::Sender<(String, bytes::Bytes)>>,
@@ -400,18 +412,29 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     let catalog = ObjectRef::open(&args.catalog, &s3)?;
     let ledger = ObjectRef::open(&args.ledger, &s3)?;
     let out = storage::open(&args.out, &s3)?;
+    let sources = Sources::new(catalog.store.location(), &args.sources)?;
 
-    // 1. select, into a scratch folder: the dataset keeps its own copy of the selection.
+    // 1. select, into a private scratch folder: the dataset keeps its own copy of the selection.
     let t = Instant::now();
-    let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
+    let scratch = Staging::create("scratch").context("cannot create a scratch folder")?;
     let scratch_store: Arc<dyn Store> =
         Arc::new(storage::LocalStore::new(scratch.path().to_path_buf()));
-    let selected =
-        crate::select::run_select_store(&catalog, &ledger, as_of, &scratch_store, usize::MAX)?;
+    let selected = crate::select::run_select_store(
+        &catalog,
+        &ledger,
+        as_of,
+        &scratch_store,
+        usize::MAX,
+        &sources,
+    )?;
     let selection_jsonl = std::fs::read(scratch.path().join("selection.jsonl"))?;
+    drop(scratch);
     let lines = selected.lines.expect("all lines kept");
     let select_time = t.elapsed();
 
+    // 2. The destination, before anything is computed or deleted: refused if it holds anything
+    // ClearFrame did not write, and (S3) a probe write must be accepted.
+    let dest = Destination::inspect(Arc::clone(&out))?;
     let models = Models::load(&config)?;
     let inputs = DatasetInputs {
         catalog_blake3: selected.record.catalog.blake3.clone(),
@@ -422,22 +445,19 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     // A local dataset is written in place. One for S3 is emitted into a private temporary folder
     // (redacted outputs only) and uploaded from there: frames as they are emitted, overlapping
     // the compute, then the other files, and `dataset.json` last.
-    let remote = match out.location() {
-        Location::Local(_) => None,
-        Location::S3 { .. } => Some(RemoteOut::start(Arc::clone(&out))?),
-    };
-    let staging = match (&remote, out.location()) {
-        (Some(r), _) => r.dir.path().to_path_buf(),
-        (None, Location::Local(root)) => root.clone(),
-        (None, Location::S3 { .. }) => unreachable!("S3 output is remote"),
-    };
-    let mut emitter = Emitter::create(&staging, inputs, EmitOptions::default())?;
+    let clips: BTreeSet<String> = lines
+        .iter()
+        .filter(|l| l.decision == crate::records::Decision::Include)
+        .filter_map(|l| l.video_id.clone())
+        .collect();
+    let (mut remote, mut emitter) = start_output(dest, &clips, inputs)?;
     let mut ctx = Ctx {
         models: &models,
         config_blake3: config.blake3(),
         config: &config,
         ffmpeg: ffmpeg_version(),
         catalog_store: Arc::clone(&catalog.store),
+        sources,
         s3: s3.clone(),
         upload: remote.as_ref().map(|r| r.frames.clone()),
         input_name: None,
@@ -474,6 +494,9 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         Ok((entry, jpeg, detect_time, t.elapsed()))
     };
     for clip in &included {
+        if remote.as_ref().is_some_and(RemoteOut::failed) {
+            break; // the first refused upload stops the run
+        }
         let id = clip.clip().video_id.clone();
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
@@ -523,6 +546,10 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(r) = remote.take_if(|r| r.failed()) {
+        drop(ctx.upload.take());
+        return Err(r.failure());
+    }
     let t = Instant::now();
     let record = emitter.finish()?;
     drop(ctx.upload.take());
@@ -572,7 +599,7 @@ pub(crate) struct OpenedClip {
 /// cannot be decoded from a pipe).
 pub(crate) fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<OpenedClip> {
     let uri = &clip.clip().uri;
-    let (store, key) = storage::resolve(&ctx.catalog_store, uri, &ctx.s3)?;
+    let (store, key) = ctx.sources.resolve(&ctx.catalog_store, uri, &ctx.s3)?;
     if let Location::Local(root) = store.location() {
         let path = root.join(&key);
         let blake3 = crate::hashing::hash_file(&path)
@@ -638,89 +665,113 @@ pub(crate) fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<O
     })
 }
 
+/// Starts writing a dataset of `clips` into an inspected destination: a local folder is written
+/// in place; an S3 prefix gets a private staging folder and a [`RemoteOut`].
+pub(crate) fn start_output(
+    dest: Destination,
+    clips: &BTreeSet<String>,
+    inputs: DatasetInputs,
+) -> anyhow::Result<(Option<RemoteOut>, Emitter)> {
+    Ok(match dest.store().location() {
+        Location::Local(_) => (
+            None,
+            Emitter::create_in(dest, inputs, EmitOptions::default())?,
+        ),
+        Location::S3 { .. } => {
+            let remote = RemoteOut::start(dest, clips)?;
+            let emitter =
+                Emitter::create_staging(remote.dir.path(), inputs, EmitOptions::default())?;
+            (Some(remote), emitter)
+        }
+    })
+}
+
 /// Uploads a dataset emitted into a staging folder to its S3 prefix.
 pub(crate) struct RemoteOut {
-    store: Arc<dyn Store>,
-    pub(crate) dir: tempfile::TempDir,
-    /// Keys under the prefix before the run (all of them dataset outputs: checked).
-    before: BTreeSet<String>,
+    dest: Destination,
+    pub(crate) dir: Staging,
+    /// Frames to upload, as they are emitted (bounded: the emitter waits for the uploads).
     pub(crate) frames: crossbeam_channel::Sender<(String, bytes::Bytes)>,
     feeder: std::thread::JoinHandle<(Uploader, BTreeSet<String>)>,
+    watch: UploadWatch,
 }
 
 /// Uploads in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 16;
 
 impl RemoteOut {
-    /// Checks the prefix holds nothing but an earlier dataset, removes its `dataset.json` first
-    /// (so a half-replaced dataset never looks complete), and starts the frame uploader.
-    pub(crate) fn start(store: Arc<dyn Store>) -> anyhow::Result<RemoteOut> {
-        use crate::emit::paths;
-        let listed = store
-            .list("")
-            .with_context(|| format!("cannot list {}", store.location()))?;
-        let known = [
-            paths::FRAMES_DIR,
-            "annotations",
-            paths::MANIFEST,
-            paths::DATASET,
-            paths::SELECTION,
-            paths::REPORT,
-        ];
-        let mut before = BTreeSet::new();
-        for m in listed {
-            let top = m.key.split('/').next().unwrap_or_default();
-            anyhow::ensure!(
-                known.contains(&top),
-                "{} holds {}, which is not part of a dataset; choose an empty prefix",
-                store.location(),
-                store.url(&m.key)
-            );
-            before.insert(m.key);
-        }
-        store
-            .delete(paths::DATASET)
-            .with_context(|| format!("cannot delete {}", store.url(paths::DATASET)))?;
-        let dir = tempfile::Builder::new()
-            .prefix("clearframe-out-")
-            .tempdir()
-            .context("cannot create a staging folder")?;
-        let (frames, rx) = crossbeam_channel::unbounded::<(String, bytes::Bytes)>();
-        let uploader = Uploader::new(Arc::clone(&store), UPLOADS_IN_FLIGHT);
+    /// Begins replacing the inspected destination with a dataset of `clips` (see
+    /// [`crate::emit::dest`]), creates the private staging folder and starts the frame uploader.
+    pub(crate) fn start(dest: Destination, clips: &BTreeSet<String>) -> anyhow::Result<RemoteOut> {
+        dest.begin(clips)?;
+        let dir = Staging::create("out").context("cannot create a staging folder")?;
+        let (frames, rx) = bounded::<(String, bytes::Bytes)>(UPLOADS_IN_FLIGHT);
+        let uploader = Uploader::new(Arc::clone(dest.store()), UPLOADS_IN_FLIGHT);
+        let watch = uploader.watch();
         let feeder = std::thread::Builder::new()
             .name("upload-feed".into())
             .spawn(move || {
                 let mut sent = BTreeSet::new();
                 for (key, data) in rx {
+                    if uploader.failed() {
+                        break; // closing the channel stops the producer
+                    }
                     sent.insert(key.clone());
                     uploader.submit(key, data);
                 }
                 (uploader, sent)
             })?;
         Ok(RemoteOut {
-            store,
+            dest,
             dir,
-            before,
             frames,
             feeder,
+            watch,
         })
     }
 
-    /// Uploads every other staged file, removes what an earlier dataset left that this one does
+    /// True once an upload failed (nothing more is uploaded; the run should stop).
+    pub(crate) fn failed(&self) -> bool {
+        self.watch.failed()
+    }
+
+    /// Stops after a failed upload and returns its error (the destination keeps its marker, so
+    /// the next run can replace it).
+    pub(crate) fn failure(self) -> anyhow::Error {
+        let location = self.dest.store().location().to_string();
+        drop(self.frames);
+        match self.feeder.join() {
+            Ok((uploader, _)) => match uploader.finish() {
+                Err(e) => anyhow::Error::from(e)
+                    .context(format!("cannot upload the dataset to {location}")),
+                Ok(_) => anyhow::anyhow!("an upload to {location} failed"),
+            },
+            Err(_) => anyhow::anyhow!("the upload feeder panicked"),
+        }
+    }
+
+    /// Uploads every other staged file, removes the earlier dataset's objects that this one does
     /// not have, and writes `dataset.json` last.
     pub(crate) fn finish(self) -> anyhow::Result<UploadStats> {
         use crate::emit::paths;
+        if self.failed() {
+            return Err(self.failure());
+        }
         drop(self.frames);
         let (uploader, sent) = self
             .feeder
             .join()
             .map_err(|_| anyhow::anyhow!("the upload feeder panicked"))?;
+        let location = self.dest.store().location().to_string();
         let mut files = Vec::new();
         list_files(self.dir.path(), self.dir.path(), &mut files)?;
         let mut written: BTreeSet<String> = sent;
         for key in &files {
             if key == paths::DATASET || written.contains(key) {
                 continue;
+            }
+            if uploader.failed() {
+                break;
             }
             let data = std::fs::read(self.dir.path().join(key))
                 .with_context(|| format!("cannot read staged {key}"))?;
@@ -729,21 +780,12 @@ impl RemoteOut {
         }
         let stats = uploader
             .finish()
-            .with_context(|| format!("cannot upload the dataset to {}", self.store.location()))?;
-        for stale in self
-            .before
-            .difference(&written)
-            .filter(|k| *k != paths::DATASET)
-        {
-            self.store
-                .delete(stale)
-                .with_context(|| format!("cannot delete {}", self.store.url(stale)))?;
-        }
+            .with_context(|| format!("cannot upload the dataset to {location}"))?;
         let record = std::fs::read(self.dir.path().join(paths::DATASET))
             .context("the staged dataset.json is missing")?;
-        self.store
-            .put_record(paths::DATASET, record.into())
-            .with_context(|| format!("cannot write {}", self.store.url(paths::DATASET)))?;
+        self.dest
+            .commit(&written, record)
+            .with_context(|| format!("cannot finish the dataset at {location}"))?;
         Ok(stats)
     }
 }

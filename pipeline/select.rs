@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::consent::{ConsentIndex, Ledger, Verdict, split_lines};
 use crate::records::{CatalogClip, Decision, InputRef, ReasonCode, SelectRecord, SelectionLine};
-use crate::storage::{self, Location, S3Options, Store, StoreArgs};
+use crate::storage::{self, Location, S3Options, Sources, Store, StoreArgs};
 
 /// Arguments of `clearframe select`.
 #[derive(clap::Args, Debug)]
@@ -39,6 +39,11 @@ pub struct SelectArgs {
     /// Print the per-clip decision table (default: only when the catalog has at most 50 lines).
     #[arg(long)]
     pub table: bool,
+    /// Where clips may be read from besides the catalog's own folder or S3 prefix
+    /// (comma-separated URLs, e.g. s3://clips/2026/); a clip elsewhere is excluded with
+    /// `source_not_allowed`.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub sources: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -142,6 +147,8 @@ fn salvage_video_id(raw: &[u8]) -> Option<String> {
 pub struct ParsedCatalog {
     lines: Vec<(u64, Option<String>, Result<CatalogClip, String>)>,
     duplicates: std::collections::HashSet<String>,
+    /// The catalog's location and the allowed sources, when restricted ([`ParsedCatalog::restrict`]).
+    sources: Option<(Location, Sources)>,
 }
 
 impl ParsedCatalog {
@@ -167,7 +174,17 @@ impl ParsedCatalog {
             .filter(|(_, n)| *n > 1)
             .map(|(id, _)| id.to_string())
             .collect();
-        ParsedCatalog { lines, duplicates }
+        ParsedCatalog {
+            lines,
+            duplicates,
+            sources: None,
+        }
+    }
+
+    /// Excludes clips whose URI (relative to the catalog at `catalog`, or `s3://…`) lies outside
+    /// `sources`, with [`ReasonCode::SourceNotAllowed`].
+    pub fn restrict(&mut self, catalog: Location, sources: Sources) {
+        self.sources = Some((catalog, sources));
     }
 
     /// Number of catalog lines.
@@ -209,6 +226,18 @@ impl ParsedCatalog {
                 ReasonCode::DuplicateVideoId,
                 format!("video_id {id:?} appears on more than one catalog line"),
             ));
+        }
+        if let (Ok(clip), Some((base, sources))) = (clip, &self.sources)
+            && let Err(e) = sources.check_uri(base, &clip.uri)
+        {
+            let why = match e {
+                storage::StorageError::SourceNotAllowed { url, allowed } => format!(
+                    "uri {:?} points at {url}, outside the allowed sources ({allowed}); pass --sources to allow it",
+                    clip.uri
+                ),
+                other => format!("uri {:?}: {other}", clip.uri),
+            };
+            reasons.push((ReasonCode::SourceNotAllowed, why));
         }
         let (basis, clip_out) = match (reasons.is_empty(), clip) {
             (true, Ok(clip)) => match index.decide(clip) {
@@ -296,20 +325,25 @@ pub fn run_select(
         })
     };
     let out: Arc<dyn Store> = Arc::new(storage::LocalStore::new(out.to_path_buf()));
-    run_select_store(&local(catalog)?, &local(ledger)?, as_of, &out, keep_lines)
+    let catalog = local(catalog)?;
+    let sources = Sources::new(catalog.store.location(), &[])?;
+    run_select_store(&catalog, &local(ledger)?, as_of, &out, keep_lines, &sources)
 }
 
 /// The whole stage on any store: read catalog and ledger, check the ledger, decide, write
 /// `selection.jsonl` then `select.json` into `out`. A bad ledger returns an error before anything
-/// is written. Lines are decided and streamed out in batches (through a temporary file beside
-/// the output for local folders, in the system's temporary folder for S3; the selection holds no
-/// media); they are returned only when there are at most `keep_lines`.
+/// is written, and so does an `out` that is neither empty nor a work folder ClearFrame wrote
+/// ([`crate::stages::check_work_folder`]) or that refuses a probe write (S3). Clips outside
+/// `sources` are excluded. Lines are decided and streamed out in batches (through a temporary
+/// file beside the output for local folders, in a private staging folder for S3; the selection
+/// holds no media); they are returned only when there are at most `keep_lines`.
 pub fn run_select_store(
     catalog: &ObjectRef,
     ledger: &ObjectRef,
     as_of: Timestamp,
     out: &Arc<dyn Store>,
     keep_lines: usize,
+    sources: &Sources,
 ) -> anyhow::Result<SelectOutcome> {
     let ledger_bytes = ledger
         .get()
@@ -324,24 +358,41 @@ pub fn run_select_store(
         .get()
         .with_context(|| format!("cannot read catalog {}", catalog.url))?;
     let catalog_hash = crate::hashing::hash_bytes(&catalog_bytes);
-    let clips = ParsedCatalog::parse(&catalog_bytes);
+    let mut clips = ParsedCatalog::parse(&catalog_bytes);
     drop(catalog_bytes);
+    clips.restrict(catalog.store.location().clone(), sources.clone());
+
+    // Before anything is written: the output is ours to write, and writes will be accepted.
+    crate::stages::check_work_folder(out)?;
+    out.probe_write()
+        .with_context(|| format!("a probe write to {} was refused", out.location()))?;
 
     let selection_url = out.url("selection.jsonl");
     let write_err = || format!("cannot write {selection_url}");
     let local_root = match out.location() {
         Location::Local(root) => {
-            std::fs::create_dir_all(root)
+            storage::create_dir_all(root)
                 .with_context(|| format!("cannot create output folder {}", root.display()))?;
             Some(root.clone())
         }
         Location::S3 { .. } => None,
     };
-    let mut tmp = match &local_root {
-        Some(root) => tempfile::NamedTempFile::new_in(root),
-        None => tempfile::NamedTempFile::new(),
-    }
-    .with_context(write_err)?;
+    let staging = match &local_root {
+        Some(_) => None,
+        None => Some(
+            crate::staging::Staging::create("select").context("cannot create a staging folder")?,
+        ),
+    };
+    let temp_dir = match (&local_root, &staging) {
+        (Some(root), _) => root.as_path(),
+        (None, Some(s)) => s.path(),
+        (None, None) => unreachable!("S3 output has a staging folder"),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(storage::TEMP_PREFIX)
+        .tempfile_in(temp_dir)
+        .with_context(write_err)?;
+    storage::set_file_mode(tmp.as_file()).with_context(write_err)?;
     let mut hasher = blake3::Hasher::new();
     let (mut included, mut by_reason) = (0u64, BTreeMap::<ReasonCode, u64>::new());
     let mut kept = (clips.len() <= keep_lines).then(Vec::new);
@@ -459,7 +510,8 @@ pub fn run_cli(args: &SelectArgs) -> anyhow::Result<ExitCode> {
     let catalog = ObjectRef::open(&args.catalog, &options)?;
     let ledger = ObjectRef::open(&args.ledger, &options)?;
     let out = storage::open(&args.out, &options)?;
-    let outcome = run_select_store(&catalog, &ledger, as_of, &out, keep)?;
+    let sources = Sources::new(catalog.store.location(), &args.sources)?;
+    let outcome = run_select_store(&catalog, &ledger, as_of, &out, keep, &sources)?;
     let mut stdout = std::io::stdout().lock();
     if let Some(lines) = &outcome.lines {
         print_table(&mut stdout, lines)?;

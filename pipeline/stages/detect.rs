@@ -128,6 +128,9 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
         crate::run::object_detector(&config.detect, &crate::run::single_thread_options())?;
     let model = detector.provenance().clone();
 
+    // Writes will be accepted (S3: a probe object, SSE confirmed) before anything is deleted.
+    work.probe_write()
+        .with_context(|| format!("a probe write to {} was refused", work.location()))?;
     super::delete_if_present(&work, keys::DETECT)?;
     let mut records = Vec::new();
     for (id, r) in &redact.clips {

@@ -9,9 +9,8 @@ use super::{
     ClipDetectionsRecord, ClipRedactionRecord, ClipStatus, DetectStageRecord, RedactStageRecord,
     keys,
 };
-use crate::emit::{
-    ClipFailure, DatasetInputs, DatasetRecord, EmitOptions, Emitter, ManifestEntry, encode_jpeg,
-};
+use crate::emit::dest::Destination;
+use crate::emit::{ClipFailure, DatasetInputs, DatasetRecord, ManifestEntry, encode_jpeg};
 use crate::storage::{self, Location, StoreArgs};
 
 /// Arguments of `clearframe emit`.
@@ -21,7 +20,8 @@ pub struct EmitArgs {
     #[arg(long, value_name = "URL")]
     pub work: String,
     /// Where the dataset goes: a folder, file:///path or s3://bucket/prefix, outside the work
-    /// folder (created; an earlier dataset there is replaced).
+    /// folder (created; an earlier dataset ClearFrame wrote there is replaced; a folder or prefix
+    /// holding anything else is refused).
     #[arg(long, value_name = "URL")]
     pub out: String,
     #[command(flatten)]
@@ -68,16 +68,14 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         as_of: selection.record.as_of.to_string(),
         selection_jsonl: selection.bytes.to_vec(),
     };
-    let remote = match out.location() {
-        Location::Local(_) => None,
-        Location::S3 { .. } => Some(crate::run::RemoteOut::start(Arc::clone(&out))?),
-    };
-    let staging = match (&remote, out.location()) {
-        (Some(r), _) => r.dir.path().to_path_buf(),
-        (None, Location::Local(root)) => root.clone(),
-        (None, Location::S3 { .. }) => unreachable!("S3 output is remote"),
-    };
-    let mut emitter = Emitter::create(&staging, inputs, EmitOptions::default())?;
+    // The destination is checked (and, on S3, probed) before anything is deleted or written.
+    let dest = Destination::inspect(Arc::clone(&out))?;
+    let clips: std::collections::BTreeSet<String> = selection
+        .included
+        .iter()
+        .map(|c| c.clip().video_id.clone())
+        .collect();
+    let (remote, mut emitter) = crate::run::start_output(dest, &clips, inputs)?;
 
     // Every frame's entry, checked against the detections, before any pixel is read.
     let mut jobs: Vec<(ManifestEntry, super::RedactedFrameRecord)> = Vec::new();
@@ -168,18 +166,21 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         for item in done_rx {
             let (entry, jpeg) = item?;
             let key = emitter.add_frame(entry, &jpeg)?.path.clone();
-            if let Some(upload) = &upload {
-                upload
-                    .send((key, jpeg.into()))
-                    .map_err(|_| anyhow::anyhow!("the upload feeder stopped"))?;
+            if let Some(upload) = &upload
+                && upload.send((key, jpeg.into())).is_err()
+            {
+                break; // the uploader stopped at a failure: reported below
             }
             bar.inc(1);
         }
         Ok(())
     })?;
     bar.finish_and_clear();
-    let record = emitter.finish()?;
     drop(upload);
+    if remote.as_ref().is_some_and(|r| r.failed()) {
+        return Err(remote.expect("checked").failure());
+    }
+    let record = emitter.finish()?;
     if let Some(remote) = remote {
         remote.finish()?;
     }

@@ -18,6 +18,11 @@
 //! `detect` resume: a clip whose record was made from the same inputs and settings is kept, the
 //! others are redone, and clips the selection no longer includes (a revoked consent) are deleted.
 //!
+//! A work folder is ClearFrame's only when it holds a stage record ClearFrame wrote
+//! ([`check_work_folder`]); the stages delete only ClearFrame's own keys in it: their records,
+//! `redacted/<id>/<frame>.png`, `redacted/<id>.json` and `detected/<id>.json`. Anything else
+//! found there is left alone, with a warning.
+//!
 //! Redacted frames are lossless PNGs, so that `detect` sees exactly the pixels `run` detects on
 //! and `emit` encodes exactly the JPEGs `run` writes: the stages in sequence give the same dataset,
 //! byte for byte, as `clearframe run` with the same inputs and settings. Decoding never stands
@@ -260,24 +265,90 @@ pub(crate) fn delete_if_present(store: &Arc<dyn Store>, key: &str) -> anyhow::Re
     }
 }
 
-/// Deletes every object under `prefix`.
-pub(crate) fn delete_prefix(store: &Arc<dyn Store>, prefix: &str) -> anyhow::Result<()> {
-    let listed = store
-        .list(prefix)
-        .with_context(|| format!("cannot list {}", store.url(prefix)))?;
-    for m in listed {
-        delete_if_present(store, &m.key)?;
+/// Refuses a non-empty work folder that holds no stage record ClearFrame wrote (`select.json`,
+/// `redact.json` or `detect.json`): `select --out` would otherwise write into someone else's
+/// folder, and the later stages delete in it.
+pub(crate) fn check_work_folder(store: &Arc<dyn Store>) -> anyhow::Result<()> {
+    let present: Vec<String> = store
+        .list("")
+        .with_context(|| format!("cannot list {}", store.location()))?
+        .into_iter()
+        .map(|m| m.key)
+        .filter(|k| !k.starts_with(crate::storage::PROBE_PREFIX))
+        .collect();
+    if present.is_empty() {
+        return Ok(());
     }
-    // A local folder emptied this way goes too (S3 has no folders to leave behind).
-    if let (crate::storage::Location::Local(root), Some(dir)) =
-        (store.location(), prefix.strip_suffix('/'))
-    {
-        let _ = std::fs::remove_dir(root.join(dir));
+    let parses = |key: &str| -> anyhow::Result<bool> {
+        if !present.iter().any(|k| k == key) {
+            return Ok(false);
+        }
+        let bytes = store
+            .get(key)
+            .with_context(|| format!("cannot read {}", store.url(key)))?;
+        Ok(match key {
+            keys::SELECT => serde_json::from_slice::<crate::records::SelectRecord>(&bytes)
+                .is_ok_and(|r| r.selection.uri == keys::SELECTION),
+            keys::REDACT => serde_json::from_slice::<RedactStageRecord>(&bytes)
+                .is_ok_and(|r| r.format == REDACT_FORMAT),
+            keys::DETECT => serde_json::from_slice::<DetectStageRecord>(&bytes)
+                .is_ok_and(|r| r.format == DETECT_FORMAT),
+            _ => false,
+        })
+    };
+    for key in [keys::SELECT, keys::REDACT, keys::DETECT] {
+        if parses(key)? {
+            return Ok(());
+        }
+    }
+    let all: Vec<&String> = present.iter().collect();
+    anyhow::bail!(
+        "{} holds {}, but no select.json, redact.json or detect.json written by ClearFrame; nothing was written\nhint: give `select --out` an empty folder or prefix, or a work folder `clearframe select` wrote",
+        store.location(),
+        crate::emit::dest::describe(&all)
+    )
+}
+
+/// `<frame>.png` with at least six digits: the name `redact` gives a frame.
+fn is_frame_png(name: &str) -> bool {
+    name.strip_suffix(".png")
+        .is_some_and(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Deletes a clip's redacted frames: the keys `redacted/<id>/<frame>.png` under its folder
+/// (ClearFrame's own names: the frames of an interrupted `redact` are listed by no record yet,
+/// and a revoked clip's frames must go). Anything else there is left alone, with a warning.
+pub(crate) fn delete_clip_frames(store: &Arc<dyn Store>, video_id: &str) -> anyhow::Result<()> {
+    let prefix = keys::clip_frames(video_id);
+    let listed = store
+        .list(&prefix)
+        .with_context(|| format!("cannot list {}", store.url(&prefix)))?;
+    let mut left = Vec::new();
+    for m in listed {
+        if is_frame_png(&m.key[prefix.len()..]) {
+            delete_if_present(store, &m.key)?;
+        } else {
+            left.push(m.key);
+        }
+    }
+    if left.is_empty() {
+        // A local folder emptied this way goes too (S3 has no folders to leave behind).
+        if let crate::storage::Location::Local(root) = store.location() {
+            let _ = std::fs::remove_dir(root.join(prefix.trim_end_matches('/')));
+        }
+    } else {
+        let all: Vec<&String> = left.iter().collect();
+        tracing::warn!(
+            folder = %store.url(&prefix),
+            objects = %crate::emit::dest::describe(&all),
+            "left alone: not frames ClearFrame wrote"
+        );
     }
     Ok(())
 }
 
-/// Video ids that have objects directly under `folder/` (as `<id>.json` or `<id>/...`).
+/// Video ids (safe ones only) that have objects directly under `folder/` (as `<id>.json` or
+/// `<id>/...`).
 pub(crate) fn listed_clips(
     store: &Arc<dyn Store>,
     folder: &str,
@@ -295,6 +366,7 @@ pub(crate) fn listed_clips(
                 None => rest.strip_suffix(".json").map(str::to_owned),
             }
         })
+        .filter(|id| crate::emit::is_safe_video_id(id))
         .collect())
 }
 

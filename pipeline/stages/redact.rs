@@ -19,7 +19,7 @@ use crate::emit::ConsentBasis;
 use crate::records::{SelectRecord, SelectionLine};
 use crate::run::{ClipError, Config, Ctx, Models, StageTimes};
 use crate::select::ObjectRef;
-use crate::storage::{self, Location, Store, StoreArgs, Uploader};
+use crate::storage::{Location, Sources, Store, StoreArgs, Uploader};
 
 /// Arguments of `clearframe redact`.
 #[derive(clap::Args, Debug)]
@@ -42,6 +42,10 @@ pub struct RedactArgs {
     /// Redo every clip, even those whose record is up to date.
     #[arg(long)]
     pub force: bool,
+    /// Where clips may be read from besides the catalog's own folder or S3 prefix
+    /// (comma-separated URLs); a clip elsewhere fails when it is opened.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub sources: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -150,7 +154,9 @@ fn clip_key(
 
 /// blake3 of a clip's bytes, read from its store (to decide whether its record is up to date).
 fn source_blake3(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<String> {
-    let (store, key) = storage::resolve(&ctx.catalog_store, &clip.clip().uri, &ctx.s3)?;
+    let (store, key) = ctx
+        .sources
+        .resolve(&ctx.catalog_store, &clip.clip().uri, &ctx.s3)?;
     if let Location::Local(root) = store.location() {
         return Ok(crate::hashing::hash_file(&root.join(&key))?);
     }
@@ -170,16 +176,20 @@ pub(crate) fn encode_png(image: &image::RgbImage) -> anyhow::Result<Vec<u8>> {
 /// is written; a bad clip is recorded (status `failed`) and the others go on.
 pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome> {
     let s3 = args.store.to_options()?;
-    let work = storage::open(&args.work, &s3)?;
+    let work = crate::storage::open(&args.work, &s3)?;
     let selection = read_selection(&work)?;
     let catalog_url = args
         .catalog
         .clone()
         .unwrap_or_else(|| selection.record.catalog.uri.clone());
     let catalog = ObjectRef::open(&catalog_url, &s3)?;
+    let sources = Sources::new(catalog.store.location(), &args.sources)?;
     let config = Config::effective(args.config.as_deref(), args.fps)?;
     let models = Models::load(&config)?;
 
+    // Writes will be accepted (S3: a probe object, SSE confirmed) before anything is deleted.
+    work.probe_write()
+        .with_context(|| format!("a probe write to {} was refused", work.location()))?;
     // From here on the work folder's redaction is not complete.
     super::delete_if_present(&work, keys::REDACT)?;
     let mut outcome = RedactOutcome {
@@ -194,7 +204,7 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
     for gone in super::listed_clips(&work, keys::REDACTED)? {
         if !included.contains(gone.as_str()) {
             tracing::info!(video_id = %gone, "the selection no longer includes this clip; its frames are deleted");
-            super::delete_prefix(&work, &keys::clip_frames(&gone))?;
+            super::delete_clip_frames(&work, &gone)?;
             super::delete_if_present(&work, &keys::clip_redaction(&gone))?;
             outcome.dropped += 1;
         }
@@ -206,6 +216,7 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
         config: &config,
         ffmpeg: crate::run::ffmpeg_version(),
         catalog_store: Arc::clone(&catalog.store),
+        sources,
         s3: s3.clone(),
         upload: None,
         input_name: None,
@@ -326,7 +337,7 @@ fn redact_one(
 ) -> anyhow::Result<ClipRedactionRecord> {
     let c = clip.clip();
     // A clip is redone as a whole: its earlier frames go first, so no stale frame survives.
-    super::delete_prefix(work, &keys::clip_frames(&c.video_id))?;
+    super::delete_clip_frames(work, &c.video_id)?;
     let uploader = Uploader::new(Arc::clone(work), 8);
     let mut frames: Vec<RedactedFrameRecord> = Vec::new();
     let work_fn = |video_id: &str,
@@ -349,6 +360,8 @@ fn redact_one(
         ))
     };
     let mut consume = |_: &mut Ctx<'_>, (rec, png): (RedactedFrameRecord, Vec<u8>)| {
+        // The first refused upload stops the clip (and `finish` below stops the stage).
+        anyhow::ensure!(!uploader.failed(), "an upload to the work folder failed");
         uploader.submit(rec.path.clone(), png);
         frames.push(rec);
         Ok(())
