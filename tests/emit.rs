@@ -139,7 +139,7 @@ fn redaction(faces: u32, zones: &[&str]) -> RedactionSummary {
 }
 
 /// The frames of the test dataset with their entries, in a fixed order.
-fn frames() -> Vec<(ManifestEntry, Vec<u8>)> {
+pub(crate) fn frames() -> Vec<(ManifestEntry, Vec<u8>)> {
     let bikes = fixture("media/bikes.mp4");
     let mut out = Vec::new();
     // Cyclist riding left to right, cars on both sides; the face is masked.
@@ -202,7 +202,7 @@ fn frames() -> Vec<(ManifestEntry, Vec<u8>)> {
     out
 }
 
-fn inputs() -> DatasetInputs {
+pub(crate) fn inputs() -> DatasetInputs {
     DatasetInputs {
         catalog_blake3: hash_bytes(b"catalog"),
         ledger_blake3: hash_bytes(b"ledger"),
@@ -211,7 +211,7 @@ fn inputs() -> DatasetInputs {
     }
 }
 
-fn build(dir: &Path, frames: Vec<(ManifestEntry, Vec<u8>)>) -> DatasetRecord {
+pub(crate) fn build(dir: &Path, frames: Vec<(ManifestEntry, Vec<u8>)>) -> DatasetRecord {
     let mut emitter = Emitter::create(dir, inputs(), EmitOptions::default()).unwrap();
     for (entry, jpeg) in frames {
         emitter.add_frame(entry, &jpeg).unwrap();
@@ -229,7 +229,7 @@ fn build(dir: &Path, frames: Vec<(ManifestEntry, Vec<u8>)>) -> DatasetRecord {
 }
 
 /// Every file under `dir`, relative, sorted, with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();

@@ -141,13 +141,18 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
         .assert()
         .code(1);
 
-    // The same run on S3. A stale object from an "earlier dataset" must be gone afterwards.
-    store
-        .put(
-            "datasets/demo/frames/v-gone/000000.jpg",
-            Bytes::from_static(b"old"),
-        )
-        .unwrap();
+    // The same run on S3, over an earlier dataset ClearFrame wrote there (other clips): its
+    // objects must be gone afterwards. (Only a dataset.json ClearFrame wrote makes a prefix
+    // replaceable; a stray object alone would be refused: tests/trust.rs.)
+    let earlier = dir.path().join("earlier");
+    crate::emit::build(&earlier, crate::emit::frames());
+    let earlier_files = local_files(&earlier);
+    assert!(earlier_files.contains_key("frames/porch-dog/000000.jpg"));
+    for (k, v) in &earlier_files {
+        store
+            .put(&format!("datasets/demo/{k}"), Bytes::from(v.clone()))
+            .unwrap();
+    }
     let out = cmd(&server, "run")
         .args(["--as-of", AS_OF, "--fps", "4"])
         .args([
@@ -175,6 +180,7 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
         local_files.keys()
     );
     assert!(local_files.contains_key("dataset.json"));
+    assert!(!remote_files.contains_key("frames/porch-dog/000000.jpg"));
     assert_same_files(&local_files, &remote_files);
 
     // The stages one at a time, with the work folder and the dataset in S3: the same bytes.

@@ -111,6 +111,10 @@ fn stages_in_sequence_give_the_run_dataset_resume_and_drop_revoked_clips() {
         json(&work.join("redacted/v-corrupt.json"))["status"],
         "failed"
     );
+    // Every file and folder the run and the stages created has ClearFrame's modes.
+    for root in [&ran, &work, &staged] {
+        crate::trust::assert_modes(root);
+    }
     // Byte for byte what `run` wrote.
     let expected = local_files(&ran);
     assert_same_files(&expected, &local_files(&staged));
