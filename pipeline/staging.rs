@@ -6,9 +6,10 @@
 //! - they are removed when dropped, and on SIGINT, SIGTERM and SIGHUP ([`install_signal_cleanup`]
 //!   blocks those signals in every thread and handles them on one of its own, which removes every
 //!   live staging folder and exits with `128 + signal`);
-//! - a SIGKILL cannot be handled, so each folder's name carries the owning process id
-//!   (`clearframe-<kind>-<pid>-<random>`): [`sweep`], run at the start of every command, removes
-//!   the folders whose process is gone.
+//! - a SIGKILL cannot be handled, so each folder's name carries the owning process id and its
+//!   pid namespace (`clearframe-<kind>-<pid>-<pidns>-<random>`): [`sweep`], run at the start of
+//!   every command, removes the folders of this user and pid namespace whose process is gone
+//!   (a process in another namespace, say a container sharing `/tmp`, is never taken for dead).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -33,13 +34,17 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Creates `$TMPDIR/clearframe-<kind>-<pid>-<random>` with mode `0700`. `kind` is a short
-    /// lowercase word (`out`, `scratch`, `select`).
+    /// Creates `$TMPDIR/clearframe-<kind>-<pid>-<pidns>-<random>` with mode `0700`. `kind` is a
+    /// short lowercase word (`out`, `scratch`, `select`).
     pub fn create(kind: &str) -> io::Result<Staging> {
         use std::os::unix::fs::PermissionsExt;
         debug_assert!(kind.bytes().all(|b| b.is_ascii_lowercase()));
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{NAME_PREFIX}{kind}-{}-", std::process::id()))
+            .prefix(&format!(
+                "{NAME_PREFIX}{kind}-{}-{}-",
+                std::process::id(),
+                pid_namespace()
+            ))
             .permissions(std::fs::Permissions::from_mode(STAGING_MODE))
             .tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(STAGING_MODE))?;
@@ -121,17 +126,29 @@ pub fn install_signal_cleanup() {
     }
 }
 
-/// Parses `clearframe-<kind>-<pid>-<random>` into the pid.
-fn owner_pid(name: &str) -> Option<u32> {
+/// The inode of this process's pid namespace (0 when it cannot be read).
+fn pid_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Parses `clearframe-<kind>-<pid>-<pidns>-<random>` into the pid and the pid namespace.
+fn owner(name: &str) -> Option<(u32, u64)> {
     let rest = name.strip_prefix(NAME_PREFIX)?;
-    let mut parts = rest.splitn(3, '-');
+    let mut parts = rest.splitn(4, '-');
     let kind = parts.next()?;
     let pid = parts.next()?;
+    let ns = parts.next()?;
     parts.next()?;
     if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_lowercase()) {
         return None;
     }
-    pid.parse().ok()
+    Some((pid.parse().ok()?, ns.parse().ok()?))
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -151,12 +168,16 @@ fn sweep_in(tmp: &Path) -> usize {
     };
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
+    let ns = pid_namespace();
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(owner_pid) else {
+        let Some((pid, owner_ns)) = name.to_str().and_then(owner) else {
             continue;
         };
+        if owner_ns != ns {
+            continue;
+        }
         let Ok(meta) = entry.path().symlink_metadata() else {
             continue;
         };
@@ -182,10 +203,13 @@ mod tests {
 
     #[test]
     fn names_carry_the_owner() {
-        assert_eq!(owner_pid("clearframe-out-123-AbC9"), Some(123));
-        assert_eq!(owner_pid("clearframe-out-123"), None);
-        assert_eq!(owner_pid("clearframe-Out-1-x"), None);
-        assert_eq!(owner_pid("other-out-1-x"), None);
+        assert_eq!(
+            owner("clearframe-out-123-4026531836-AbC9"),
+            Some((123, 4026531836))
+        );
+        assert_eq!(owner("clearframe-out-123-AbC9"), None);
+        assert_eq!(owner("clearframe-Out-1-2-x"), None);
+        assert_eq!(owner("other-out-1-2-x"), None);
     }
 
     #[test]
@@ -200,15 +224,19 @@ mod tests {
 
         let tmp = tempfile::tempdir().unwrap();
         // No pid is that high (pid_max is at most 2^22); our own pid is alive.
-        let dead = tmp.path().join("clearframe-out-999999999-x");
+        let ns = pid_namespace();
+        let dead = tmp.path().join(format!("clearframe-out-999999999-{ns}-x"));
         let mine = tmp
             .path()
-            .join(format!("clearframe-out-{}-y", std::process::id()));
+            .join(format!("clearframe-out-{}-{ns}-y", std::process::id()));
+        let elsewhere = tmp
+            .path()
+            .join(format!("clearframe-out-999999999-{}-z", ns + 1));
         let other = tmp.path().join("unrelated-1-2");
-        for d in [&dead, &mine, &other] {
+        for d in [&dead, &mine, &elsewhere, &other] {
             std::fs::create_dir_all(d.join("frames")).unwrap();
         }
         assert_eq!(sweep_in(tmp.path()), 1);
-        assert!(!dead.exists() && mine.exists() && other.exists());
+        assert!(!dead.exists() && mine.exists() && elsewhere.exists() && other.exists());
     }
 }

@@ -224,7 +224,12 @@ impl Destination {
         }
         let mut marker = PartialRecord {
             format: PARTIAL_FORMAT.to_owned(),
-            owned: self.owned.iter().cloned().collect(),
+            owned: self
+                .owned
+                .iter()
+                .filter(|k| *k != PARTIAL)
+                .cloned()
+                .collect(),
             clips: clips.iter().cloned().collect(),
             seal: String::new(),
         };
@@ -382,11 +387,12 @@ fn read_partial(
     if let Some(bad) = marker.clips.iter().find(|c| !is_safe_video_id(c)) {
         return Ok(Err(format!("its {PARTIAL} names the clip {bad:?}")));
     }
-    if let Some(bad) = marker
-        .owned
-        .iter()
-        .find(|k| !(FIXED.contains(&k.as_str()) || is_dataset_file(k) || frame_clip(k).is_some()))
-    {
+    if let Some(bad) = marker.owned.iter().find(|k| {
+        !(FIXED.contains(&k.as_str())
+            || is_dataset_file(k)
+            || frame_clip(k).is_some()
+            || k.as_str() == PARTIAL)
+    }) {
         return Ok(Err(format!(
             "its {PARTIAL} lists {bad:?}, which is not a file of a ClearFrame dataset"
         )));

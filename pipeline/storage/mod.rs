@@ -1120,6 +1120,43 @@ mod tests {
             .unwrap();
     }
 
+    /// Regression (trust boundaries, item 2): the uploader kept sending after a refusal that
+    /// would recur for every object. A failure of the store stops the batch; later objects are
+    /// not sent and count as failed. (A bad key of one object does not: the storage suite.)
+    #[test]
+    fn an_uploader_stops_at_a_failure_that_would_recur() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("blocked"),
+            b"a file where a folder should be",
+        )
+        .unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
+        let uploader = Uploader::new(Arc::clone(&store), 1);
+        uploader.submit("blocked/a.jpg", vec![1]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !uploader.failed() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the failure was not seen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        uploader.submit("fine/b.jpg", vec![2]);
+        match uploader.finish() {
+            Err(StorageError::Batch {
+                failed: 2,
+                total: 2,
+                first,
+            }) => assert!(matches!(*first, StorageError::Io { .. }), "{first}"),
+            other => panic!("expected the batch to stop, got {other:?}"),
+        }
+        assert!(
+            !dir.path().join("fine/b.jpg").exists(),
+            "sent after the batch stopped"
+        );
+    }
+
     #[derive(Parser, Debug)]
     struct Cmd {
         #[command(flatten)]
