@@ -318,7 +318,9 @@ pub struct WithheldFrame {
 pub struct ClipFailure {
     /// Catalog id of the clip.
     pub video_id: String,
-    /// What went wrong.
+    /// The class of the failure (stable; see the README's list of failure codes).
+    pub code: crate::records::FailureCode,
+    /// What went wrong: a short message from ClearFrame's checks and ffmpeg's error lines only.
     pub reason: String,
 }
 

@@ -133,6 +133,9 @@ pub struct ClipRedactionRecord {
     /// models, versions); a clip whose key is unchanged is not redone.
     pub key: String,
     pub status: ClipStatus,
+    /// For a failed or excluded clip: the class of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::records::FailureCode>,
     /// Why the clip failed or was excluded.
     pub reason: Option<String>,
     /// Absent when the clip could not be opened.
