@@ -10,4 +10,5 @@ mod schemas;
 mod select;
 mod stages;
 mod storage;
+mod trust;
 mod vision;

@@ -701,13 +701,8 @@ impl Decoder {
             }
             return Ok(None);
         }
-        if self.next_index == 0 && filled == 0 {
-            return Err(MediaError::Decode {
-                name,
-                status,
-                stderr_tail,
-            });
-        }
+        // The clip probed as a video: whatever fails now, even before a first frame, is a
+        // damaged stream.
         Err(MediaError::Truncated {
             name,
             frames: self.next_index,

@@ -167,7 +167,7 @@ pub fn probe(
             stderr_tail: said,
         });
     };
-    let (Some(w), Some(h)) = (stream.width, stream.height) else {
+    let (Some(w @ 1..), Some(h @ 1..)) = (stream.width, stream.height) else {
         return Err(MediaError::Decode {
             name: name.to_owned(),
             status: "the video stream has no frame size".into(),
@@ -185,7 +185,7 @@ pub fn probe(
     let quarter = (rotation.round() as i64).rem_euclid(180) == 90;
     let (width, height) = if quarter { (h, w) } else { (w, h) };
     let pixels = u64::from(width) * u64::from(height);
-    if width == 0 || height == 0 || pixels > max_pixels {
+    if pixels > max_pixels {
         return Err(MediaError::Limit {
             name: name.to_owned(),
             limit: Limit::Pixels,

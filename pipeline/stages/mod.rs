@@ -5,7 +5,7 @@
 //! ```text
 //! WORK/selection.jsonl, select.json         clearframe select --out WORK
 //! WORK/redacted/<video_id>/<frame>.png      clearframe redact --work WORK
-//! WORK/redacted/<video_id>.json             (one record per clip)
+//! WORK/redacted/<video_id>/clip.json        (one record per clip, beside its frames)
 //! WORK/redact.json                          (the stage record, written last)
 //! WORK/detected/<video_id>.json             clearframe detect --work WORK
 //! WORK/detect.json                          (the stage record, written last)
@@ -53,9 +53,10 @@ pub mod keys {
     /// Folder of per-clip detection records.
     pub const DETECTED: &str = "detected";
 
-    /// `redacted/<video_id>.json`
+    /// `redacted/<video_id>/clip.json`: inside the clip's own folder, so that no two ids share a
+    /// key (with `redacted/<id>.json`, the record of `a` was the frame folder of `a.json`).
     pub fn clip_redaction(video_id: &str) -> String {
-        format!("{REDACTED}/{video_id}.json")
+        format!("{REDACTED}/{video_id}/clip.json")
     }
     /// `redacted/<video_id>/` (the clip's frames)
     pub fn clip_frames(video_id: &str) -> String {
@@ -72,7 +73,7 @@ pub mod keys {
 }
 
 /// Format id of `redact.json`.
-pub const REDACT_FORMAT: &str = "clearframe-redact/1";
+pub const REDACT_FORMAT: &str = "clearframe-redact/2";
 /// Format id of `detect.json`.
 pub const DETECT_FORMAT: &str = "clearframe-detect/1";
 

@@ -1,0 +1,338 @@
+//! Trust boundaries, end to end through the real CLI: hostile clips, hostile catalog lines and
+//! hostile files behind a path. Every clip is decoded or reported with its reason code; none
+//! hangs, none panics, none vanishes from the counts; no failure record carries clip content.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{clearframe, fixture};
+
+const AS_OF: &str = "2026-11-01T00:00:00Z";
+
+fn grant_line() -> String {
+    json!({"event_id":"g-1","type":"consent.granted","owner_id":"acct-1","at":"2026-01-01T00:00:00Z",
+        "scope":["ml_training"],"devices":["*"],"placements":["outdoor","indoor"],
+        "document":{"uri":"consent-docs/acct-1.txt","blake3":"11cf89380cb0190f2ec9705aea3fc2f44f2f9982d53584cae92341e2373b88c8"}})
+    .to_string()
+}
+
+fn clip_line(id: &str, uri: &str) -> Value {
+    json!({"video_id": id, "uri": uri, "owner_id": "acct-1", "device_id": "dev-1",
+        "placement": "outdoor", "captured_at": "2026-06-01T00:00:00Z"})
+}
+
+/// What a clip of the sweep must come to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// Decoded: at least one frame emitted, no failure, at this size.
+    Frames(u32, u32),
+    /// Failed with one of these codes.
+    Fails(&'static [&'static str]),
+}
+
+fn run_catalog(dir: &Path, lines: &[String], extra: &[&str]) -> (i32, Value, String) {
+    std::fs::write(dir.join("catalog.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("ledger.jsonl"), grant_line() + "\n").unwrap();
+    let out = dir.join("out");
+    let a = clearframe()
+        .args(["run", "--as-of", AS_OF, "--fps", "2", "--catalog"])
+        .arg(dir.join("catalog.jsonl"))
+        .arg("--ledger")
+        .arg(dir.join("ledger.jsonl"))
+        .arg("--out")
+        .arg(&out)
+        .args(extra)
+        .timeout(Duration::from_secs(600))
+        .assert();
+    let o = a.get_output();
+    let code = o
+        .status
+        .code()
+        .expect("not killed by a signal (no hang, no crash)");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(out.join("dataset.json")).unwrap()).unwrap();
+    (
+        code,
+        record,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let media = dir.join("media");
+    std::fs::create_dir(&media).unwrap();
+    let bad = fixture("bad/media");
+    let mut expect: BTreeMap<String, Expect> = BTreeMap::new();
+    use Expect::*;
+    for (file, e) in [
+        ("zero-bytes.mp4", Fails(&["not_a_video"])),
+        ("random-bytes.mp4", Fails(&["not_a_video"])),
+        ("png-named.mp4", Frames(64, 64)),
+        ("truncated-10.mp4", Fails(&["truncated", "not_a_video"])),
+        ("truncated-50.mp4", Fails(&["truncated"])),
+        ("truncated-90.mp4", Fails(&["truncated"])),
+        ("huge-header.mp4", Fails(&["limit_pixels", "not_a_video"])),
+        ("huge-header-png.mp4", Fails(&["not_a_video"])),
+        ("huge-header.y4m", Fails(&["not_a_video"])),
+        ("huge-sps-8192x8192.mp4", Fails(&["limit_pixels"])),
+        ("container-claims-30000.mp4", Frames(16, 16)),
+        ("audio-only.m4a", Fails(&["no_video_stream"])),
+        ("zero-frames.mp4", Fails(&["no_frames", "truncated"])),
+        ("one-by-one.mkv", Frames(1, 1)),
+        ("three-by-five.mkv", Frames(3, 5)),
+        ("odd-641x361.mp4", Frames(641, 361)),
+        ("gray.mkv", Frames(64, 48)),
+        ("ten-bit.mkv", Frames(320, 136)),
+        ("mjpeg.avi", Frames(160, 68)),
+        ("mpeg4-part2.avi", Frames(160, 68)),
+        ("vfr.mkv", Frames(160, 68)),
+        ("gap-one-hour.mkv", Fails(&["limit_duration"])),
+        ("rotated-90.mp4", Frames(136, 320)),
+        ("forged-geometry.mp4", Frames(640, 272)),
+        ("forged-geometry.mkv", Frames(640, 272)),
+        ("forged-showinfo.mp4", Frames(640, 272)),
+        ("metadata-then-corrupt.mp4", Fails(&["truncated"])),
+    ] {
+        std::fs::copy(bad.join(file), media.join(file)).unwrap();
+        expect.insert(file.to_string(), e);
+    }
+    // Files behind a path: a FIFO (a reader would block, or get other bytes than were hashed),
+    // a symlink out of the catalog's folder, a missing file, a folder.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("media/carphone_pristine.mp4"),
+        outside.path().join("x.mp4"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path().join("x.mp4"), media.join("link-out.mp4")).unwrap();
+    std::os::unix::fs::symlink("gray.mkv", media.join("link-in.mkv")).unwrap();
+    let fifo = media.join("fifo.mp4");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::create_dir(media.join("folder.mp4")).unwrap();
+    for (file, e) in [
+        ("link-out.mp4", Fails(&["source_outside_folder"])),
+        ("link-in.mkv", Frames(64, 48)),
+        ("fifo.mp4", Fails(&["source_not_regular"])),
+        ("folder.mp4", Fails(&["source_not_regular"])),
+        ("missing.mp4", Fails(&["source_missing"])),
+    ] {
+        expect.insert(file.to_string(), e);
+    }
+    let mut lines: Vec<String> = expect
+        .keys()
+        .enumerate()
+        .map(|(i, f)| clip_line(&format!("c{i:02}"), &format!("media/{f}")).to_string())
+        .collect();
+    // Tampering: a catalog blake3 that does not match the bytes.
+    std::fs::copy(fixture("media/bikes.mp4"), media.join("tampered.mp4")).unwrap();
+    let mut t = clip_line("c-tampered", "media/tampered.mp4");
+    t["blake3"] = json!("0".repeat(64));
+    lines.push(t.to_string());
+    let ids: BTreeMap<String, String> = expect
+        .keys()
+        .enumerate()
+        .map(|(i, f)| (format!("c{i:02}"), f.clone()))
+        .collect();
+
+    let (code, record, stderr) = run_catalog(dir, &lines, &[]);
+    assert_eq!(code, 1, "some clips fail, the batch goes on: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let failed: BTreeMap<String, (String, String)> = record["failed_clips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["video_id"].as_str().unwrap().to_owned(),
+                (
+                    f["code"].as_str().unwrap().to_owned(),
+                    f["reason"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    let manifest = std::fs::read_to_string(dir.join("out/manifest.jsonl")).unwrap();
+    let mut sizes: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for l in manifest.lines() {
+        let e: Value = serde_json::from_str(l).unwrap();
+        sizes.insert(
+            e["video_id"].as_str().unwrap().to_owned(),
+            (e["width"].as_u64().unwrap(), e["height"].as_u64().unwrap()),
+        );
+    }
+    let mut problems = Vec::new();
+    for (id, file) in &ids {
+        let got_fail = failed.get(id);
+        match expect[file] {
+            Frames(w, h) => {
+                if let Some((c, r)) = got_fail {
+                    problems.push(format!("{file}: expected frames, failed {c}: {r}"));
+                } else if sizes.get(id) != Some(&(u64::from(w), u64::from(h))) {
+                    problems.push(format!(
+                        "{file}: expected {w}x{h} frames, got {:?}",
+                        sizes.get(id)
+                    ));
+                }
+            }
+            Fails(codes) => match got_fail {
+                Some((c, r)) if codes.contains(&c.as_str()) => {
+                    if !r.contains(&format!("media/{file}")) || r.contains("/proc/") {
+                        problems.push(format!("{file}: the reason must name the catalog URI: {r}"));
+                    }
+                }
+                other => problems.push(format!("{file}: expected {codes:?}, got {other:?}")),
+            },
+        }
+    }
+    match failed.get("c-tampered") {
+        Some((c, _)) if c == "tampered" => {}
+        other => problems.push(format!("tampered: {other:?}")),
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // No failure record carries container metadata (title, comment, GPS location).
+    let text = std::fs::read_to_string(dir.join("out/dataset.json")).unwrap()
+        + &std::fs::read_to_string(dir.join("out/report.html")).unwrap();
+    for secret in ["Secret", "51.5007", "0.1246", "320x544"] {
+        assert!(!text.contains(secret), "{secret} leaked into the dataset");
+        assert!(!stderr.contains(secret), "{secret} leaked into the log");
+    }
+    // Every clip accounted for: emitted, or failed.
+    let n = ids.len() + 1;
+    assert_eq!(sizes.len() + failed.len(), n, "{sizes:?} {failed:?}");
+}
+
+#[test]
+fn hostile_catalog_lines_are_excluded_one_by_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("media")).unwrap();
+    std::fs::copy(
+        fixture("media/carphone_pristine.mp4"),
+        dir.join("media/car.mp4"),
+    )
+    .unwrap();
+    let good = clip_line("ok-1", "media/car.mp4").to_string();
+    let mut text: Vec<u8> = b"\xEF\xBB\xBF".to_vec(); // a BOM
+    text.extend_from_slice(good.as_bytes());
+    text.extend_from_slice(b"\r\n"); // CRLF
+    text.extend_from_slice(b"{\"video_id\":\"bad\xff\xfeutf8\"}\n"); // invalid UTF-8
+    text.extend_from_slice(
+        clip_line("caf\u{0065}\u{0301}", "media/car.mp4")
+            .to_string()
+            .as_bytes(),
+    );
+    text.push(b'\n'); // a non-NFC (and non-ASCII) id
+    let mut huge = clip_line("huge", "media/car.mp4");
+    huge["note"] = json!("x".repeat(10 << 20));
+    text.extend_from_slice(huge.to_string().as_bytes()); // 10 MB
+    text.push(b'\n');
+    for uri in [
+        "s3://bucket/../other/x.mp4",
+        "s3://bucket//x.mp4",
+        "s3://Bad_Bucket!/x.mp4",
+        "../x.mp4",
+        "/etc/passwd",
+    ] {
+        text.extend_from_slice(
+            clip_line(&format!("u{}", uri.len()), uri)
+                .to_string()
+                .as_bytes(),
+        );
+        text.push(b'\n');
+    }
+    std::fs::write(dir.join("catalog.jsonl"), &text).unwrap();
+    std::fs::write(dir.join("ledger.jsonl"), grant_line() + "\n").unwrap();
+    let a = clearframe()
+        .args(["select", "--as-of", AS_OF, "--catalog"])
+        .arg(dir.join("catalog.jsonl"))
+        .arg("--ledger")
+        .arg(dir.join("ledger.jsonl"))
+        .arg("--out")
+        .arg(dir.join("sel"))
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .code(1);
+    let _ = a;
+    let sel = std::fs::read_to_string(dir.join("sel/selection.jsonl")).unwrap();
+    let lines: Vec<Value> = sel
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 9, "one decision per catalog line");
+    assert_eq!(
+        lines[0]["decision"], "include",
+        "BOM and CRLF do not spoil a line"
+    );
+    assert_eq!(lines[0]["video_id"], "ok-1");
+    for l in &lines[1..] {
+        assert_eq!(l["decision"], "exclude", "{l}");
+        assert_eq!(l["reason_codes"][0], "invalid_line", "{l}");
+    }
+}
+
+#[test]
+fn ids_that_differ_by_a_suffix_do_not_collide_in_the_work_folder() {
+    // Regression: `redacted/a.json` was both the record of `a` and the frame folder of
+    // `a.json`; the second clip aborted `redact` for the whole batch.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("media")).unwrap();
+    std::fs::copy(
+        fixture("media/carphone_pristine.mp4"),
+        dir.join("media/car.mp4"),
+    )
+    .unwrap();
+    let lines = [
+        clip_line("a", "media/car.mp4").to_string(),
+        clip_line("a.json", "media/car.mp4").to_string(),
+    ];
+    std::fs::write(dir.join("catalog.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("ledger.jsonl"), grant_line() + "\n").unwrap();
+    let work = dir.join("work");
+    clearframe()
+        .args(["select", "--as-of", AS_OF, "--catalog"])
+        .arg(dir.join("catalog.jsonl"))
+        .arg("--ledger")
+        .arg(dir.join("ledger.jsonl"))
+        .arg("--out")
+        .arg(&work)
+        .assert()
+        .success();
+    for stage in ["redact", "detect"] {
+        let mut c = clearframe();
+        c.arg(stage).arg("--work").arg(&work);
+        if stage == "redact" {
+            c.args(["--fps", "1"]);
+        }
+        c.timeout(Duration::from_secs(300)).assert().success();
+    }
+    clearframe()
+        .arg("emit")
+        .arg("--work")
+        .arg(&work)
+        .arg("--out")
+        .arg(dir.join("ds"))
+        .assert()
+        .success();
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ds/dataset.json")).unwrap()).unwrap();
+    assert!(record["counts"]["clips"]["a"]["frames"].as_u64().unwrap() > 0);
+    assert!(
+        record["counts"]["clips"]["a.json"]["frames"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
