@@ -336,3 +336,63 @@ fn ids_that_differ_by_a_suffix_do_not_collide_in_the_work_folder() {
             > 0
     );
 }
+
+#[test]
+fn a_run_writes_nowhere_but_its_output() {
+    // Regression: ONNX Runtime wrote a telemetry database (with a device id) under the user's
+    // cache folder on every run, despite `with_telemetry(false)`.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for d in ["home", "tmp", "cwd", "media"] {
+        std::fs::create_dir(dir.join(d)).unwrap();
+    }
+    std::fs::copy(
+        fixture("media/carphone_pristine.mp4"),
+        dir.join("media/car.mp4"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("catalog.jsonl"),
+        clip_line("car", "media/car.mp4").to_string() + "\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("ledger.jsonl"), grant_line() + "\n").unwrap();
+    clearframe()
+        .current_dir(dir.join("cwd"))
+        .env(
+            "ORT_DYLIB_PATH",
+            clearframe::inference::library_path().expect("ONNX Runtime is installed"),
+        )
+        .env("HOME", dir.join("home"))
+        .env("TMPDIR", dir.join("tmp"))
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("ORT_DISABLE_TELEMETRY")
+        .args(["run", "--as-of", AS_OF, "--fps", "1", "--catalog"])
+        .arg(dir.join("catalog.jsonl"))
+        .arg("--ledger")
+        .arg(dir.join("ledger.jsonl"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .timeout(Duration::from_secs(300))
+        .assert()
+        .success();
+    for d in ["home", "tmp", "cwd", "media"] {
+        let left: Vec<_> = walk(&dir.join(d));
+        let want = usize::from(d == "media");
+        assert_eq!(left.len(), want, "{d} holds {left:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
