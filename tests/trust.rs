@@ -208,6 +208,48 @@ fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
         assert!(!text.contains(secret), "{secret} leaked into the dataset");
         assert!(!stderr.contains(secret), "{secret} leaked into the log");
     }
+    // Regression: frames waiting in the face hold when decoding failed vanished (neither emitted
+    // nor withheld). Every frame decoded before the damage is emitted or withheld, with why.
+    let withheld: Vec<&Value> = record["withheld"].as_array().unwrap().iter().collect();
+    for file in [
+        "truncated-50.mp4",
+        "truncated-90.mp4",
+        "metadata-then-corrupt.mp4",
+    ] {
+        let id = ids.iter().find(|(_, f)| *f == file).unwrap().0;
+        let p = media.join(file);
+        let raw = std::process::Command::new("ffmpeg")
+            .args(["-v", "quiet", "-i"])
+            .arg(&p)
+            .args([
+                "-vf",
+                "fps=2:round=up",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "gray",
+                "-",
+            ])
+            .output()
+            .unwrap()
+            .stdout;
+        let (w, h) = crate::common::video_size(&p);
+        let decoded = raw.len() as u64 / u64::from(w * h);
+        assert!(decoded > 0, "{file}");
+        let emitted = manifest
+            .lines()
+            .filter(|l| l.contains(&format!("\"video_id\":\"{id}\"")))
+            .count() as u64;
+        let held = withheld
+            .iter()
+            .filter(|w| w["video_id"] == id.as_str())
+            .count() as u64;
+        assert_eq!(
+            emitted + held,
+            decoded,
+            "{file}: {emitted} emitted + {held} withheld of {decoded} decoded"
+        );
+    }
     // Every clip accounted for: emitted, or failed.
     let n = ids.len() + 1;
     assert_eq!(sizes.len() + failed.len(), n, "{sizes:?} {failed:?}");
