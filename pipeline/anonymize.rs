@@ -432,7 +432,7 @@ pub fn anonymize_video(
         // Owned here, so that an early return drops it and unblocks the detection thread before
         // the scope joins it.
         let det_rx = det_rx;
-        s.spawn(move || {
+        let decode = s.spawn(move || {
             for f in decoder {
                 let stop = f.is_err();
                 if frame_tx.send(f).is_err() || stop {
@@ -485,7 +485,21 @@ pub fn anonymize_video(
             emit(ready, &mut redactor, &mut summary)?;
         }
         drop(det_rx);
-        summary.detect_seconds = detect.join().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        // A pipeline thread that panicked has lost frames: the job fails, it is never done.
+        anyhow::ensure!(
+            decode.join().is_ok(),
+            "{}: decoding stopped unexpectedly (a bug)",
+            src.display()
+        );
+        summary.detect_seconds = detect
+            .join()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: face detection stopped unexpectedly (a bug)",
+                    src.display()
+                )
+            })?
+            .as_secs_f64();
         encoder.finish()?;
         Ok(())
     });

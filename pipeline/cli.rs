@@ -51,6 +51,12 @@ pub enum Command {
 
 /// Entry point used by `main`: parses arguments, runs, prints the error chain on failure.
 pub fn main() -> ExitCode {
+    // ONNX Runtime (1.32) writes a telemetry database with a device id under the user's cache
+    // folder (`~/.cache/Microsoft/DeveloperTools/.onnxruntime/`) on every load, whatever
+    // `with_telemetry(false)` says; this variable, read when the library loads, stops it.
+    // SAFETY: first thing in `main`, before any thread exists, so nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var(crate::inference::DISABLE_TELEMETRY_VAR, "1") };
     // Before any other thread starts: signals are handled on a thread of their own, which
     // removes the private staging folders before exiting.
     crate::staging::install_signal_cleanup();

@@ -182,6 +182,11 @@ pub fn library_path() -> Result<PathBuf, InferenceError> {
         .join(format!("libonnxruntime.so.{ORT_VERSION}")))
 }
 
+/// The environment variable that stops ONNX Runtime's own telemetry files (a device id and an
+/// event database under the user's cache folder). The `clearframe` binary sets it to `1` before
+/// anything else; a program using this library must set it before the first [`runtime`] call.
+pub const DISABLE_TELEMETRY_VAR: &str = "ORT_DISABLE_TELEMETRY";
+
 /// The process-wide runtime, loading the library on first use (see [`library_path`]).
 ///
 /// A failed load is not cached: a later call tries again (after `scripts/setup.sh`, say).

@@ -32,6 +32,7 @@ pub type Polygon = Vec<[f64; 2]>;
 
 /// One line of the catalog: a clip, its owner and device, and where it lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CatalogClip {
     /// Unique id of the clip, `[A-Za-z0-9._-]{1,128}`, not `.` or `..`.
     #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
@@ -160,6 +161,7 @@ pub fn check_uri(uri: &str) -> Result<(), String> {
 
 /// The signed written consent behind a grant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ConsentDocument {
     #[schemars(length(min = 1))]
     pub uri: String,
@@ -173,6 +175,7 @@ fn default_placements() -> Vec<Placement> {
 
 /// `consent.granted`: the owner allows ML training on some of their clips.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Grant {
     pub event_id: String,
     pub owner_id: String,
@@ -202,6 +205,7 @@ pub struct Grant {
 
 /// `consent.revoked`: revokes one grant (`grant_id`) or, without it, every earlier grant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Revocation {
     pub event_id: String,
     pub owner_id: String,
@@ -213,6 +217,7 @@ pub struct Revocation {
 
 /// `neighbors.shared`: the owner shared one clip on Neighbors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Share {
     pub event_id: String,
     pub owner_id: String,
@@ -225,6 +230,7 @@ pub struct Share {
 
 /// An event about one clip: `neighbors.unshared`, `video.deleted`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VideoEvent {
     pub event_id: String,
     pub owner_id: String,
@@ -235,6 +241,7 @@ pub struct VideoEvent {
 
 /// An event about a whole account: `account.deleted`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AccountEvent {
     pub event_id: String,
     pub owner_id: String,
@@ -352,6 +359,86 @@ impl ReasonCode {
             ReasonCode::AccountDeleted => "account_deleted",
             ReasonCode::NoBasis => "no_basis",
             ReasonCode::SourceNotAllowed => "source_not_allowed",
+        }
+    }
+}
+
+/// Machine-readable class of a failure: why a selected clip is not in the dataset. Stable names;
+/// the `reason` beside it is a short message built from ClearFrame's own checks and ffmpeg's error
+/// lines only (never container metadata, never a raw server response).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// The clip's file or object does not exist.
+    SourceMissing,
+    /// The clip's path is a FIFO, device, socket or folder, not a regular file.
+    SourceNotRegular,
+    /// The clip's path resolves (through a symlink) outside the catalog's folder.
+    SourceOutsideFolder,
+    /// The clip's location is outside the allowed sources (the catalog's folder or prefix, and
+    /// `--sources`): refused when it was opened.
+    SourceNotAllowed,
+    /// The clip's bytes changed while they were read.
+    SourceChanged,
+    /// The clip could not be read (I/O error, store error).
+    SourceUnreadable,
+    /// The clip's blake3 differs from the catalog's: excluded as tampered.
+    Tampered,
+    /// Not a video ffmpeg can open (random bytes, a header that does not parse).
+    NotAVideo,
+    /// The container has no video stream.
+    NoVideoStream,
+    /// The clip decoded to no frame.
+    NoFrames,
+    /// Decoding failed part-way (truncated or corrupt); frames before the failure may be emitted.
+    Truncated,
+    /// The raw frames disagree with ffmpeg's own count or do not end on a frame boundary.
+    StreamInconsistent,
+    /// A frame is larger than `limits.max_pixels`.
+    LimitPixels,
+    /// The clip is longer than `limits.max_duration_s`.
+    LimitDuration,
+    /// The clip has more frames than `limits.max_frames`.
+    LimitFrames,
+    /// The clip is larger than `limits.max_clip_bytes`.
+    LimitBytes,
+    /// The clip has more privacy zones, or a zone more points, than `limits.max_zones` /
+    /// `limits.max_zone_points`.
+    LimitZones,
+    /// An indoor clip left out by the indoor policy `exclude` (not counted as a failure).
+    IndoorExcluded,
+    /// A model failed on the clip's frames.
+    Model,
+    /// Anything else (a bug: a thread that panicked, an output that could not be written).
+    Internal,
+}
+
+impl FailureCode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::SourceMissing => "source_missing",
+            FailureCode::SourceNotRegular => "source_not_regular",
+            FailureCode::SourceOutsideFolder => "source_outside_folder",
+            FailureCode::SourceNotAllowed => "source_not_allowed",
+            FailureCode::SourceChanged => "source_changed",
+            FailureCode::SourceUnreadable => "source_unreadable",
+            FailureCode::Tampered => "tampered",
+            FailureCode::NotAVideo => "not_a_video",
+            FailureCode::NoVideoStream => "no_video_stream",
+            FailureCode::NoFrames => "no_frames",
+            FailureCode::Truncated => "truncated",
+            FailureCode::StreamInconsistent => "stream_inconsistent",
+            FailureCode::LimitPixels => "limit_pixels",
+            FailureCode::LimitDuration => "limit_duration",
+            FailureCode::LimitFrames => "limit_frames",
+            FailureCode::LimitBytes => "limit_bytes",
+            FailureCode::LimitZones => "limit_zones",
+            FailureCode::IndoorExcluded => "indoor_excluded",
+            FailureCode::Model => "model",
+            FailureCode::Internal => "internal",
         }
     }
 }

@@ -264,6 +264,65 @@ pub enum Verdict {
 pub struct Redactor {
     opts: RedactOptions,
     report: RedactionReport,
+    /// The union of the clip's privacy zones, rasterised once for the clip's frame size.
+    zone_mask: Option<ZoneMask>,
+}
+
+/// The pixels of a frame size that the privacy zones cover: built once per clip (a catalog line
+/// with many zones must not cost a polygon fill per zone per frame), as runs for filling and a
+/// bitmap for the verifier's coverage test. The same pixels as [`fill_polygon`] of every zone.
+#[derive(Debug)]
+struct ZoneMask {
+    width: u32,
+    height: u32,
+    /// `(row, first column, end column)` of each covered run.
+    runs: Vec<(u32, u32, u32)>,
+    covered: Vec<bool>,
+}
+
+impl ZoneMask {
+    fn new(zones: &[Zone], width: u32, height: u32) -> ZoneMask {
+        let mut canvas = RgbImage::new(width, height);
+        for z in zones {
+            fill_polygon(&mut canvas, &z.points, [255, 255, 255]);
+        }
+        let covered: Vec<bool> = canvas.pixels().map(|p| p.0[0] != 0).collect();
+        let mut runs = Vec::new();
+        for y in 0..height {
+            let row = &covered[(y * width) as usize..((y + 1) * width) as usize];
+            let mut x = 0;
+            while x < width {
+                if row[x as usize] {
+                    let start = x;
+                    while x < width && row[x as usize] {
+                        x += 1;
+                    }
+                    runs.push((y, start, x));
+                } else {
+                    x += 1;
+                }
+            }
+        }
+        ZoneMask {
+            width,
+            height,
+            runs,
+            covered,
+        }
+    }
+
+    fn fill(&self, img: &mut RgbImage) {
+        let w = self.width as usize;
+        let buf: &mut [u8] = img;
+        for &(y, x0, x1) in &self.runs {
+            let row = y as usize * w * 3;
+            buf[row + x0 as usize * 3..row + x1 as usize * 3].fill(0);
+        }
+    }
+
+    fn contains(&self, x: u32, y: u32) -> bool {
+        x < self.width && y < self.height && self.covered[(y * self.width + x) as usize]
+    }
 }
 
 impl Redactor {
@@ -299,7 +358,11 @@ impl Redactor {
             indoor_policy: opts.indoor,
             ..Default::default()
         };
-        Ok(Self { opts, report })
+        Ok(Self {
+            opts,
+            report,
+            zone_mask: None,
+        })
     }
 
     /// The settings.
@@ -341,8 +404,18 @@ impl Redactor {
             mask_face(&mut image, m, self.opts.shape, self.opts.fill);
         }
         self.report.faces_masked += masks.len() as u64;
-        for z in &self.opts.zones {
-            fill_polygon(&mut image, &z.points, [0, 0, 0]);
+        if !self.opts.zones.is_empty() {
+            let (w, h) = image.dimensions();
+            if self
+                .zone_mask
+                .as_ref()
+                .is_none_or(|m| (m.width, m.height) != (w, h))
+            {
+                self.zone_mask = Some(ZoneMask::new(&self.opts.zones, w, h));
+            }
+            if let Some(m) = &self.zone_mask {
+                m.fill(&mut image);
+            }
         }
         Candidate {
             index,
@@ -358,7 +431,17 @@ impl Redactor {
         let (w, h) = c.image.dimensions();
         let mut uncovered = Vec::new();
         for d in found {
-            if coverage(&d.bbox, &c.masks, self.opts.shape, &self.opts.zones, w, h) >= 0.5 {
+            let in_zone = |x: u32, y: u32| match &self.zone_mask {
+                Some(m) if (m.width, m.height) == (w, h) => m.contains(x, y),
+                _ => self.opts.zones.iter().any(|z| {
+                    point_in_polygon(
+                        (x as f32 + 0.5) / w as f32,
+                        (y as f32 + 0.5) / h as f32,
+                        &z.points,
+                    )
+                }),
+            };
+            if coverage_with(&d.bbox, &c.masks, self.opts.shape, in_zone) >= 0.5 {
                 self.report.verifier_covered += 1;
             } else {
                 uncovered.push(*d);
@@ -628,6 +711,24 @@ pub fn coverage(
     w: u32,
     h: u32,
 ) -> f32 {
+    coverage_with(face, masks, shape, |xi, yi| {
+        zones.iter().any(|z| {
+            point_in_polygon(
+                (xi as f32 + 0.5) / w as f32,
+                (yi as f32 + 0.5) / h as f32,
+                &z.points,
+            )
+        })
+    })
+}
+
+/// [`coverage`] with the zone test given as a pixel predicate.
+fn coverage_with(
+    face: &BBox,
+    masks: &[BBox],
+    shape: MaskShape,
+    in_zone: impl Fn(u32, u32) -> bool,
+) -> f32 {
     let (cw, ch) = ((face.x1 - face.x0) / 2.0, (face.y1 - face.y0) / 2.0);
     let (x0, y0) = (face.x0 + cw / 2.0, face.y0 + ch / 2.0);
     let mut covered = 0;
@@ -637,14 +738,7 @@ pub fn coverage(
             let py = y0 + ch * (j as f32 + 0.5) / 8.0;
             let (xi, yi) = (px.max(0.0) as u32, py.max(0.0) as u32);
             let in_mask = masks.iter().any(|m| mask_contains(shape, m, xi, yi));
-            let in_zone = zones.iter().any(|z| {
-                point_in_polygon(
-                    (xi as f32 + 0.5) / w as f32,
-                    (yi as f32 + 0.5) / h as f32,
-                    &z.points,
-                )
-            });
-            if in_mask || in_zone {
+            if in_mask || in_zone(xi, yi) {
                 covered += 1;
             }
         }
@@ -843,6 +937,31 @@ mod tests {
                 } else {
                     prop_assert_eq!(p, orig.get_pixel(x, y));
                 }
+            }
+        }
+
+        #[test]
+        fn the_clip_zone_mask_fills_what_every_zone_fills(
+            zones in proptest::collection::vec(
+                proptest::collection::vec((0.0f32..1.0, 0.0f32..1.0), 3..7), 1..5),
+            seed in any::<u64>()
+        ) {
+            let zones: Vec<Zone> = zones
+                .iter()
+                .map(|z| Zone { points: z.iter().map(|&(x, y)| [x, y]).collect() })
+                .collect();
+            let orig = noise(40, 30, seed);
+            let mut want = orig.clone();
+            for z in &zones {
+                fill_polygon(&mut want, &z.points, [0, 0, 0]);
+            }
+            let mask = ZoneMask::new(&zones, 40, 30);
+            let mut got = orig.clone();
+            mask.fill(&mut got);
+            prop_assert!(got == want);
+            for (x, y, _) in want.enumerate_pixels() {
+                let any = zones.iter().any(|z| point_in_polygon((x as f32 + 0.5) / 40.0, (y as f32 + 0.5) / 30.0, &z.points));
+                prop_assert_eq!(mask.contains(x, y), any);
             }
         }
 

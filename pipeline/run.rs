@@ -28,8 +28,10 @@ use crate::emit::{
     encode_jpeg,
 };
 use crate::inference::ModelOptions;
-use crate::media::{DecodeOptions, Decoder, Frame, Input, Sampling};
-use crate::records::Placement;
+use crate::media::{
+    DecodeOptions, Decoder, Frame, Input, MediaError, Sampling, SourceError, SourceFile,
+};
+use crate::records::{FailureCode, Placement};
 use crate::redact::{
     Fill, IndoorPolicy, MaskShape, RedactOptions, Redactor, TemporalHold, Verdict, Zone,
 };
@@ -90,6 +92,52 @@ pub struct Config {
     pub verifier: VerifierConfig,
     pub detect: DetectConfig,
     pub indoor: IndoorConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: bounds on the work one clip may cause. A clip over any of them fails with its own
+/// reason code (`limit_*`); the batch goes on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Frames decoded (after sampling) from one clip.
+    pub max_frames: u64,
+    /// Clip duration in seconds (as probed, and by the time of any decoded frame or sample).
+    pub max_duration_s: f64,
+    /// Pixels of a frame (width x height after rotation, as probed before decoding).
+    pub max_pixels: u64,
+    /// Bytes of one clip.
+    pub max_clip_bytes: u64,
+    /// Privacy zones on one clip.
+    pub max_zones: usize,
+    /// Points of one privacy zone.
+    pub max_zone_points: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = crate::media::DecodeLimits::default();
+        LimitsConfig {
+            max_frames: d.max_frames,
+            max_duration_s: d.max_duration_s,
+            max_pixels: d.max_pixels,
+            max_clip_bytes: d.max_bytes,
+            max_zones: 64,
+            max_zone_points: 1024,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The decoder's share of the limits.
+    pub fn decode(&self) -> crate::media::DecodeLimits {
+        crate::media::DecodeLimits {
+            max_pixels: self.max_pixels,
+            max_frames: self.max_frames,
+            max_duration_s: self.max_duration_s,
+            max_bytes: self.max_clip_bytes,
+        }
+    }
 }
 
 /// `[sampling]`
@@ -215,6 +263,16 @@ impl Config {
                 "sampling fps must be > 0, got {fps}"
             );
         }
+        let l = &config.limits;
+        anyhow::ensure!(
+            l.max_duration_s.is_finite() && l.max_duration_s > 0.0,
+            "limits.max_duration_s must be > 0, got {}",
+            l.max_duration_s
+        );
+        anyhow::ensure!(
+            l.max_frames > 0 && l.max_pixels > 0 && l.max_clip_bytes > 0,
+            "limits.max_frames, max_pixels and max_clip_bytes must be > 0"
+        );
         Ok(config)
     }
 
@@ -396,8 +454,6 @@ pub(crate) struct Ctx<'a> {
     pub s3: S3Options,
     /// Frames go here as they are emitted when the dataset is written to S3.
     pub upload: Option<crossbeam_channel::Sender<(String, bytes::Bytes)>>,
-    /// What the current clip's input was called in messages (a path), to be replaced by its URI.
-    pub input_name: Option<String>,
     pub times: StageTimes,
 }
 
@@ -460,7 +516,6 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         sources,
         s3: s3.clone(),
         upload: remote.as_ref().map(|r| r.frames.clone()),
-        input_name: None,
         times: StageTimes::default(),
     };
     ctx.times.select = select_time;
@@ -526,20 +581,21 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         }
         match r.outcome {
             Ok(()) => tracing::info!(frames = r.frames, "clip done"),
-            Err(ClipError::Policy(reason)) => {
-                tracing::info!(%reason, "clip left out by policy");
+            Err(e) => {
+                if let ClipError::Policy(reason) = &e {
+                    tracing::info!(%reason, "clip left out by policy");
+                } else {
+                    failed += 1;
+                    tracing::error!(
+                        code = e.code().as_str(),
+                        reason = e.reason(),
+                        "clip failed; the batch goes on"
+                    );
+                }
                 emitter.clip_failed(ClipFailure {
                     video_id: id,
-                    reason,
-                });
-            }
-            Err(ClipError::Failed(e)) => {
-                failed += 1;
-                let reason = failure_reason(&mut ctx, clip, &e);
-                tracing::error!(%reason, "clip failed; the batch goes on");
-                emitter.clip_failed(ClipFailure {
-                    video_id: id,
-                    reason,
+                    code: e.code(),
+                    reason: e.reason().to_owned(),
                 });
             }
         }
@@ -566,102 +622,134 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     })
 }
 
+/// Why a selected clip is not (wholly) in the dataset: a stable code and a short message built
+/// from ClearFrame's own checks and ffmpeg's error lines only.
+#[derive(Debug)]
 pub(crate) enum ClipError {
     /// Left out on purpose (the indoor policy `exclude`): not a failure.
     Policy(String),
-    Failed(anyhow::Error),
+    Failed {
+        code: FailureCode,
+        reason: String,
+    },
 }
 
-impl<E: Into<anyhow::Error>> From<E> for ClipError {
-    fn from(e: E) -> Self {
-        ClipError::Failed(e.into())
+impl ClipError {
+    pub(crate) fn failed(code: FailureCode, reason: impl Into<String>) -> Self {
+        ClipError::Failed {
+            code,
+            reason: reason.into(),
+        }
+    }
+    /// A failure of ClearFrame's own machinery (an output that could not be written, a thread).
+    pub(crate) fn internal(e: anyhow::Error) -> Self {
+        Self::failed(FailureCode::Internal, format!("{e:#}"))
+    }
+    pub(crate) fn model(e: anyhow::Error) -> Self {
+        Self::failed(FailureCode::Model, format!("{e:#}"))
+    }
+    pub(crate) fn code(&self) -> FailureCode {
+        match self {
+            ClipError::Policy(_) => FailureCode::IndoorExcluded,
+            ClipError::Failed { code, .. } => *code,
+        }
+    }
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            ClipError::Policy(r) | ClipError::Failed { reason: r, .. } => r,
+        }
     }
 }
 
-/// Clips read from S3 are held in memory (a sealed anonymous memory file) up to this size.
-const MAX_REMOTE_CLIP: u64 = 4 << 30;
-
-/// A clip opened for decoding: ffmpeg's input, the blake3 of exactly the bytes ffmpeg will read,
-/// the name messages use for it, and (for S3) the memory file that must outlive the decoder.
-pub(crate) struct OpenedClip {
-    input: Input,
-    blake3: String,
-    name: String,
-    _memory: Option<std::fs::File>,
+fn source_code(e: &SourceError) -> FailureCode {
+    match e {
+        SourceError::NotFound { .. } => FailureCode::SourceMissing,
+        SourceError::NotRegular { .. } => FailureCode::SourceNotRegular,
+        SourceError::Escapes { .. } => FailureCode::SourceOutsideFolder,
+        SourceError::TooLarge { .. } => FailureCode::LimitBytes,
+        SourceError::Changed { .. } => FailureCode::SourceChanged,
+        SourceError::Io { .. } => FailureCode::SourceUnreadable,
+    }
 }
 
-/// Opens a consented clip: relative URIs in the catalog's store, `s3://` URIs in S3.
-///
-/// A local clip is hashed and given to ffmpeg by path. An S3 clip is streamed once from the
-/// store's reader into an anonymous memory file (`memfd`, never a file on disk), hashed as it
-/// streams, sealed against any change, and ffmpeg reads that memory file: the hash is over the
-/// very bytes decoded, and ffmpeg can seek (MP4s with their index at the end, the usual case,
-/// cannot be decoded from a pipe).
-pub(crate) fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<OpenedClip> {
-    let uri = &clip.clip().uri;
-    let (store, key) = ctx.sources.resolve(&ctx.catalog_store, uri, &ctx.s3)?;
-    if let Location::Local(root) = store.location() {
-        let path = root.join(&key);
-        let blake3 = crate::hashing::hash_file(&path)
-            .with_context(|| format!("cannot read clip {}", path.display()))?;
-        let name = path.display().to_string();
-        return Ok(OpenedClip {
-            input: Input::Path(path),
-            blake3,
-            name,
-            _memory: None,
-        });
+impl From<SourceError> for ClipError {
+    fn from(e: SourceError) -> Self {
+        Self::failed(source_code(&e), e.to_string())
     }
-    use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, memfd_create};
-    use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
-    let url = store.url(&key);
-    let fd = memfd_create(
-        "clearframe-clip",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )
-    .context("cannot create a memory file for the clip")?;
-    let mut memory = std::fs::File::from(fd);
-    let mut reader = store
-        .reader(&key)
-        .with_context(|| format!("cannot read clip {url}"))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read clip {url}")),
+}
+
+impl From<MediaError> for ClipError {
+    fn from(e: MediaError) -> Self {
+        use crate::media::Limit;
+        let code = match &e {
+            MediaError::Source(s) => source_code(s),
+            MediaError::Decode { .. } => FailureCode::NotAVideo,
+            MediaError::Truncated { .. } => FailureCode::Truncated,
+            MediaError::NoVideo { .. } => FailureCode::NoVideoStream,
+            MediaError::NoFrames { .. } => FailureCode::NoFrames,
+            MediaError::Stream { .. } => FailureCode::StreamInconsistent,
+            MediaError::Limit { limit, .. } => match limit {
+                Limit::Pixels => FailureCode::LimitPixels,
+                Limit::Duration => FailureCode::LimitDuration,
+                Limit::Frames => FailureCode::LimitFrames,
+                Limit::Bytes => FailureCode::LimitBytes,
+            },
+            MediaError::Spawn { .. }
+            | MediaError::FrameSize { .. }
+            | MediaError::Encode { .. }
+            | MediaError::Io { .. } => FailureCode::Internal,
         };
-        total += n as u64;
-        anyhow::ensure!(
-            total <= MAX_REMOTE_CLIP,
-            "clip {url} is larger than {MAX_REMOTE_CLIP} bytes"
-        );
-        hasher.update(&buf[..n]);
-        memory
-            .write_all(&buf[..n])
-            .context("cannot fill the clip's memory file")?;
+        Self::failed(code, e.to_string())
     }
-    fcntl_add_seals(
-        &memory,
-        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-    )
-    .context("cannot seal the clip's memory file")?;
-    // ffmpeg opens the memory file through /proc: a fresh, seekable file description.
-    let path = PathBuf::from(format!(
-        "/proc/{}/fd/{}",
-        std::process::id(),
-        memory.as_raw_fd()
-    ));
-    let name = path.display().to_string();
-    Ok(OpenedClip {
-        input: Input::Path(path),
-        blake3: crate::hashing::hex(&hasher.finalize()),
-        name,
-        _memory: Some(memory),
+}
+
+/// Opens a consented clip once, as a descriptor ffmpeg will read: relative URIs beneath the
+/// catalog's folder (a local file: a regular file only, symlinks resolved inside that folder)
+/// or in the catalog's store, `s3://` URIs in S3 (streamed once into a sealed memory file). The
+/// blake3 is over exactly the bytes decoded; messages name the clip by its catalog URI, so a
+/// failure reads the same whatever store it came from.
+pub(crate) fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> Result<SourceFile, ClipError> {
+    let uri = &clip.clip().uri;
+    let max = ctx.config.limits.max_clip_bytes;
+    let (store, key) = ctx
+        .sources
+        .resolve(&ctx.catalog_store, uri, &ctx.s3)
+        .map_err(|e| match e {
+            storage::StorageError::SourceNotAllowed { url, allowed } => ClipError::failed(
+                FailureCode::SourceNotAllowed,
+                format!("{uri}: {url} is outside the allowed sources ({allowed})"),
+            ),
+            e => {
+                tracing::debug!(error = %e, "cannot resolve the clip");
+                ClipError::failed(
+                    FailureCode::SourceUnreadable,
+                    format!("{uri}: cannot resolve the clip's location"),
+                )
+            }
+        })?;
+    if let Location::Local(root) = store.location() {
+        return Ok(SourceFile::open_beneath(root, &key, uri, max)?);
+    }
+    let reader = store.reader(&key).map_err(|e| {
+        tracing::debug!(error = %e, "cannot read the clip");
+        if e.is_not_found() {
+            ClipError::failed(FailureCode::SourceMissing, format!("{uri}: no such object"))
+        } else {
+            ClipError::failed(
+                FailureCode::SourceUnreadable,
+                format!("{uri}: the store refused to serve the clip"),
+            )
+        }
+    })?;
+    SourceFile::from_reader(reader, uri, max).map_err(|e| match e {
+        SourceError::Io { source, .. } => {
+            tracing::debug!(error = %source, "reading the clip failed");
+            ClipError::failed(
+                FailureCode::SourceUnreadable,
+                format!("{uri}: reading the clip from the store failed"),
+            )
+        }
+        e => e.into(),
     })
 }
 
@@ -809,8 +897,9 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<
     Ok(())
 }
 
-/// How one clip went: what was learnt about it, the frames the verifier withheld, the redaction
-/// numbers, and whether it finished. Frames handed on before a failure stay handed on.
+/// How one clip went: what was learnt about it, the frames withheld, the redaction numbers, and
+/// whether it finished. Frames handed on before a failure stay handed on; every other decoded
+/// frame is withheld with its reason, or the clip's failure accounts for it.
 pub(crate) struct ClipResult {
     pub info: Option<ClipInfo>,
     pub withheld: Vec<WithheldFrame>,
@@ -841,10 +930,45 @@ pub(crate) fn process_clip<T: Send>(
         frames: 0,
         outcome: Ok(()),
     };
-    ctx.input_name = None;
     result.outcome = redact_clip(ctx, clip, work, consume, &mut result);
     result
 }
+
+/// Checks the clip's privacy zones against `[limits]` before any work is done on it.
+fn check_zones(c: &crate::records::CatalogClip, limits: &LimitsConfig) -> Result<(), ClipError> {
+    if c.privacy_zones.len() > limits.max_zones {
+        return Err(ClipError::failed(
+            FailureCode::LimitZones,
+            format!(
+                "{}: {} privacy zones, over the limit of {}",
+                c.uri,
+                c.privacy_zones.len(),
+                limits.max_zones
+            ),
+        ));
+    }
+    if let Some((i, z)) = c
+        .privacy_zones
+        .iter()
+        .enumerate()
+        .find(|(_, z)| z.len() > limits.max_zone_points)
+    {
+        return Err(ClipError::failed(
+            FailureCode::LimitZones,
+            format!(
+                "{}: privacy zone {i} has {} points, over the limit of {}",
+                c.uri,
+                z.len(),
+                limits.max_zone_points
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a withheld frame's record says when the clip failed before the frame could be finished.
+const HELD_AT_FAILURE: &str =
+    "the clip failed to decode before this frame's face hold could be completed";
 
 fn redact_clip<T: Send>(
     ctx: &mut Ctx<'_>,
@@ -856,6 +980,7 @@ fn redact_clip<T: Send>(
     let c = clip.clip();
     let indoor = (c.placement == Placement::Indoor).then_some(ctx.config.indoor.policy);
     let f = &ctx.config.faces;
+    check_zones(c, &ctx.config.limits)?;
     let zones: Vec<Zone> = c
         .privacy_zones
         .iter()
@@ -878,21 +1003,22 @@ fn redact_clip<T: Send>(
                 "indoor clip excluded by the indoor policy `exclude`".into(),
             ));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(ClipError::internal(e.into())),
     };
-    let opened = open_clip(ctx, clip)?;
-    ctx.input_name = Some(opened.name.clone());
-    let source_blake3 = opened.blake3;
+    let source = open_clip(ctx, clip)?;
+    let source_blake3 = source.blake3().to_owned();
     if let Some(expected) = &c.blake3
         && !expected.eq_ignore_ascii_case(&source_blake3)
     {
-        return Err(anyhow::anyhow!(
-            "clip {} has blake3 {source_blake3}, the catalog expects {expected}",
-            opened.name
-        )
-        .into());
+        return Err(ClipError::failed(
+            FailureCode::Tampered,
+            format!(
+                "{}: blake3 {source_blake3} differs from the catalog's {}; not decoded",
+                c.uri,
+                expected.to_ascii_lowercase()
+            ),
+        ));
     }
-    let _memory = opened._memory;
     let sampling = ctx
         .config
         .sampling
@@ -900,9 +1026,13 @@ fn redact_clip<T: Send>(
         .map(Sampling::Fps)
         .unwrap_or(Sampling::All);
     let decoder = Decoder::open(
-        opened.input,
+        Input::Source {
+            name: c.uri.clone(),
+            source,
+        },
         &DecodeOptions {
             sampling,
+            limits: ctx.config.limits.decode(),
             ..DecodeOptions::default()
         },
     )?;
@@ -934,21 +1064,22 @@ fn redact_clip<T: Send>(
     let need_persons = indoor == Some(IndoorPolicy::BlurBackground);
 
     type Detected = (Frame, Vec<BBox>, Vec<BBox>);
-    let (tx, rx) = bounded::<anyhow::Result<Detected>>(4);
+    let (tx, rx) = bounded::<Result<Detected, ClipError>>(4);
     let mut hold: TemporalHold<(Frame, Vec<BBox>)> = TemporalHold::new(f.hold_frames);
     let mut face_time = Duration::ZERO;
     let withheld = &mut result.withheld;
     let emitted = &mut result.frames;
+    let mut lost_in_hold: Vec<WithheldFrame> = Vec::new();
     let outcome: Result<(), ClipError> = std::thread::scope(|s| {
         let rx = rx;
         let detector = s.spawn(move || {
             let mut spent = Duration::ZERO;
             for frame in decoder {
-                let item = frame.map_err(anyhow::Error::from).and_then(|frame| {
+                let item = frame.map_err(ClipError::from).and_then(|frame| {
                     let t = Instant::now();
-                    let faces = models.face_boxes(&frame.image)?;
+                    let faces = models.face_boxes(&frame.image).map_err(ClipError::model)?;
                     let persons = if need_persons {
-                        models.persons(&frame.image)?
+                        models.persons(&frame.image).map_err(ClipError::model)?
                     } else {
                         Vec::new()
                     };
@@ -967,7 +1098,7 @@ fn redact_clip<T: Send>(
         let (otx, orx) = bounded::<(crate::redact::RedactedFrame, u32, u32)>(4);
         let (dtx, drx) = crossbeam_channel::unbounded::<anyhow::Result<T>>();
         let info = &info;
-        s.spawn(move || {
+        let worker = s.spawn(move || {
             for (red, masks, found) in orx {
                 if dtx
                     .send(work(&c.video_id, info, &red, masks, found))
@@ -977,8 +1108,9 @@ fn redact_clip<T: Send>(
                 }
             }
         });
+        let mut handed_on = 0u64;
         let mut add = |ctx: &mut Ctx<'_>, item: anyhow::Result<T>| -> Result<(), ClipError> {
-            consume(ctx, item?)?;
+            consume(ctx, item.map_err(ClipError::internal)?).map_err(ClipError::internal)?;
             *emitted += 1;
             Ok(())
         };
@@ -991,7 +1123,10 @@ fn redact_clip<T: Send>(
             let cand = redactor.redact(frame, &faces, held, &persons);
             ctx.times.redact += t.elapsed();
             let t = Instant::now();
-            let found: Vec<Detection> = models.verifier.detect(cand.image())?;
+            let found: Vec<Detection> = models
+                .verifier
+                .detect(cand.image())
+                .map_err(|e| ClipError::model(e.into()))?;
             let masks = cand.masks().len() as u32;
             let verdict = redactor.verify(cand, &found);
             ctx.times.verify += t.elapsed();
@@ -1013,8 +1148,11 @@ fn redact_clip<T: Send>(
                 }
                 Verdict::Pass(red) => {
                     if otx.send((red, masks, found.len() as u32)).is_err() {
-                        return Err(anyhow::anyhow!("the frame work thread stopped").into());
+                        return Err(ClipError::internal(anyhow::anyhow!(
+                            "the frame work thread stopped"
+                        )));
                     }
+                    handed_on += 1;
                 }
             }
             Ok(())
@@ -1025,7 +1163,20 @@ fn redact_clip<T: Send>(
                 let t = Instant::now();
                 let Ok(item) = rx.recv() else { break };
                 wait += t.elapsed();
-                let (frame, faces, persons) = item?;
+                let (frame, faces, persons) = match item {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Frames waiting for their hold are not finished: withheld, with why.
+                        for ((frame, _), _, _) in hold.flush() {
+                            lost_in_hold.push(WithheldFrame {
+                                video_id: c.video_id.clone(),
+                                frame: frame.index,
+                                reason: HELD_AT_FAILURE.into(),
+                            });
+                        }
+                        return Err(e);
+                    }
+                };
                 if let Some((item, boxes, held)) = hold.push((frame, persons), faces) {
                     finish_one(ctx, item, boxes, held)?;
                 }
@@ -1043,16 +1194,39 @@ fn redact_clip<T: Send>(
         drop(rx);
         // Frames already redacted are handed on even when decoding failed later.
         let mut handed = Ok(());
+        let mut returned = 0u64;
         for done in drx.iter() {
+            returned += 1;
             if handed.is_ok() {
                 handed = add(ctx, done);
             }
         }
         ctx.times.decode_wait += wait;
-        face_time = detector.join().unwrap_or_default();
-        decoded.and(handed)
+        // A thread that panicked loses frames: the clip fails, it is never reported done.
+        let detector_ok = match detector.join() {
+            Ok(spent) => {
+                face_time = spent;
+                Ok(())
+            }
+            Err(_) => Err(ClipError::failed(
+                FailureCode::Internal,
+                format!("{}: face detection stopped unexpectedly (a bug)", c.uri),
+            )),
+        };
+        let worker_ok = match worker.join() {
+            Ok(()) if returned == handed_on => Ok(()),
+            _ => Err(ClipError::failed(
+                FailureCode::Internal,
+                format!(
+                    "{}: frame work stopped unexpectedly after {returned} of {handed_on} frames (a bug)",
+                    c.uri
+                ),
+            )),
+        };
+        decoded.and(detector_ok).and(worker_ok).and(handed)
     });
     ctx.times.face_detect += face_time;
+    result.withheld.append(&mut lost_in_hold);
     result.report = redactor.report().clone();
     tracing::debug!(
         frames = result.report.frames,
@@ -1093,31 +1267,6 @@ pub(crate) fn frame_entry(
         },
         provenance: info.provenance.clone(),
     }
-}
-
-/// The reason recorded for a failed clip: reproducible, and naming the clip by its catalog URI,
-/// not by where this run happened to read it from, so that the record is the same on every store.
-pub(crate) fn failure_reason(ctx: &mut Ctx<'_>, clip: &ConsentedClip, e: &anyhow::Error) -> String {
-    let mut reason = stable_reason(&format!("{e:#}"));
-    if let Some(name) = ctx.input_name.take().filter(|n| !n.is_empty()) {
-        reason = reason.replace(&name, &clip.clip().uri);
-    }
-    reason
-}
-
-/// Drops what differs between two runs of the same failure from an error text (ffmpeg prints the
-/// address of its demuxer context, `[mov,mp4 @ 0x55d0c…]`), so that `dataset.json` stays
-/// reproducible.
-fn stable_reason(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find(" @ 0x") {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i + 5..];
-        rest = tail.trim_start_matches(|c: char| c.is_ascii_hexdigit());
-    }
-    out.push_str(rest);
-    out
 }
 
 /// `n` and `noun`, plural unless `n` is 1.
@@ -1190,13 +1339,4 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn stable_reason_drops_ffmpeg_context_addresses() {
-        let a = super::stable_reason("[mov,mp4,m4a @ 0x557bd0232980] [error] moov atom not found");
-        assert_eq!(a, "[mov,mp4,m4a] [error] moov atom not found");
-    }
 }

@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eval "export $(scripts/setup.sh)"
+# Tests that load ONNX Runtime through the library (not the CLI, which sets it itself) must not
+# leave its telemetry files in the user's cache either.
+export ORT_DISABLE_TELEMETRY=1
 export CLEARFRAME_S3S_BIN="$(scripts/install-s3s.sh)"
 export CLEARFRAME_CONSUMERS_PYTHON="$(scripts/setup-consumers.sh)"
 export CLEARFRAME_FIFTYONE_PYTHON="$(scripts/setup-consumers.sh fiftyone)"

@@ -223,6 +223,7 @@ pub(crate) fn build(dir: &Path, frames: Vec<(ManifestEntry, Vec<u8>)>) -> Datase
     });
     emitter.clip_failed(ClipFailure {
         video_id: "garage-corrupt".into(),
+        code: clearframe::records::FailureCode::NotAVideo,
         reason: "ffmpeg could not decode the clip: moov atom not found".into(),
     });
     emitter.finish().unwrap()
@@ -670,6 +671,7 @@ fn a_dataset_with_no_frames_still_verifies() {
     let mut emitter = Emitter::create(&dir, inputs(), EmitOptions::default()).unwrap();
     emitter.clip_failed(ClipFailure {
         video_id: "garage-corrupt".into(),
+        code: clearframe::records::FailureCode::Truncated,
         reason: "corrupt".into(),
     });
     let record = emitter.finish().unwrap();

@@ -542,6 +542,67 @@ fn ledger_error(text: &str) -> LedgerError {
     Ledger::parse(text.as_bytes(), "ledger.jsonl").expect_err("the ledger must be refused")
 }
 
+/// Regression: unknown fields were ignored, so a misspelt bound (`expire_at`, `captured_form`)
+/// left a grant unbounded and its clips were included.
+#[test]
+fn an_unknown_ledger_field_stops_the_run_instead_of_widening_a_grant() {
+    let g = grant("e-1", "acct-1", "2026-01-05T10:00:00Z");
+    for (key, val) in [
+        ("expire_at", json!("2026-01-06T00:00:00Z")),
+        ("captured_form", json!("2026-01-01T00:00:00Z")),
+        ("captured_untill", json!("2026-01-01T00:00:00Z")),
+        ("Scope", json!(["ml_training"])),
+    ] {
+        let bad = with(g.clone(), key, val);
+        let err = ledger_error(&format!("{bad}\n"));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("ledger.jsonl:1:") && msg.contains(key),
+            "{key}: {msg}"
+        );
+    }
+    // Inside a nested object, and on every other event type, too.
+    let mut nested = g.clone();
+    nested["document"]["signed_by"] = json!("someone");
+    assert!(
+        ledger_error(&format!("{nested}\n"))
+            .to_string()
+            .contains("signed_by")
+    );
+    for extra in [
+        r#"{"event_id":"e-2","type":"consent.revoked","owner_id":"acct-1","at":"2026-01-01T00:00:00Z","grant":"e-1"}"#,
+        r#"{"event_id":"e-2","type":"neighbors.shared","owner_id":"acct-1","video_id":"v","at":"2026-01-01T00:00:00Z","visibility":"public","expires":"x"}"#,
+        r#"{"event_id":"e-2","type":"video.deleted","owner_id":"acct-1","video_id":"v","at":"2026-01-01T00:00:00Z","note":1}"#,
+        r#"{"event_id":"e-2","type":"account.deleted","owner_id":"acct-1","at":"2026-01-01T00:00:00Z","video_id":"v"}"#,
+    ] {
+        let msg = ledger_error(&format!("{g}\n{extra}\n")).to_string();
+        assert!(msg.starts_with("ledger.jsonl:2:"), "{extra}: {msg}");
+    }
+}
+
+/// Regression: an unknown catalog field (a misspelt `privacy_zone`) was ignored, so the clip was
+/// decoded without its zone.
+#[test]
+fn an_unknown_catalog_field_makes_the_line_invalid() {
+    let events = [grant("e-1", "acct-1", "2026-01-05T10:00:00Z")];
+    let zone = json!([[[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]]);
+    let catalog = format!(
+        "{}\n{}\n",
+        with(clip(), "privacy_zone", zone),
+        with(with(clip(), "video_id", json!("v-ok")), "e2e", json!(true))
+    );
+    let lines = select_lines(&catalog, &events);
+    for l in &lines {
+        assert_eq!(l.decision, Decision::Exclude, "{l:?}");
+        assert_eq!(l.reason_codes, vec![ReasonCode::InvalidLine], "{l:?}");
+    }
+    assert!(
+        lines[0].reasons[0].contains("privacy_zone"),
+        "{:?}",
+        lines[0]
+    );
+}
+
 #[test]
 fn invalid_ledger_lines_stop_with_file_and_line() {
     let g = grant("e-1", "acct-1", "2026-01-05T10:00:00Z").to_string();
@@ -712,6 +773,7 @@ fn a_bad_ledger_stops_everything_and_writes_nothing() {
         "bad/ledger-unknown-type.jsonl",
         "bad/ledger-grant-without-document.jsonl",
         "bad/ledger-foreign-revocation.jsonl",
+        "bad/ledger-unknown-field.jsonl",
         "no-such-ledger.jsonl",
     ] {
         let out = tempfile::tempdir().unwrap();

@@ -100,20 +100,23 @@ fn stages_in_sequence_give_the_run_dataset_resume_and_drop_revoked_clips() {
         assert!(errors.is_empty(), "{}: {errors:?}", p.display());
     };
     valid("redact-record", &work.join("redact.json"));
-    valid("clip-redaction", &work.join("redacted/v-car-front.json"));
-    valid("clip-redaction", &work.join("redacted/v-corrupt.json"));
+    valid(
+        "clip-redaction",
+        &work.join("redacted/v-car-front/clip.json"),
+    );
+    valid("clip-redaction", &work.join("redacted/v-corrupt/clip.json"));
     valid("detect-record", &work.join("detect.json"));
     valid(
         "clip-detections",
         &work.join("detected/v-street-bikes.json"),
     );
     assert_eq!(
-        json(&work.join("redacted/v-corrupt.json"))["status"],
+        json(&work.join("redacted/v-corrupt/clip.json"))["status"],
         "failed"
     );
     // Every file and folder the run and the stages created has ClearFrame's modes.
     for root in [&ran, &work, &staged] {
-        crate::trust::assert_modes(root);
+        crate::trust_out::assert_modes(root);
     }
     // Byte for byte what `run` wrote.
     let expected = local_files(&ran);
@@ -171,10 +174,9 @@ fn stages_in_sequence_give_the_run_dataset_resume_and_drop_revoked_clips() {
     // A redacted frame changed after redact: detect refuses it.
     let png = std::fs::read_dir(work.join("redacted/v-street-bikes"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "png"))
+        .unwrap();
     let mut bytes = std::fs::read(&png).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 1;
@@ -203,7 +205,7 @@ fn stages_in_sequence_give_the_run_dataset_resume_and_drop_revoked_clips() {
         stdout(&a)
     );
     assert!(!work.join("redacted/v-car-front").exists());
-    assert!(!work.join("redacted/v-car-front.json").exists());
+    assert!(!work.join("redacted/v-car-front/clip.json").exists());
     stage(&["detect"], &work).success();
     let nightly = dir.path().join("nightly");
     emit(&work, &nightly).success();

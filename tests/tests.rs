@@ -11,4 +11,5 @@ mod select;
 mod stages;
 mod storage;
 mod trust;
+mod trust_out;
 mod vision;

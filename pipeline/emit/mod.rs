@@ -16,8 +16,9 @@
 //!
 //! Every file is written to a temporary file in its folder and renamed into place, with mode
 //! `0640` (folders `0750`). An earlier dataset in the folder is replaced following [`dest`]: only
-//! what its `dataset.json` lists is ever deleted. Entries may arrive in any order; they are sorted before anything but the frames is written, and nothing
-//! reads the clock, so the same inputs give byte-identical outputs. [`crate::verify`] checks a
+//! what its `dataset.json` lists is ever deleted. Entries may arrive in any order; they are
+//! sorted before anything but the frames is written, and nothing reads the clock, so the same
+//! inputs give byte-identical outputs. [`crate::verify`] checks a
 //! folder written here.
 
 pub mod coco;
@@ -264,6 +265,24 @@ pub struct SelectionView {
     /// Human-readable reasons, when the selection gives them (`reasons` array or `reason`).
     #[serde(default, alias = "reason", deserialize_with = "one_or_many")]
     pub reasons: Vec<String>,
+    /// Machine-readable classes of the reasons, when the selection gives them.
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+}
+
+/// One line of the dataset's own `selection.jsonl`: an included clip and the event that allowed
+/// it. The dataset names nothing else: no owner or device id, no excluded clip (exclusions are
+/// counted by reason code in `dataset.json`); the full selection stays in the work folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ShippedSelectionLine {
+    /// 1-based catalog line.
+    pub line: Option<u64>,
+    /// Catalog id of the clip.
+    pub video_id: String,
+    /// Always `include`.
+    pub decision: String,
+    /// The consent basis.
+    pub basis: ConsentBasis,
 }
 
 impl SelectionView {
@@ -328,7 +347,9 @@ pub struct WithheldFrame {
 pub struct ClipFailure {
     /// Catalog id of the clip.
     pub video_id: String,
-    /// What went wrong.
+    /// The class of the failure (stable; see the README's list of failure codes).
+    pub code: crate::records::FailureCode,
+    /// What went wrong: a short message from ClearFrame's checks and ffmpeg's error lines only.
     pub reason: String,
 }
 
@@ -354,6 +375,9 @@ pub struct Counts {
     pub classes: BTreeMap<String, u64>,
     /// Per clip with at least one emitted or withheld frame.
     pub clips: BTreeMap<String, ClipCounts>,
+    /// Excluded catalog lines by their first reason code (the dataset names no excluded clip).
+    #[serde(default)]
+    pub excluded_by_reason: BTreeMap<String, u64>,
 }
 
 /// The inputs of a run that the dataset version records.
@@ -365,7 +389,8 @@ pub struct DatasetInputs {
     pub ledger_blake3: String,
     /// The instant consent was evaluated at (RFC 3339), as given to `select`.
     pub as_of: String,
-    /// The bytes of `selection.jsonl`, copied verbatim into the dataset.
+    /// The bytes of the select stage's `selection.jsonl`. The dataset ships only its included
+    /// lines, reduced to [`ShippedSelectionLine`]s; exclusions are counted by reason code.
     pub selection_jsonl: Vec<u8>,
 }
 
@@ -515,7 +540,12 @@ pub struct Emitter {
     root: PathBuf,
     inputs: DatasetInputs,
     options: EmitOptions,
+    /// The included lines of the selection.
     selection: Vec<SelectionView>,
+    /// What the dataset's `selection.jsonl` holds.
+    shipped: Vec<u8>,
+    decisions: BTreeMap<String, u64>,
+    excluded_by_reason: BTreeMap<String, u64>,
     included: BTreeMap<String, ConsentBasis>,
     entries: BTreeMap<(String, u64), ManifestEntry>,
     withheld: BTreeSet<WithheldFrame>,
@@ -571,8 +601,25 @@ impl Emitter {
     }
 
     fn new(root: &Path, inputs: DatasetInputs, options: EmitOptions) -> Result<Self, EmitError> {
-        let selection =
+        let full =
             parse_selection(&inputs.selection_jsonl).map_err(|e| input_err(paths::SELECTION, e))?;
+        let mut decisions: BTreeMap<String, u64> = BTreeMap::new();
+        let mut excluded_by_reason: BTreeMap<String, u64> = BTreeMap::new();
+        let mut shipped = Vec::new();
+        let mut selection = Vec::new();
+        for line in full {
+            *decisions.entry(line.decision.clone()).or_default() += 1;
+            if line.decision == "include" {
+                selection.push(line);
+            } else {
+                let code = line
+                    .reason_codes
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into());
+                *excluded_by_reason.entry(code).or_default() += 1;
+            }
+        }
         let mut included = BTreeMap::new();
         for line in &selection {
             if line.decision == "include" {
@@ -583,6 +630,14 @@ impl Emitter {
                 if included.insert(video_id.clone(), basis.clone()).is_some() {
                     return Err(input_err(what, "the clip is included twice"));
                 }
+                let shipped_line = ShippedSelectionLine {
+                    line: line.line,
+                    video_id: video_id.clone(),
+                    decision: "include".into(),
+                    basis: basis.clone(),
+                };
+                shipped.extend(serde_json::to_vec(&shipped_line).expect("serialises"));
+                shipped.push(b'\n');
             }
         }
         crate::storage::create_dir_all(root).map_err(|source| EmitError::Io {
@@ -594,6 +649,9 @@ impl Emitter {
             inputs,
             options,
             selection,
+            shipped,
+            decisions,
+            excluded_by_reason,
             included,
             entries: BTreeMap::new(),
             withheld: BTreeSet::new(),
@@ -709,7 +767,7 @@ impl Emitter {
         write_atomic(&self.root.join(paths::MANIFEST), &manifest)?;
         let root_hash = merkle::root(&leaves);
 
-        put(paths::SELECTION, &self.inputs.selection_jsonl)?;
+        put(paths::SELECTION, &self.shipped)?;
 
         let counts = self.counts();
         let labels = used_classes(&entries);
@@ -770,10 +828,11 @@ impl Emitter {
     }
 
     fn counts(&self) -> Counts {
-        let mut c = Counts::default();
-        for line in &self.selection {
-            *c.decisions.entry(line.decision.clone()).or_default() += 1;
-        }
+        let mut c = Counts {
+            decisions: self.decisions.clone(),
+            excluded_by_reason: self.excluded_by_reason.clone(),
+            ..Counts::default()
+        };
         for e in self.entries.values() {
             let clip = c.clips.entry(e.video_id.clone()).or_default();
             clip.frames += 1;

@@ -136,7 +136,11 @@ pub fn render(input: &ReportInput<'_>) -> String {
         };
         let mut reasons: Vec<String> = line.reasons.iter().map(|x| esc(x)).collect();
         if let Some(f) = failure {
-            reasons.push(format!("<b>failed:</b> {}", esc(&f.reason)));
+            reasons.push(format!(
+                "<b>failed</b> (<code>{}</code>): {}",
+                f.code.as_str(),
+                esc(&f.reason)
+            ));
         }
         let basis = line
             .basis
@@ -183,6 +187,17 @@ pub fn render(input: &ReportInput<'_>) -> String {
         );
     }
     s.push_str("</table>\n");
+    if !r.counts.excluded_by_reason.is_empty() {
+        s.push_str("<h2>Excluded by the consent gate</h2>\n<p class=\"muted\">The dataset names no excluded clip; the work folder's selection does.</p>\n<table>\n<tr><th>reason</th><th>clips</th></tr>\n");
+        for (code, n) in &r.counts.excluded_by_reason {
+            let _ = writeln!(
+                s,
+                "<tr><td><code>{}</code></td><td class=\"n\">{n}</td></tr>",
+                esc(code)
+            );
+        }
+        s.push_str("</table>\n");
+    }
 
     // Classes.
     s.push_str("<h2>Detections per class</h2>\n");

@@ -91,6 +91,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
                 failed += usize::from(record.status == ClipStatus::Failed);
                 emitter.clip_failed(ClipFailure {
                     video_id: id.clone(),
+                    code: record.code.unwrap_or(crate::records::FailureCode::Internal),
                     reason: record.reason.clone().unwrap_or_default(),
                 });
             }

@@ -5,7 +5,7 @@
 //! ```text
 //! WORK/selection.jsonl, select.json         clearframe select --out WORK
 //! WORK/redacted/<video_id>/<frame>.png      clearframe redact --work WORK
-//! WORK/redacted/<video_id>.json             (one record per clip)
+//! WORK/redacted/<video_id>/clip.json        (one record per clip, beside its frames)
 //! WORK/redact.json                          (the stage record, written last)
 //! WORK/detected/<video_id>.json             clearframe detect --work WORK
 //! WORK/detect.json                          (the stage record, written last)
@@ -20,7 +20,7 @@
 //!
 //! A work folder is ClearFrame's only when it holds a stage record ClearFrame wrote
 //! ([`check_work_folder`]); the stages delete only ClearFrame's own keys in it: their records,
-//! `redacted/<id>/<frame>.png`, `redacted/<id>.json` and `detected/<id>.json`. Anything else
+//! `redacted/<id>/<frame>.png`, `redacted/<id>/clip.json` and `detected/<id>.json`. Anything else
 //! found there is left alone, with a warning.
 //!
 //! Redacted frames are lossless PNGs, so that `detect` sees exactly the pixels `run` detects on
@@ -58,9 +58,10 @@ pub mod keys {
     /// Folder of per-clip detection records.
     pub const DETECTED: &str = "detected";
 
-    /// `redacted/<video_id>.json`
+    /// `redacted/<video_id>/clip.json`: inside the clip's own folder, so that no two ids share a
+    /// key (with `redacted/<id>.json`, the record of `a` was the frame folder of `a.json`).
     pub fn clip_redaction(video_id: &str) -> String {
-        format!("{REDACTED}/{video_id}.json")
+        format!("{REDACTED}/{video_id}/clip.json")
     }
     /// `redacted/<video_id>/` (the clip's frames)
     pub fn clip_frames(video_id: &str) -> String {
@@ -77,7 +78,7 @@ pub mod keys {
 }
 
 /// Format id of `redact.json`.
-pub const REDACT_FORMAT: &str = "clearframe-redact/1";
+pub const REDACT_FORMAT: &str = "clearframe-redact/2";
 /// Format id of `detect.json`.
 pub const DETECT_FORMAT: &str = "clearframe-detect/1";
 
@@ -138,6 +139,9 @@ pub struct ClipRedactionRecord {
     /// models, versions); a clip whose key is unchanged is not redone.
     pub key: String,
     pub status: ClipStatus,
+    /// For a failed or excluded clip: the class of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::records::FailureCode>,
     /// Why the clip failed or was excluded.
     pub reason: Option<String>,
     /// Absent when the clip could not be opened.
@@ -309,15 +313,19 @@ pub(crate) fn check_work_folder(store: &Arc<dyn Store>) -> anyhow::Result<()> {
     )
 }
 
-/// `<frame>.png` with at least six digits: the name `redact` gives a frame.
-fn is_frame_png(name: &str) -> bool {
-    name.strip_suffix(".png")
-        .is_some_and(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
+/// What `redact` names the objects in a clip's folder: `<frame>.png` (at least six digits) and
+/// `clip.json`.
+fn is_clip_object(name: &str) -> bool {
+    name == "clip.json"
+        || name
+            .strip_suffix(".png")
+            .is_some_and(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Deletes a clip's redacted frames: the keys `redacted/<id>/<frame>.png` under its folder
-/// (ClearFrame's own names: the frames of an interrupted `redact` are listed by no record yet,
-/// and a revoked clip's frames must go). Anything else there is left alone, with a warning.
+/// Deletes a clip's redacted frames and record: the keys `redacted/<id>/<frame>.png` and
+/// `redacted/<id>/clip.json` (ClearFrame's own names: the frames of an interrupted `redact` are
+/// listed by no record yet, and a revoked clip's frames must go). Anything else there is left
+/// alone, with a warning.
 pub(crate) fn delete_clip_frames(store: &Arc<dyn Store>, video_id: &str) -> anyhow::Result<()> {
     let prefix = keys::clip_frames(video_id);
     let listed = store
@@ -325,7 +333,7 @@ pub(crate) fn delete_clip_frames(store: &Arc<dyn Store>, video_id: &str) -> anyh
         .with_context(|| format!("cannot list {}", store.url(&prefix)))?;
     let mut left = Vec::new();
     for m in listed {
-        if is_frame_png(&m.key[prefix.len()..]) {
+        if is_clip_object(&m.key[prefix.len()..]) {
             delete_if_present(store, &m.key)?;
         } else {
             left.push(m.key);

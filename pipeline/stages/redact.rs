@@ -219,7 +219,6 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
         sources,
         s3: s3.clone(),
         upload: None,
-        input_name: None,
         times: StageTimes::default(),
     };
     let bar = crate::run::progress_bar(selection.included.len() as u64, "clips", progress);
@@ -370,16 +369,23 @@ fn redact_one(
     uploader
         .finish()
         .with_context(|| format!("cannot write the redacted frames of {}", c.video_id))?;
-    let (status, reason) = match r.outcome {
-        Ok(()) => (ClipStatus::Redacted, None),
-        Err(ClipError::Policy(reason)) => {
+    let (status, code, reason) = match &r.outcome {
+        Ok(()) => (ClipStatus::Redacted, None, None),
+        Err(e @ ClipError::Policy(reason)) => {
             tracing::info!(%reason, "clip left out by policy");
-            (ClipStatus::Excluded, Some(reason))
+            (ClipStatus::Excluded, Some(e.code()), Some(reason.clone()))
         }
-        Err(ClipError::Failed(e)) => {
-            let reason = crate::run::failure_reason(ctx, clip, &e);
-            tracing::error!(%reason, "clip failed; the batch goes on");
-            (ClipStatus::Failed, Some(reason))
+        Err(e) => {
+            tracing::error!(
+                code = e.code().as_str(),
+                reason = e.reason(),
+                "clip failed; the batch goes on"
+            );
+            (
+                ClipStatus::Failed,
+                Some(e.code()),
+                Some(e.reason().to_owned()),
+            )
         }
     };
     let key = match &r.info {
@@ -399,6 +405,7 @@ fn redact_one(
         consent: ConsentBasis::from(clip.basis()),
         key,
         status,
+        code,
         reason,
         info: r.info,
         frames,
