@@ -686,6 +686,90 @@ fn sigint_and_sigkill_leave_no_staging_folder_behind() {
     );
 }
 
+/// Regression: dataset files were 0600 (tempfile's default), work-folder files 0644 and folders
+/// 0755 (the umask's). Every path a run and the four stages create is stat-ed, under a umask
+/// that would give other modes.
+#[test]
+fn every_file_and_folder_clearframe_creates_has_one_explicit_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = mini_catalog(&tmp.path().join("in"));
+    let ledger = fixture("demo-ledger.jsonl");
+    let (ran, work, staged) = (
+        tmp.path().join("out/ran"),
+        tmp.path().join("out/work"),
+        tmp.path().join("out/staged"),
+    );
+    // umask 077 would make 0600 files; umask 002, 0664 ones: the modes do not depend on it.
+    let with_umask = |umask: &str, args: &[&std::ffi::OsStr]| {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_clearframe"))
+            .args(args);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    with_umask(
+        "077",
+        &[
+            &os("run"),
+            &os("--as-of"),
+            &os(AS_OF),
+            &os("--fps"),
+            &os("1"),
+            &os("--catalog"),
+            catalog.as_os_str(),
+            &os("--ledger"),
+            ledger.as_os_str(),
+            &os("--out"),
+            ran.as_os_str(),
+        ],
+    );
+    with_umask(
+        "002",
+        &[
+            &os("select"),
+            &os("--as-of"),
+            &os(AS_OF),
+            &os("--catalog"),
+            catalog.as_os_str(),
+            &os("--ledger"),
+            ledger.as_os_str(),
+            &os("--out"),
+            work.as_os_str(),
+        ],
+    );
+    with_umask(
+        "077",
+        &[
+            &os("redact"),
+            &os("--fps"),
+            &os("1"),
+            &os("--work"),
+            work.as_os_str(),
+        ],
+    );
+    with_umask("002", &[&os("detect"), &os("--work"), work.as_os_str()]);
+    with_umask(
+        "077",
+        &[
+            &os("emit"),
+            &os("--work"),
+            work.as_os_str(),
+            &os("--out"),
+            staged.as_os_str(),
+        ],
+    );
+    assert!(ran.join("dataset.json").exists() && staged.join("dataset.json").exists());
+    assert!(work.join("detect.json").exists());
+    assert_modes(&tmp.path().join("out"));
+}
+
 /// Every file and folder under `root` (and `root` itself) has ClearFrame's modes: files 0640,
 /// folders 0750.
 pub(crate) fn assert_modes(root: &Path) {
