@@ -396,6 +396,9 @@ pub enum FailureCode {
     Truncated,
     /// The raw frames disagree with ffmpeg's own count or do not end on a frame boundary.
     StreamInconsistent,
+    /// Something ClearFrame does not decode faithfully (a mirrored picture, a rotation that is not
+    /// a multiple of 90 degrees).
+    Unsupported,
     /// A frame is larger than `limits.max_pixels`.
     LimitPixels,
     /// The clip is longer than `limits.max_duration_s`.
@@ -431,6 +434,7 @@ impl FailureCode {
             FailureCode::NoFrames => "no_frames",
             FailureCode::Truncated => "truncated",
             FailureCode::StreamInconsistent => "stream_inconsistent",
+            FailureCode::Unsupported => "unsupported",
             FailureCode::LimitPixels => "limit_pixels",
             FailureCode::LimitDuration => "limit_duration",
             FailureCode::LimitFrames => "limit_frames",

@@ -688,6 +688,7 @@ impl From<MediaError> for ClipError {
             MediaError::NoVideo { .. } => FailureCode::NoVideoStream,
             MediaError::NoFrames { .. } => FailureCode::NoFrames,
             MediaError::Stream { .. } => FailureCode::StreamInconsistent,
+            MediaError::Unsupported { .. } => FailureCode::Unsupported,
             MediaError::Limit { limit, .. } => match limit {
                 Limit::Pixels => FailureCode::LimitPixels,
                 Limit::Duration => FailureCode::LimitDuration,
@@ -1158,6 +1159,7 @@ fn redact_clip<T: Send>(
             Ok(())
         };
         let mut wait = Duration::ZERO;
+        let mut received = 0u64;
         let mut go = || -> Result<(), ClipError> {
             loop {
                 let t = Instant::now();
@@ -1181,6 +1183,7 @@ fn redact_clip<T: Send>(
                     finish_one(ctx, item, boxes, held)?;
                 }
                 for done in drx.try_iter() {
+                    received += 1;
                     add(ctx, done)?;
                 }
             }
@@ -1194,7 +1197,7 @@ fn redact_clip<T: Send>(
         drop(rx);
         // Frames already redacted are handed on even when decoding failed later.
         let mut handed = Ok(());
-        let mut returned = 0u64;
+        let mut returned = received;
         for done in drx.iter() {
             returned += 1;
             if handed.is_ok() {

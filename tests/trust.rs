@@ -84,9 +84,9 @@ fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
         ("container-claims-30000.mp4", Frames(16, 16)),
         ("audio-only.m4a", Fails(&["no_video_stream"])),
         ("zero-frames.mp4", Fails(&["no_frames", "truncated"])),
-        ("one-by-one.mkv", Frames(1, 1)),
-        ("three-by-five.mkv", Frames(3, 5)),
-        ("odd-641x361.mp4", Frames(641, 361)),
+        ("one-by-one.mkv", Frames(2, 1)),      // 40:17
+        ("three-by-five.mkv", Frames(12, 5)),  // 200:51
+        ("odd-641x361.mp4", Frames(849, 361)), // pixel aspect 14440:10897
         ("gray.mkv", Frames(64, 48)),
         ("ten-bit.mkv", Frames(320, 136)),
         ("mjpeg.avi", Frames(160, 68)),
@@ -127,6 +127,62 @@ fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
         ("fifo.mp4", Fails(&["source_not_regular"])),
         ("folder.mp4", Fails(&["source_not_regular"])),
         ("missing.mp4", Fails(&["source_missing"])),
+    ] {
+        expect.insert(file.to_string(), e);
+    }
+    // Found by review: a playlist or a concat script makes ffmpeg open files that were never
+    // hashed, outside the catalog's folder; a rotation that is not a multiple of 90 degrees (or a
+    // mirror) made ffprobe and ffmpeg disagree on the picture; pixels 4:1 wide hid a face from
+    // both detectors.
+    let secret = outside.path().join("x.mp4");
+    std::fs::write(
+        media.join("playlist.mp4"),
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        media.join("concat.mp4"),
+        format!("ffconcat version 1.0\nfile '{}'\n", secret.display()),
+    )
+    .unwrap();
+    let car = fixture("media/carphone_pristine.mp4");
+    let plain = dir.join("plain.mp4");
+    ffmpeg(&[
+        "-i",
+        car.to_str().unwrap(),
+        "-t",
+        "1",
+        "-an",
+        "-c:v",
+        "libx264",
+        plain.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&plain).unwrap();
+    std::fs::write(media.join("rot-90.6.mp4"), with_matrix(&bytes, 90.6, false)).unwrap();
+    std::fs::write(media.join("mirrored.mp4"), with_matrix(&bytes, 0.0, true)).unwrap();
+    std::fs::write(media.join("rot-90.0.mp4"), with_matrix(&bytes, 90.0, false)).unwrap();
+    ffmpeg(&[
+        "-i",
+        car.to_str().unwrap(),
+        "-t",
+        "1",
+        "-an",
+        "-vf",
+        "scale=88:288,setsar=4",
+        "-c:v",
+        "libx264",
+        media.join("sar-4.mp4").to_str().unwrap(),
+    ]);
+    for (file, e) in [
+        ("playlist.mp4", Fails(&["not_a_video"])),
+        ("concat.mp4", Fails(&["not_a_video"])),
+        ("rot-90.6.mp4", Fails(&["unsupported"])),
+        ("mirrored.mp4", Fails(&["unsupported"])),
+        ("rot-90.0.mp4", Frames(144, 193)),
+        ("sar-4.mp4", Frames(352, 288)),
     ] {
         expect.insert(file.to_string(), e);
     }
@@ -250,6 +306,19 @@ fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
             "{file}: {emitted} emitted + {held} withheld of {decoded} decoded"
         );
     }
+    // The face in the clip with 4:1 pixels is found and masked at its display aspect.
+    let sar = ids.iter().find(|(_, f)| *f == "sar-4.mp4").unwrap().0;
+    assert!(
+        record["counts"]["clips"][sar.as_str()]["faces_masked"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{}",
+        record["counts"]["clips"][sar.as_str()]
+    );
+    // Nothing of the file behind the playlist was decoded.
+    let secret_hash = clearframe::hashing::hash_file(&secret).unwrap();
+    assert!(!manifest.contains(&secret_hash));
     // Every clip accounted for: emitted, or failed.
     let n = ids.len() + 1;
     assert_eq!(sizes.len() + failed.len(), n, "{sizes:?} {failed:?}");
@@ -437,4 +506,53 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         out.push(p);
     }
     out
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An mp4 with its video track's display matrix (`tkhd`) set to a rotation of `degrees`
+/// counter-clockwise, mirrored when `mirror`.
+fn with_matrix(mp4: &[u8], degrees: f64, mirror: bool) -> Vec<u8> {
+    let mut b = mp4.to_vec();
+    let i = b.windows(4).position(|w| w == b"tkhd").expect("a tkhd box");
+    let version = b[i + 4];
+    // version+flags, times, track id, reserved, duration, reserved, layer, group, volume, reserved
+    let off = i
+        + 4
+        + 4
+        + if version == 0 { 8 } else { 16 }
+        + 4
+        + 4
+        + if version == 0 { 4 } else { 8 }
+        + 8
+        + 8;
+    let t = degrees.to_radians();
+    let f = if mirror { -1.0 } else { 1.0 };
+    let q = |v: f64| (v * 65536.0).round() as i32;
+    let m: [i32; 9] = [
+        q(t.cos() * f),
+        q(t.sin() * f),
+        0,
+        q(-t.sin()),
+        q(t.cos()),
+        0,
+        0,
+        0,
+        1 << 30,
+    ];
+    for (k, v) in m.iter().enumerate() {
+        b[off + 4 * k..off + 4 * k + 4].copy_from_slice(&v.to_be_bytes());
+    }
+    b
 }

@@ -127,6 +127,15 @@ pub enum MediaError {
         /// What disagreed.
         detail: String,
     },
+    /// The clip uses something that ClearFrame does not decode faithfully (a mirrored or
+    /// oddly rotated picture).
+    #[error("{name}: unsupported: {detail}")]
+    Unsupported {
+        /// The clip concerned.
+        name: String,
+        /// What is not supported.
+        detail: String,
+    },
     /// A per-clip limit was exceeded.
     #[error("{name}: {detail}")]
     Limit {
@@ -480,7 +489,10 @@ impl Decoder {
         let token = nonce();
         // Sampling and timing come from this run's own showinfo filters; the size and format of
         // every raw frame are forced to the probed geometry.
-        let force = format!("scale=w={w}:h={h},format=rgb24");
+        let force = format!(
+            "{}scale=w={w}:h={h},setsar=1,format=rgb24",
+            probe.orientation.filters()
+        );
         let filter = match opts.sampling {
             Sampling::All => format!("showinfo@o{token},{force}"),
             // `round=up` maps a frame at t to the first slot at or after t, so slot k shows the
@@ -495,7 +507,10 @@ impl Decoder {
             None => FfmpegCommand::new(),
         };
         cmd.hide_banner()
-            .args(["-nostats", "-nostdin", "-i"])
+            .args(["-nostats", "-nostdin", "-noautorotate"])
+            .args(["-format_whitelist", probe::FORMAT_WHITELIST])
+            .args(["-protocol_whitelist", probe::PROTOCOL_WHITELIST])
+            .arg("-i")
             .arg(path.as_os_str())
             .arg("-map")
             .arg(format!("0:{}", probe.stream_index))
@@ -920,7 +935,8 @@ mod tests {
             &DecodeOptions::default(),
         )
         .unwrap();
-        assert_eq!((dec.info().width, dec.info().height), (176, 144));
+        // 176x144 coded at a pixel aspect of 128:117: 193x144 square pixels.
+        assert_eq!((dec.info().width, dec.info().height), (193, 144));
         let mut last = -1.0;
         let mut n = 0;
         for f in &mut dec {

@@ -12,17 +12,47 @@ use serde::Deserialize;
 
 use super::{Limit, MediaError, error_lines};
 
+/// How the decoder turns the coded picture upright (ffmpeg's own autorotation is off: it also
+/// follows per-frame rotation messages, which a file can change mid-stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orientation {
+    /// As coded.
+    Upright,
+    /// A quarter turn clockwise (`transpose=clock`).
+    Clockwise,
+    /// A half turn (`hflip,vflip`).
+    HalfTurn,
+    /// A quarter turn counter-clockwise (`transpose=cclock`).
+    CounterClockwise,
+}
+
+impl Orientation {
+    /// The filters that apply it, each followed by a comma; empty when upright.
+    pub fn filters(self) -> &'static str {
+        match self {
+            Orientation::Upright => "",
+            Orientation::Clockwise => "transpose=clock,",
+            Orientation::HalfTurn => "hflip,vflip,",
+            Orientation::CounterClockwise => "transpose=cclock,",
+        }
+    }
+
+    fn swaps(self) -> bool {
+        matches!(self, Orientation::Clockwise | Orientation::CounterClockwise)
+    }
+}
+
 /// What ffprobe says about the clip, for the one video stream that is decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
     /// Absolute index of the decoded stream in the container (`-map 0:<index>`).
     pub stream_index: u32,
-    /// Width of a decoded frame after rotation.
+    /// Width of a decoded frame: upright, at square pixels (the display size).
     pub width: u32,
-    /// Height of a decoded frame after rotation.
+    /// Height of a decoded frame: upright, at square pixels.
     pub height: u32,
-    /// Display rotation in degrees, as the container states it.
-    pub rotation: f64,
+    /// How the coded picture is turned upright.
+    pub orientation: Orientation,
     /// Pixel format of the coded stream (`yuv420p`, `gray`, ...).
     pub pix_fmt: Option<String>,
     /// Average frame rate.
@@ -53,6 +83,8 @@ struct Stream {
     #[serde(default)]
     pix_fmt: Option<String>,
     #[serde(default)]
+    sample_aspect_ratio: Option<String>,
+    #[serde(default)]
     avg_frame_rate: Option<String>,
     #[serde(default)]
     duration: Option<String>,
@@ -71,7 +103,7 @@ struct Disposition {
 #[derive(Deserialize)]
 struct SideData {
     #[serde(default)]
-    rotation: Option<f64>,
+    displaymatrix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +123,44 @@ fn ffprobe_for(ffmpeg: Option<&Path>) -> std::path::PathBuf {
 /// At most this much JSON is read from ffprobe (a container with thousands of streams).
 const MAX_PROBE_JSON: u64 = 4 << 20;
 
+/// ffprobe gets this long to read a clip's header.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The demuxers a clip may be read with: video containers and single images. Playlists and
+/// scripts (`hls`, `concat`, `image2` sequences, ...) are not among them: they open other files,
+/// which were never hashed and need not be inside the catalog's folder.
+pub const FORMAT_WHITELIST: &str = "mov,matroska,avi,mpegts,flv,asf,ogg,ivf,mpeg,mxf,nut,\
+     h264,hevc,m4v,mjpeg,yuv4mpegpipe,gif,png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,gif_pipe";
+
+/// The only protocol a clip is read through: the descriptor's `/proc` path is a file.
+pub const PROTOCOL_WHITELIST: &str = "file";
+
+/// ffmpeg 5.1's autorotation angle for a display matrix (clockwise degrees, 0..360, rounded
+/// to a whole degree as ffmpeg does), and whether the matrix mirrors the picture.
+fn rotation_of(m: &[f64; 9]) -> Option<(i64, bool)> {
+    let conv = |v: f64| v / 65536.0;
+    let s0 = conv(m[0]).hypot(conv(m[3]));
+    let s1 = conv(m[1]).hypot(conv(m[4]));
+    if s0 == 0.0 || s1 == 0.0 {
+        return None;
+    }
+    let ccw = -(conv(m[1]) / s1).atan2(conv(m[0]) / s0).to_degrees();
+    let mut theta = -ccw.round();
+    theta -= 360.0 * (theta / 360.0 + 0.9 / 360.0).floor();
+    let mirrored = m[0] * m[4] - m[1] * m[3] < 0.0;
+    Some((theta as i64, mirrored))
+}
+
+/// The nine numbers of ffprobe's `displaymatrix` text (`00000000: a b u` per row).
+fn parse_matrix(text: &str) -> Option<[f64; 9]> {
+    let nums: Vec<f64> = text
+        .split_whitespace()
+        .filter(|t| !t.ends_with(':'))
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    nums.try_into().ok()
+}
+
 /// Probes `path` (a `/proc/<pid>/fd/<n>` of a [`super::SourceFile`]); `name` names the clip in
 /// errors, and replaces the path in what ffprobe says.
 pub fn probe(
@@ -104,9 +174,12 @@ pub fn probe(
         .args(["-v", "error", "-hide_banner", "-print_format", "json"])
         .args([
             "-show_entries",
-            "stream=index,codec_type,width,height,pix_fmt,avg_frame_rate,duration:\
-             stream_disposition=attached_pic:stream_side_data=rotation:format=duration",
+            "stream=index,codec_type,width,height,pix_fmt,sample_aspect_ratio,avg_frame_rate,\
+             duration:stream_disposition=attached_pic:stream_side_data=displaymatrix:\
+             format=duration",
         ])
+        .args(["-format_whitelist", FORMAT_WHITELIST])
+        .args(["-protocol_whitelist", PROTOCOL_WHITELIST])
         .arg("-i")
         .arg(path)
         .stdin(std::process::Stdio::null())
@@ -125,14 +198,40 @@ pub fn probe(
         let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         s
     });
-    let mut json = Vec::new();
     let mut stdout = child.stdout.take().expect("piped");
-    let read = (&mut stdout).take(MAX_PROBE_JSON).read_to_end(&mut json);
-    let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-    let status = child.wait().map_err(|source| MediaError::Io {
-        name: name.to_owned(),
-        source,
-    })?;
+    let out_thread = std::thread::spawn(move || {
+        let mut json = Vec::new();
+        let read = (&mut stdout).take(MAX_PROBE_JSON).read_to_end(&mut json);
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        (json, read.is_ok())
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > PROBE_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(MediaError::Decode {
+                    name: name.to_owned(),
+                    status: format!(
+                        "ffprobe did not finish within {} s",
+                        PROBE_TIMEOUT.as_secs()
+                    ),
+                    stderr_tail: "  (no error message)".into(),
+                });
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(source) => {
+                return Err(MediaError::Io {
+                    name: name.to_owned(),
+                    source,
+                });
+            }
+        }
+    };
+    let (json, read_ok) = out_thread.join().unwrap_or_default();
+    let read: Result<(), ()> = if read_ok { Ok(()) } else { Err(()) };
     let stderr = err_thread.join().unwrap_or_default();
     let said = error_lines(&String::from_utf8_lossy(&stderr), path, name);
     if !status.success() || read.is_err() {
@@ -174,16 +273,56 @@ pub fn probe(
             stderr_tail: said,
         });
     };
-    let rotation = stream
+    let unsupported = |detail: String| MediaError::Unsupported {
+        name: name.to_owned(),
+        detail,
+    };
+    let orientation = match stream
         .side_data_list
         .iter()
-        .find_map(|s| s.rotation)
-        .filter(|r| r.is_finite())
-        .unwrap_or(0.0);
-    // ffmpeg's autorotation transposes for a quarter turn either way and keeps the size for any
-    // other angle.
-    let quarter = (rotation.round() as i64).rem_euclid(180) == 90;
-    let (width, height) = if quarter { (h, w) } else { (w, h) };
+        .find_map(|s| s.displaymatrix.as_deref())
+    {
+        None => Orientation::Upright,
+        Some(text) => {
+            let m = parse_matrix(text)
+                .ok_or_else(|| unsupported("the display matrix cannot be read".into()))?;
+            match rotation_of(&m) {
+                Some((_, true)) => {
+                    return Err(unsupported("the display matrix mirrors the picture".into()));
+                }
+                Some((0 | 360, false)) => Orientation::Upright,
+                Some((90, false)) => Orientation::Clockwise,
+                Some((180, false)) => Orientation::HalfTurn,
+                Some((270, false)) => Orientation::CounterClockwise,
+                Some((theta, false)) => {
+                    return Err(unsupported(format!(
+                        "a rotation of {theta} degrees is not a multiple of 90"
+                    )));
+                }
+                None => return Err(unsupported("the display matrix is degenerate".into())),
+            }
+        }
+    };
+    // Non-square pixels are decoded at the display aspect: a face squeezed 4:1 in coded pixels
+    // is found by neither detector.
+    let sar = stream
+        .sample_aspect_ratio
+        .as_deref()
+        .and_then(|r| r.split_once(':'))
+        .and_then(|(n, d)| Some((n.parse::<u64>().ok()?, d.parse::<u64>().ok()?)))
+        .filter(|&(n, d)| n > 0 && d > 0);
+    let display_w = match sar {
+        Some((n, d)) if n != d => {
+            let wide = (u128::from(w) * u128::from(n) + u128::from(d) / 2) / u128::from(d);
+            u32::try_from(wide.max(1)).unwrap_or(u32::MAX)
+        }
+        _ => w,
+    };
+    let (width, height) = if orientation.swaps() {
+        (h, display_w)
+    } else {
+        (display_w, h)
+    };
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
         return Err(MediaError::Limit {
@@ -201,7 +340,7 @@ pub fn probe(
         stream_index: stream.index,
         width,
         height,
-        rotation,
+        orientation,
         pix_fmt: stream.pix_fmt.clone(),
         fps: stream.avg_frame_rate.as_deref().and_then(parse_rate),
         duration: seconds(&stream.duration).or_else(|| seconds(&out.format.as_ref()?.duration)),
@@ -220,6 +359,38 @@ fn parse_rate(r: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rotation_follows_ffmpeg() {
+        let q = 65536.0;
+        let w = 1073741824.0;
+        // ffprobe's matrix for `-metadata:s:v rotate=90` (a quarter turn clockwise).
+        let cw = [0.0, -q, 0.0, q, 0.0, 0.0, 0.0, 0.0, w];
+        assert_eq!(super::rotation_of(&cw), Some((270, false)));
+        let id = [q, 0.0, 0.0, 0.0, q, 0.0, 0.0, 0.0, w];
+        assert_eq!(super::rotation_of(&id), Some((0, false)));
+        let mirror = [-q, 0.0, 0.0, 0.0, q, 0.0, 0.0, 0.0, w];
+        assert_eq!(super::rotation_of(&mirror).map(|r| r.1), Some(true));
+        // 90.6 degrees rounds to 91, which ffmpeg would rotate by an arbitrary angle.
+        let a = 90.6f64.to_radians();
+        let odd = [
+            a.cos() * q,
+            -a.sin() * q,
+            0.0,
+            a.sin() * q,
+            a.cos() * q,
+            0.0,
+            0.0,
+            0.0,
+            w,
+        ];
+        assert!(!matches!(
+            super::rotation_of(&odd),
+            Some((0 | 90 | 180 | 270, _))
+        ));
+        let text = "\n00000000:            0      -65536           0\n00000001:        65536           0           0\n00000002:            0           0  1073741824\n";
+        assert_eq!(super::parse_matrix(text), Some(cw));
+    }
+
     #[test]
     fn rates_parse() {
         assert_eq!(super::parse_rate("25/1"), Some(25.0));

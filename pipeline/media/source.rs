@@ -1,14 +1,15 @@
 //! One file, one identity: the bytes a clip is hashed from are the bytes ffmpeg decodes.
 //!
-//! A [`SourceFile`] is an open descriptor, never a path that could be swapped. A local clip is
+//! A [`SourceFile`] is an open descriptor, never a path that could be swapped. A catalog clip is
 //! opened once, beneath the catalog's folder (a symlink is followed only while it stays inside
 //! that folder), refused unless it is a regular file (a FIFO, device or socket could serve other
-//! bytes to each reader), and hashed from that descriptor. A stream (an S3 body) is copied once
-//! into an anonymous memory file (`memfd`, never a file on disk), hashed as it streams and sealed
-//! against any change. ffmpeg and ffprobe then open `/proc/<pid>/fd/<n>` of that descriptor: the
-//! same inode (a rename or a new file at the path changes nothing). A local file rewritten in
-//! place while it is decoded changes its status-change time, which [`SourceFile::check_unchanged`]
-//! reports after decoding; a sealed memory file cannot change at all.
+//! bytes to each reader), and copied once from that descriptor into an anonymous memory file
+//! (`memfd`, never a file on disk), hashed as it is copied and sealed against any change; an S3
+//! body is streamed into one the same way. ffmpeg and ffprobe then open `/proc/<pid>/fd/<n>` of
+//! that sealed file: exactly the hashed bytes, whatever happens to the path or the original file
+//! meanwhile. A file given to `anonymize` by its user is read in place through its descriptor; a
+//! rewrite while it is decoded changes its status-change time, which
+//! [`SourceFile::check_unchanged`] reports.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -95,8 +96,9 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
-    /// Opens `key` (a `/`-separated relative path) beneath `root`. Symlinks are resolved, but
-    /// only inside `root`; anything but a regular file is refused before a byte is read.
+    /// Opens `key` (a `/`-separated relative path) beneath `root` and copies it into a sealed
+    /// memory file. Symlinks are resolved, but only inside `root`; anything but a regular file is
+    /// refused before a byte is read.
     pub fn open_beneath(
         root: &Path,
         key: &str,
@@ -138,7 +140,13 @@ impl SourceFile {
             }
             Err(e) => return Err(io(e.into())),
         };
-        Self::from_local(File::from(fd), name, max_bytes)
+        Self::sealed_copy(File::from(fd), name, max_bytes)
+    }
+
+    /// A regular file's bytes, copied into a sealed memory file.
+    fn sealed_copy(file: File, name: &str, max_bytes: u64) -> Result<SourceFile, SourceError> {
+        check_regular(&file, name, max_bytes)?;
+        Self::from_reader(file, name, max_bytes)
     }
 
     /// For kernels without `openat2`: canonicalise, check the result is inside `root`, and open
@@ -174,7 +182,7 @@ impl SourceFile {
             Mode::empty(),
         )
         .map_err(|e| io(e.into()))?;
-        Self::from_local(File::from(fd), name, max_bytes)
+        Self::sealed_copy(File::from(fd), name, max_bytes)
     }
 
     /// Opens a local file given by the user (`anonymize`): any path, but a regular file only.
@@ -200,29 +208,7 @@ impl SourceFile {
             name: name.to_owned(),
             source,
         };
-        let st = rustix::fs::fstat(&file).map_err(|e| io(e.into()))?;
-        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
-        let what = match kind {
-            rustix::fs::FileType::RegularFile => None,
-            rustix::fs::FileType::Directory => Some("folder"),
-            rustix::fs::FileType::Fifo => Some("FIFO"),
-            rustix::fs::FileType::Socket => Some("socket"),
-            rustix::fs::FileType::CharacterDevice => Some("character device"),
-            rustix::fs::FileType::BlockDevice => Some("block device"),
-            _ => Some("special file"),
-        };
-        if let Some(kind) = what {
-            return Err(SourceError::NotRegular {
-                name: name.to_owned(),
-                kind,
-            });
-        }
-        if st.st_size as u64 > max_bytes {
-            return Err(SourceError::TooLarge {
-                name: name.to_owned(),
-                max_bytes,
-            });
-        }
+        check_regular(&file, name, max_bytes)?;
         let before = stamp(&file).map_err(io)?;
         let mut hasher = blake3::Hasher::new();
         let len = std::io::copy(&mut (&file).take(max_bytes + 1), &mut hasher).map_err(io)?;
@@ -247,7 +233,43 @@ impl SourceFile {
         }
         Ok(source)
     }
+}
 
+/// Refuses anything but a regular file of at most `max_bytes`.
+fn check_regular(file: &File, name: &str, max_bytes: u64) -> Result<(), SourceError> {
+    {
+        let io = |source: std::io::Error| SourceError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        let st = rustix::fs::fstat(file).map_err(|e| io(e.into()))?;
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        let what = match kind {
+            rustix::fs::FileType::RegularFile => None,
+            rustix::fs::FileType::Directory => Some("folder"),
+            rustix::fs::FileType::Fifo => Some("FIFO"),
+            rustix::fs::FileType::Socket => Some("socket"),
+            rustix::fs::FileType::CharacterDevice => Some("character device"),
+            rustix::fs::FileType::BlockDevice => Some("block device"),
+            _ => Some("special file"),
+        };
+        if let Some(kind) = what {
+            return Err(SourceError::NotRegular {
+                name: name.to_owned(),
+                kind,
+            });
+        }
+        if st.st_size as u64 > max_bytes {
+            return Err(SourceError::TooLarge {
+                name: name.to_owned(),
+                max_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SourceFile {
     /// Copies a stream into a sealed memory file, hashing as it goes.
     pub fn from_reader(
         mut reader: impl Read,
@@ -389,19 +411,30 @@ mod tests {
     }
 
     #[test]
-    fn the_descriptor_survives_a_rename_of_the_path() {
+    fn a_catalog_clip_is_a_sealed_copy_of_the_hashed_bytes() {
+        // Regression: a clip rewritten in place (or swapped by a rename) while it was decoded
+        // gave frames of other bytes under the first bytes' blake3.
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.mp4");
         std::fs::write(&p, b"first bytes").unwrap();
         let src = SourceFile::open_beneath(dir.path(), "a.mp4", "a", 1 << 20).unwrap();
-        // Swap the path for other bytes: the descriptor still reads the hashed ones.
-        std::fs::rename(&p, dir.path().join("old.mp4")).unwrap();
         std::fs::write(&p, b"other bytes").unwrap();
+        std::fs::rename(&p, dir.path().join("old.mp4")).unwrap();
+        std::fs::write(&p, b"third bytes").unwrap();
         let read = std::fs::read(src.proc_path()).unwrap();
         assert_eq!(read, b"first bytes");
         assert_eq!(src.blake3(), crate::hashing::hash_bytes(&read));
-        // Writing the hashed inode itself is detected.
-        std::fs::write(dir.path().join("old.mp4"), b"rewritten").unwrap();
+        src.check_unchanged("a").unwrap();
+    }
+
+    #[test]
+    fn a_users_file_rewritten_in_place_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.mp4");
+        std::fs::write(&p, b"first bytes").unwrap();
+        let src = SourceFile::open_path(&p, 1 << 20).unwrap();
+        src.check_unchanged("a").unwrap();
+        std::fs::write(&p, b"rewritten!!").unwrap();
         assert!(matches!(
             src.check_unchanged("a"),
             Err(SourceError::Changed { .. })
