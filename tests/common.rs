@@ -62,3 +62,17 @@ pub fn ffmpeg_frames(
         .map(|c| image::RgbImage::from_raw(w, h, c.to_vec()).unwrap())
         .collect()
 }
+
+/// Runs the ffmpeg CLI quietly (overwriting outputs); fails the test with ffmpeg's message.
+pub fn ffmpeg(args: &[&str]) {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg runs (scripts/setup.sh installs ffmpeg)");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -391,7 +391,38 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
         std::fs::read(dir.join("dataset.json")).unwrap(),
         record.to_bytes()
     );
-    assert_eq!(files["selection.jsonl"], selection());
+    // The dataset ships the included lines only, reduced to id, line and basis: no owner or
+    // device id and no excluded clip (regression: the whole selection travelled with every
+    // copy of the dataset); exclusions are counted by reason code.
+    let shipped = String::from_utf8(files["selection.jsonl"].clone()).unwrap();
+    let input = String::from_utf8(selection()).unwrap();
+    let included: Vec<serde_json::Value> = input
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["decision"] == "include")
+        .collect();
+    assert_eq!(shipped.lines().count(), included.len());
+    for (line, want) in shipped.lines().zip(&included) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["video_id"], want["video_id"]);
+        for k in ["kind", "event_id", "event_blake3"] {
+            assert_eq!(v["basis"][k], want["basis"][k], "{k}");
+        }
+        for k in ["clip", "owner_id", "device_id", "reasons"] {
+            assert!(v.get(k).is_none(), "{k} in {line}");
+        }
+    }
+    for v in input
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    {
+        if v["decision"] == "exclude"
+            && let Some(id) = v["video_id"].as_str()
+        {
+            assert!(!shipped.contains(id), "excluded {id} named in the dataset");
+        }
+    }
+    assert!(!record.counts.excluded_by_reason.is_empty());
 
     // Manifest lines: sorted by clip, paths and hashes set by the emitter.
     let first: ManifestEntry =
@@ -430,8 +461,10 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     // The report shows only redacted frames, by relative path, and names the decisions.
     let html = String::from_utf8(files["report.html"].clone()).unwrap();
     assert!(html.contains("src=\"frames/street-bikes/000030.jpg\""));
-    assert!(html.contains("consent was revoked by the owner"));
-    assert!(html.contains("moov atom not found"));
+    // Exclusions by reason code only: the excluded clip and its reason are not named.
+    assert!(html.contains("<code>no_basis</code>") && html.contains("<code>invalid_line</code>"));
+    assert!(!html.contains("consent was revoked by the owner") && !html.contains("kitchen-cam"));
+    assert!(html.contains("moov atom not found") && html.contains("<code>not_a_video</code>"));
     assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script"));
 
     if let Some(keep) = std::env::var_os("CLEARFRAME_KEEP_TEST_DATASET") {

@@ -12,7 +12,7 @@ use clearframe::media::{DecodeOptions, Decoder, Frame, Input, MediaError, Sampli
 use clearframe::redact::{RedactOptions, Redactor, TemporalHold, Verdict, grow_box, mask_contains};
 use clearframe::vision::{BBox, CenterFace, CenterFaceConfig, RetinaFace, RetinaFaceConfig};
 
-use crate::common::{clearframe, fixture};
+use crate::common::{clearframe, ffmpeg, fixture};
 
 fn centerface() -> CenterFace {
     CenterFace::new(&ModelOptions::default(), CenterFaceConfig::default())
@@ -207,15 +207,6 @@ fn bad_clips_give_clean_errors() {
         }
         other => panic!("expected Truncated, got {other:?}"),
     }
-}
-
-fn ffmpeg(args: &[&str]) {
-    let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ffmpeg {args:?}");
 }
 
 #[test]

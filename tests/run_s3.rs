@@ -243,7 +243,9 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
     let record: serde_json::Value = serde_json::from_slice(&tampered["dataset.json"]).unwrap();
     let failed = record["failed_clips"].to_string();
     assert!(
-        failed.contains("v-street-bikes") && failed.contains("the catalog expects"),
+        failed.contains("v-street-bikes")
+            && failed.contains("\"code\":\"tampered\"")
+            && failed.contains("differs from the catalog's"),
         "{failed}"
     );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{clearframe, fixture};
+use crate::common::{clearframe, ffmpeg, fixture};
 
 const AS_OF: &str = "2026-11-01T00:00:00Z";
 
@@ -506,19 +506,6 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         out.push(p);
     }
     out
-}
-
-fn ffmpeg(args: &[&str]) {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// An mp4 with its video track's display matrix (`tkhd`) set to a rotation of `degrees`

@@ -76,8 +76,29 @@ pub fn tracks(frames: &[&ManifestEntry], min_iou: f32) -> Vec<Track> {
     tracks
 }
 
+/// A coordinate to two decimals, rounded from the value the manifest prints (the f32's shortest
+/// decimal form, which is what every reader of the manifest parses), not from the f32's binary
+/// expansion: 138.775 is written 138.775 in the manifest and must not become 138.77 here. The
+/// rounding is the exact decimal one with ties to even, as `{:.2}` (and Python's `round`) do.
 fn coord(v: f32) -> String {
-    format!("{:.2}", super::round(f64::from(v), 2))
+    let shown: f64 = v.to_string().parse().unwrap_or(f64::from(v));
+    match format!("{shown:.2}") {
+        z if z == "-0.00" => "0.00".to_owned(),
+        s => s,
+    }
+}
+
+#[cfg(test)]
+mod coord_tests {
+    #[test]
+    fn coordinates_round_like_the_manifest_reads() {
+        // Regression: CVAT said 138.77 where the manifest's 138.775 reads 138.78.
+        assert_eq!(super::coord(138.775), "138.78");
+        assert_eq!(super::coord(1.0), "1.00");
+        assert_eq!(super::coord(0.125), "0.12");
+        assert_eq!(super::coord(8.875), "8.88");
+        assert_eq!(super::coord(-0.001), "0.00");
+    }
 }
 
 /// Renders one clip's XML. `frames` are the clip's entries in manifest order; `labels` the
