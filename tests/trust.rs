@@ -33,18 +33,23 @@ enum Expect {
     Fails(&'static [&'static str]),
 }
 
+/// `clearframe run` on `lines` with the grant above, `extra` arguments (default `--fps 2`).
 fn run_catalog(dir: &Path, lines: &[String], extra: &[&str]) -> (i32, Value, String) {
     std::fs::write(dir.join("catalog.jsonl"), lines.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("ledger.jsonl"), grant_line() + "\n").unwrap();
     let out = dir.join("out");
     let a = clearframe()
-        .args(["run", "--as-of", AS_OF, "--fps", "2", "--catalog"])
+        .args(["run", "--as-of", AS_OF, "--catalog"])
         .arg(dir.join("catalog.jsonl"))
         .arg("--ledger")
         .arg(dir.join("ledger.jsonl"))
         .arg("--out")
         .arg(&out)
-        .args(extra)
+        .args(if extra.is_empty() {
+            &["--fps", "2"][..]
+        } else {
+            extra
+        })
         .timeout(Duration::from_secs(600))
         .assert();
     let o = a.get_output();
@@ -542,4 +547,79 @@ fn with_matrix(mp4: &[u8], degrees: f64, mirror: bool) -> Vec<u8> {
         b[off + 4 * k..off + 4 * k + 4].copy_from_slice(&v.to_be_bytes());
     }
     b
+}
+
+#[test]
+fn a_per_frame_rotation_message_cannot_move_pixels_past_a_zone() {
+    // Found by review: ffmpeg's autorotation follows H.264 display-orientation messages frame by
+    // frame, so one frame turned half round carried the zone's pixels (red here) to the opposite
+    // corner, uncovered. Decoding now ignores them and turns every frame by the container's
+    // matrix only.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("media")).unwrap();
+    let (q1, q2, list) = (dir.join("q1.mp4"), dir.join("q2.mp4"), dir.join("list.txt"));
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=gray:s=320x240:r=5:d=1",
+        "-vf",
+        "drawbox=x=0:y=0:w=160:h=120:color=red:t=fill",
+        "-c:v",
+        "libx264",
+        "-crf",
+        "5",
+        "-pix_fmt",
+        "yuv444p",
+        "-x264-params",
+        "keyint=5",
+        q1.to_str().unwrap(),
+    ]);
+    ffmpeg(&[
+        "-i",
+        q1.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-bsf:v",
+        "h264_metadata=display_orientation=insert:rotate=180",
+        q2.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        &list,
+        format!("file '{}'\nfile '{}'\n", q1.display(), q2.display()),
+    )
+    .unwrap();
+    let mix = dir.join("media/mix.mp4");
+    ffmpeg(&[
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        list.to_str().unwrap(),
+        "-c",
+        "copy",
+        mix.to_str().unwrap(),
+    ]);
+    let mut line = clip_line("mix", "media/mix.mp4");
+    line["privacy_zones"] = json!([[[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]]);
+    // At the clip's own rate: the turned frame is the first after the change. ffmpeg rebuilds
+    // its filters where the side data changes and loses the frames its sampler held: the clip
+    // fails rather than silently missing them, and no emitted frame shows the zone's pixels.
+    let (code, record, stderr) = run_catalog(dir, &[line.to_string()], &["--fps", "5"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        record["failed_clips"][0]["code"], "stream_inconsistent",
+        "{record}"
+    );
+    let frames = dir.join("out/frames/mix");
+    for e in std::fs::read_dir(&frames).into_iter().flatten() {
+        let img = image::open(e.unwrap().path()).unwrap().to_rgb8();
+        let red = img
+            .pixels()
+            .filter(|p| p.0[0] > 150 && p.0[1] < 90 && p.0[2] < 90)
+            .count();
+        assert!(red < 50, "{red} red pixels outside the zone");
+    }
 }

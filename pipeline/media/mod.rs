@@ -327,10 +327,12 @@ impl fmt::Debug for Frame {
     }
 }
 
-/// ffmpeg's error lines, shared with the thread that drains its stderr.
+/// ffmpeg's error lines, shared with the thread that drains its stderr, and whether ffmpeg
+/// rebuilt this run's filters mid-stream.
 #[derive(Clone, Default)]
 struct Tail(
     Arc<Mutex<VecDeque<String>>>,
+    Arc<std::sync::atomic::AtomicBool>,
     Arc<std::sync::atomic::AtomicBool>,
 );
 
@@ -341,6 +343,14 @@ impl Tail {
     }
     fn had_error(&self) -> bool {
         self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Records that ffmpeg configured this run's filters a second time: it does so when a
+    /// frame's side data (a display matrix) changes, and drops the frames its `fps` filter held.
+    fn mark_rebuilt(&self) {
+        self.2.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn rebuilt(&self) -> bool {
+        self.2.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn push(&self, line: String) {
         let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -507,7 +517,15 @@ impl Decoder {
             None => FfmpegCommand::new(),
         };
         cmd.hide_banner()
-            .args(["-nostats", "-nostdin", "-noautorotate"])
+            // No autorotation (it follows per-frame rotation messages a file can change), and no
+            // filter rebuild on a size change (the forced scale absorbs it).
+            .args([
+                "-nostats",
+                "-nostdin",
+                "-noautorotate",
+                "-reinit_filter",
+                "0",
+            ])
             .args(["-format_whitelist", probe::FORMAT_WHITELIST])
             .args(["-protocol_whitelist", probe::PROTOCOL_WHITELIST])
             .arg("-i")
@@ -649,6 +667,15 @@ impl Decoder {
                     detail: format!("ffmpeg wrote frame {} but did not report it", self.read),
                 });
             };
+            if self.tail.rebuilt() {
+                self.stop();
+                return Err(MediaError::Stream {
+                    name: self.name.clone(),
+                    detail: "ffmpeg rebuilt its filters mid-stream (the frames' side data \
+                             changed), which loses frames"
+                        .into(),
+                });
+            }
             if out.pts > self.limits.max_duration_s {
                 let max = self.limits.max_duration_s;
                 return Err(self.limit(
@@ -691,6 +718,14 @@ impl Decoder {
         let ok = status.ends_with(": 0") && !self.tail.had_error();
         let stderr_tail = self.tail.text();
         let name = self.name.clone();
+        if self.tail.rebuilt() {
+            return Err(MediaError::Stream {
+                name,
+                detail: "ffmpeg rebuilt its filters mid-stream (the frames' side data changed), \
+                         which loses frames"
+                    .into(),
+            });
+        }
         if ok && filled != 0 {
             return Err(MediaError::Stream {
                 name,
@@ -812,6 +847,9 @@ fn drain_decoder_stderr(
         if let Some(body) = own_line(raw, "o", token) {
             past_header = true;
             if let Some(tb) = parse_time_base(body) {
+                if out_tb.is_some() {
+                    tail.mark_rebuilt();
+                }
                 out_tb = Some(tb);
             } else if let (Some((n, pts)), Some((tn, td))) = (parse_frame_line(body), out_tb) {
                 let source = if sampled {
@@ -837,6 +875,9 @@ fn drain_decoder_stderr(
         if sampled && let Some(body) = own_line(raw, "s", token) {
             past_header = true;
             if let Some(tb) = parse_time_base(body) {
+                if src_tb.is_some() {
+                    tail.mark_rebuilt();
+                }
                 src_tb = Some(tb);
             } else if let Some((_, pts)) = parse_frame_line(body) {
                 decoded.push_back((src_count, pts));
