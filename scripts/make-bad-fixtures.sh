@@ -205,6 +205,26 @@ enc gap-one-hour.mkv -f lavfi -i "color=c=gray:s=64x48:r=25" -- -frames:v 2 \
 "${FF[@]}" -i "$TMP/rot-src.mp4" -c copy -metadata:s:v:0 rotate=90 "${BX[@]}" "$TMP/rot.mp4"
 put rotated-90.mp4 <"$TMP/rot.mp4"
 
+# --- geometry that changes mid-stream -----------------------------------------------------------
+# Two MPEG-TS segments back to back (TS is a stream: a decoder takes the new SPS as it comes). The
+# container and ffprobe report the first segment's geometry; the frames after it differ.
+ts() { # ts NAME INPUT-ARGS... -- OUTPUT-ARGS...
+  local name=$1; shift
+  local in=()
+  while [ "$1" != -- ]; do in+=("$1"); shift; done
+  shift
+  "${FF[@]}" "${in[@]}" -an "$@" "${X264[@]}" -crf 30 -pix_fmt yuv420p "${BX[@]}" \
+    -f mpegts "$TMP/$name.ts"
+}
+# 6 grey frames at 704x144, then carphone's 176x144 (ffprobe: 704x144).
+ts wide -f lavfi -i "color=c=gray:s=704x144:r=30000/1001" -- -frames:v 6
+ts narrow -i "$SRC/carphone_pristine.mp4" -- -frames:v 30 -vf setsar=1
+cat "$TMP/wide.ts" "$TMP/narrow.ts" | put size-change.ts
+# carphone with square pixels for 6 frames, then with pixels 4 times as tall as wide (ffprobe: 1:1).
+ts square -i "$SRC/carphone_pristine.mp4" -- -frames:v 6 -vf setsar=1
+ts tall -i "$SRC/carphone_pristine.mp4" -- -frames:v 30 -vf setsar=1/4
+cat "$TMP/square.ts" "$TMP/tall.ts" | put sar-change.ts
+
 # --- metadata that forges ffmpeg's log ----------------------------------------------------------
 # ffmpeg prints metadata keys raw (values get an indent after each newline): a key with newlines
 # writes whole lines of its own into the log, before the real `Output #0` block. 320x544 has the

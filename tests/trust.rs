@@ -103,6 +103,8 @@ fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
         ("forged-geometry.mkv", Frames(640, 272)),
         ("forged-showinfo.mp4", Frames(640, 272)),
         ("metadata-then-corrupt.mp4", Fails(&["truncated"])),
+        ("size-change.ts", Fails(&["stream_inconsistent"])),
+        ("sar-change.ts", Fails(&["stream_inconsistent"])),
     ] {
         std::fs::copy(bad.join(file), media.join(file)).unwrap();
         expect.insert(file.to_string(), e);
@@ -547,6 +549,43 @@ fn with_matrix(mp4: &[u8], degrees: f64, mirror: bool) -> Vec<u8> {
         b[off + 4 * k..off + 4 * k + 4].copy_from_slice(&v.to_be_bytes());
     }
     b
+}
+
+#[test]
+fn a_size_or_pixel_aspect_change_mid_stream_fails_the_clip() {
+    // Found by review: the probe reads a stream's start; a new SPS later on changed the frames'
+    // size (704x144, then 176x144) or pixel aspect (1:1, then 1:4), and the forced scale
+    // stretched them silently to the probed geometry. Each decoded frame is now checked against
+    // the probe, at the clip's own rate and sampled.
+    use clearframe::media::{DecodeOptions, Decoder, Input, MediaError, Sampling};
+    for (file, changed) in [
+        ("size-change.ts", "is 176x144 with pixel aspect 1:1"),
+        ("sar-change.ts", "is 176x144 with pixel aspect 1:4"),
+    ] {
+        for sampling in [Sampling::All, Sampling::Fps(2.0)] {
+            let opts = DecodeOptions {
+                sampling,
+                ..Default::default()
+            };
+            let mut frames = 0;
+            let mut failure = None;
+            for f in
+                Decoder::open(Input::Path(fixture(&format!("bad/media/{file}"))), &opts).unwrap()
+            {
+                match f {
+                    Ok(_) => frames += 1,
+                    Err(e) => failure = Some(e),
+                }
+            }
+            match failure {
+                Some(MediaError::Stream { detail, .. }) => {
+                    assert!(detail.contains(changed), "{file} {sampling:?}: {detail}")
+                }
+                other => panic!("{file} {sampling:?}: {other:?} after {frames} frames"),
+            }
+            assert!(frames <= 6, "{file} {sampling:?}: {frames} frames passed");
+        }
+    }
 }
 
 #[test]

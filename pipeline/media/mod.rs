@@ -327,33 +327,39 @@ impl fmt::Debug for Frame {
     }
 }
 
-/// ffmpeg's error lines, shared with the thread that drains its stderr, and whether ffmpeg
-/// rebuilt this run's filters mid-stream.
+/// What the thread that drains ffmpeg's stderr shares with the decoder: ffmpeg's error lines,
+/// whether it logged one, and the first sign that the frames are not the stream that was probed.
 #[derive(Clone, Default)]
-struct Tail(
-    Arc<Mutex<VecDeque<String>>>,
-    Arc<std::sync::atomic::AtomicBool>,
-    Arc<std::sync::atomic::AtomicBool>,
-);
+struct Tail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    error: Arc<std::sync::atomic::AtomicBool>,
+    inconsistent: Arc<Mutex<Option<String>>>,
+}
 
 impl Tail {
     /// Records that ffmpeg logged an error (it may still exit 0, e.g. on a truncated mp4).
     fn mark_error(&self) {
-        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.error.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     fn had_error(&self) -> bool {
-        self.1.load(std::sync::atomic::Ordering::Relaxed)
+        self.error.load(std::sync::atomic::Ordering::Relaxed)
     }
-    /// Records that ffmpeg configured this run's filters a second time: it does so when a
-    /// frame's side data (a display matrix) changes, and drops the frames its `fps` filter held.
-    fn mark_rebuilt(&self) {
-        self.2.store(true, std::sync::atomic::Ordering::Relaxed);
+    /// Records why the frames cannot be trusted to be the probed stream (the first reason
+    /// stays): ffmpeg configured this run's filters a second time (it does so when a frame's
+    /// side data, a display matrix, changes, and drops the frames its `fps` filter held), or a
+    /// decoded frame has another size or pixel aspect than the probe found.
+    fn mark_inconsistent(&self, detail: String) {
+        let mut slot = self.inconsistent.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(detail);
     }
-    fn rebuilt(&self) -> bool {
-        self.2.load(std::sync::atomic::Ordering::Relaxed)
+    fn inconsistency(&self) -> Option<String> {
+        self.inconsistent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     fn push(&self, line: String) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if q.back() == Some(&line) {
             return;
         }
@@ -363,7 +369,7 @@ impl Tail {
         q.push_back(line);
     }
     fn text(&self) -> String {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if q.is_empty() {
             return "  (no error message)".to_owned();
         }
@@ -568,9 +574,13 @@ impl Decoder {
         let stderr_thread = {
             let tail = tail.clone();
             let (path, name) = (path.clone(), name.clone());
-            let sampled = matches!(opts.sampling, Sampling::Fps(_));
+            let own = OwnFilters {
+                token,
+                sampled: matches!(opts.sampling, Sampling::Fps(_)),
+                coded: probe.coded,
+            };
             std::thread::spawn(move || {
-                drain_decoder_stderr(stderr, &token, sampled, frames_tx, tail, &path, &name)
+                drain_decoder_stderr(stderr, &own, frames_tx, tail, &path, &name)
             })
         };
         Ok(Decoder {
@@ -667,13 +677,11 @@ impl Decoder {
                     detail: format!("ffmpeg wrote frame {} but did not report it", self.read),
                 });
             };
-            if self.tail.rebuilt() {
+            if let Some(detail) = self.tail.inconsistency() {
                 self.stop();
                 return Err(MediaError::Stream {
                     name: self.name.clone(),
-                    detail: "ffmpeg rebuilt its filters mid-stream (the frames' side data \
-                             changed), which loses frames"
-                        .into(),
+                    detail,
                 });
             }
             if out.pts > self.limits.max_duration_s {
@@ -718,13 +726,8 @@ impl Decoder {
         let ok = status.ends_with(": 0") && !self.tail.had_error();
         let stderr_tail = self.tail.text();
         let name = self.name.clone();
-        if self.tail.rebuilt() {
-            return Err(MediaError::Stream {
-                name,
-                detail: "ffmpeg rebuilt its filters mid-stream (the frames' side data changed), \
-                         which loses frames"
-                    .into(),
-            });
+        if let Some(detail) = self.tail.inconsistency() {
+            return Err(MediaError::Stream { name, detail });
         }
         if ok && filled != 0 {
             return Err(MediaError::Stream {
@@ -810,6 +813,47 @@ fn parse_frame_line(body: &str) -> Option<(u64, i128)> {
     Some((n.parse().ok()?, pts.parse().ok()?))
 }
 
+/// The size and pixel aspect of the frame a showinfo frame line describes
+/// (`... fmt:yuv420p sar:1/1 s:704x144 i:P ...`); `None` when the line states them not or
+/// twice.
+fn parse_frame_geometry(body: &str) -> Option<probe::Coded> {
+    let (mut sar, mut size) = (None, None);
+    for tok in body.split_whitespace() {
+        if let Some(v) = tok.strip_prefix("sar:") {
+            let (n, d) = v.split_once('/')?;
+            let aspect = probe::Coded::aspect(n.parse().ok()?, d.parse().ok()?);
+            if sar.replace(aspect).is_some() {
+                return None;
+            }
+        } else if let Some(v) = tok.strip_prefix("s:") {
+            let (w, h) = v.split_once('x')?;
+            if size.replace((w.parse().ok()?, h.parse().ok()?)).is_some() {
+                return None;
+            }
+        }
+    }
+    let (width, height) = size?;
+    Some(probe::Coded {
+        width,
+        height,
+        sar: sar?,
+    })
+}
+
+/// Checks a frame line of this run's showinfo against the probed geometry: a stream can change
+/// size or pixel aspect mid-way (a new SPS), which the probe, reading its start, cannot see.
+fn check_frame_geometry(body: &str, n: u64, coded: probe::Coded, tail: &Tail) {
+    match parse_frame_geometry(body) {
+        Some(g) if g == coded => {}
+        Some(g) => tail.mark_inconsistent(format!(
+            "decoded frame {n} is {g}, the stream was probed as {coded}"
+        )),
+        None => tail.mark_inconsistent(format!(
+            "ffmpeg reported decoded frame {n} without its size and pixel aspect"
+        )),
+    }
+}
+
 /// The body of a line that this run's filter `showinfo@<tag><token>` printed, if it is one.
 fn own_line<'a>(line: &'a str, tag: &str, token: &str) -> Option<&'a str> {
     let rest = line.strip_prefix("[showinfo@")?;
@@ -819,15 +863,33 @@ fn own_line<'a>(line: &'a str, tag: &str, token: &str) -> Option<&'a str> {
     rest.strip_prefix("] [info] ")
 }
 
+const REBUILT: &str =
+    "ffmpeg rebuilt its filters mid-stream (the frames' side data changed), which loses frames";
+
+/// What the decoder's stderr thread knows of this run's own filters.
+struct OwnFilters {
+    /// The random part of their names.
+    token: String,
+    /// Whether `showinfo@s` reports the decoded frames before an `fps` filter.
+    sampled: bool,
+    /// The geometry every decoded frame must have.
+    coded: probe::Coded,
+}
+
 fn drain_decoder_stderr(
     stderr: ChildStderr,
-    token: &str,
-    sampled: bool,
+    own: &OwnFilters,
     frames_tx: Sender<OutFrame>,
     tail: Tail,
     path: &Path,
     name: &str,
 ) {
+    let OwnFilters {
+        token,
+        sampled,
+        coded,
+    } = own;
+    let (sampled, coded) = (*sampled, *coded);
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     // Decoded frames seen by `showinfo@s` (ordinal, pts) not yet passed by the samples.
@@ -848,10 +910,13 @@ fn drain_decoder_stderr(
             past_header = true;
             if let Some(tb) = parse_time_base(body) {
                 if out_tb.is_some() {
-                    tail.mark_rebuilt();
+                    tail.mark_inconsistent(REBUILT.into());
                 }
                 out_tb = Some(tb);
             } else if let (Some((n, pts)), Some((tn, td))) = (parse_frame_line(body), out_tb) {
+                if !sampled {
+                    check_frame_geometry(body, n, coded, &tail);
+                }
                 let source = if sampled {
                     // The sample at pts*tn/td shows the last decoded frame at or before it.
                     while let Some(&(ord, spts)) = decoded.front() {
@@ -876,10 +941,11 @@ fn drain_decoder_stderr(
             past_header = true;
             if let Some(tb) = parse_time_base(body) {
                 if src_tb.is_some() {
-                    tail.mark_rebuilt();
+                    tail.mark_inconsistent(REBUILT.into());
                 }
                 src_tb = Some(tb);
-            } else if let Some((_, pts)) = parse_frame_line(body) {
+            } else if let Some((n, pts)) = parse_frame_line(body) {
+                check_frame_geometry(body, n, coded, &tail);
                 decoded.push_back((src_count, pts));
                 src_count += 1;
             }
@@ -942,6 +1008,40 @@ mod tests {
         assert_eq!(level_of("[error] broken"), Some("error"));
         assert_eq!(level_of("[info] Output #0"), Some("info"));
         assert_eq!(level_of("Output #0, rawvideo"), None);
+    }
+
+    #[test]
+    fn frame_geometry_is_read_from_showinfo_and_checked() {
+        let body = "n:   5 pts:  15015 pts_time:0.166833 pos:     2632 fmt:yuv420p sar:0/1 \
+                    s:704x144 i:P iskey:0 type:P checksum:0";
+        let g = parse_frame_geometry(body).unwrap();
+        assert_eq!((g.width, g.height, g.sar), (704, 144, (1, 1)));
+        let g = parse_frame_geometry("n: 1 pts: 2 sar:256/234 s:176x144").unwrap();
+        assert_eq!(g.sar, (128, 117));
+        // Unstated or stated twice: no geometry, and the frame is not trusted.
+        assert_eq!(parse_frame_geometry("n: 1 pts: 2 sar:1/1"), None);
+        assert_eq!(
+            parse_frame_geometry("n: 1 pts: 2 sar:1/1 s:2x2 s:4x4"),
+            None
+        );
+        assert_eq!(parse_frame_geometry("n: 1 pts: 2 sar:1/1 s:2x"), None);
+        let coded = probe::Coded {
+            width: 704,
+            height: 144,
+            sar: (1, 1),
+        };
+        let tail = Tail::default();
+        check_frame_geometry(body, 5, coded, &tail);
+        assert_eq!(tail.inconsistency(), None);
+        check_frame_geometry("n: 6 pts: 3 sar:1/4 s:704x144", 6, coded, &tail);
+        check_frame_geometry("n: 7 pts: 4 sar:1/1 s:176x144", 7, coded, &tail);
+        assert_eq!(
+            tail.inconsistency().as_deref(),
+            Some(
+                "decoded frame 6 is 704x144 with pixel aspect 1:4, the stream was probed as \
+                 704x144 with pixel aspect 1:1"
+            )
+        );
     }
 
     #[test]

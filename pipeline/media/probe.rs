@@ -61,6 +61,43 @@ pub struct Probe {
     pub duration: Option<f64>,
     /// Whether the container has an audio stream.
     pub has_audio: bool,
+    /// Size and pixel aspect of a frame as the decoder gives it (before turning and
+    /// rescaling): every decoded frame must have exactly these.
+    pub coded: Coded,
+}
+
+/// A decoded picture's size and pixel aspect, as coded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coded {
+    pub width: u32,
+    pub height: u32,
+    /// Sample (pixel) aspect ratio, reduced; 1:1 when the stream states none.
+    pub sar: (u64, u64),
+}
+
+impl Coded {
+    /// A stated aspect `n/d` in lowest terms; unknown (`0/1`, `0/0`) is square.
+    pub fn aspect(n: u64, d: u64) -> (u64, u64) {
+        if n == 0 || d == 0 {
+            return (1, 1);
+        }
+        let (mut a, mut b) = (n, d);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        (n / a, d / a)
+    }
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (n, d) = self.sar;
+        write!(
+            f,
+            "{}x{} with pixel aspect {n}:{d}",
+            self.width, self.height
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -310,9 +347,9 @@ pub fn probe(
         .as_deref()
         .and_then(|r| r.split_once(':'))
         .and_then(|(n, d)| Some((n.parse::<u64>().ok()?, d.parse::<u64>().ok()?)))
-        .filter(|&(n, d)| n > 0 && d > 0);
+        .map_or((1, 1), |(n, d)| Coded::aspect(n, d));
     let display_w = match sar {
-        Some((n, d)) if n != d => {
+        (n, d) if n != d => {
             let wide = (u128::from(w) * u128::from(n) + u128::from(d) / 2) / u128::from(d);
             u32::try_from(wide.max(1)).unwrap_or(u32::MAX)
         }
@@ -345,6 +382,11 @@ pub fn probe(
         fps: stream.avg_frame_rate.as_deref().and_then(parse_rate),
         duration: seconds(&stream.duration).or_else(|| seconds(&out.format.as_ref()?.duration)),
         has_audio,
+        coded: Coded {
+            width: w,
+            height: h,
+            sar,
+        },
     })
 }
 
