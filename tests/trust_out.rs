@@ -877,3 +877,117 @@ fn select_excludes_clips_outside_the_allowed_sources_and_malformed_s3_uris() {
         "{record}"
     );
 }
+
+/// Regression: a link inside an output or work folder redirected ClearFrame's writes and
+/// deletes: `frames/<id> -> ../victim` put the new frames (and the replacement's deletes) into
+/// `victim`, `annotations/cvat -> ..` wrote annotations beside the folder, `redacted/<id>` in a
+/// work folder did the same with lossless PNGs; listings skipped links silently. Now nothing
+/// below the root is reached through a link: a link (or FIFO, device, socket) there is an error
+/// that names it, before anything is written or deleted.
+#[test]
+fn links_inside_output_and_work_folders_are_refused_never_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("keep.txt"), b"theirs").unwrap();
+    let untouched = |what: &str| {
+        let names: Vec<_> = std::fs::read_dir(&victim)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["keep.txt"], "{what}: files appeared in the victim");
+        assert_eq!(std::fs::read(victim.join("keep.txt")).unwrap(), b"theirs");
+    };
+
+    // A dataset ClearFrame wrote, then one of its frame folders swapped for a link.
+    let ds = tmp.path().join("ds");
+    build(&ds, frames());
+    let clip = frames()[0].0.video_id.clone();
+    let real = ds.join(format!("frames/{clip}"));
+    std::fs::rename(&real, tmp.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, &real).unwrap();
+    let err = Emitter::create(&ds, inputs(), EmitOptions::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("is a symbolic link") && text.contains(&format!("frames/{clip}")),
+        "{text}"
+    );
+    untouched("emit over frames/<id> -> victim");
+    std::fs::remove_file(&real).unwrap();
+    std::fs::rename(tmp.path().join("moved"), &real).unwrap();
+    // `annotations/cvat -> ..`: the folder's parent.
+    let cvat = ds.join("annotations/cvat");
+    if cvat.exists() {
+        std::fs::remove_dir_all(&cvat).unwrap();
+    }
+    std::os::unix::fs::symlink("..", &cvat).unwrap();
+    let text = Emitter::create(&ds, inputs(), EmitOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("annotations/cvat is a symbolic link"),
+        "{text}"
+    );
+    assert!(!ds.join("annotations/annotations.xml").exists());
+    // A folder that holds only a link is not empty, and not ours.
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::os::unix::fs::symlink(&victim, fresh.join("frames")).unwrap();
+    let text = Emitter::create(&fresh, inputs(), EmitOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("fresh/frames is a symbolic link"), "{text}");
+    untouched("emit into a folder holding frames -> victim");
+
+    // A work folder: every store operation refuses the link and follows nothing.
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(work.join("redacted")).unwrap();
+    std::os::unix::fs::symlink(&victim, work.join("redacted/a")).unwrap();
+    let store: Arc<dyn Store> = Arc::new(clearframe::storage::LocalStore::new(&work));
+    let png = Bytes::from_static(b"\x89PNG unredacted");
+    let refused = |r: Result<(), clearframe::storage::StorageError>, op: &str| {
+        let e = r.expect_err(op).to_string();
+        assert!(e.contains("redacted/a is a symbolic link"), "{op}: {e}");
+    };
+    refused(store.put("redacted/a/000000.png", png.clone()), "put");
+    refused(
+        store.put_record("redacted/a/x.json", png.clone()),
+        "put_record",
+    );
+    refused(store.list("redacted/").map(drop), "list");
+    refused(store.get("redacted/a/keep.txt").map(drop), "get");
+    refused(store.head("redacted/a/keep.txt").map(drop), "head");
+    refused(store.delete("redacted/a/keep.txt"), "delete");
+    untouched("work folder redacted/a -> victim");
+    // Elsewhere in the work folder, the store works as ever.
+    store.put("redacted/b/000000.png", png).unwrap();
+    assert_eq!(store.list("redacted/b/").unwrap().len(), 1);
+
+    // End to end: a second run over a dataset whose frame folder became a link fails, names
+    // the link, and writes nothing through it.
+    let dir = tmp.path().join("e2e");
+    let catalog = mini_catalog(&dir);
+    let out = dir.join("out");
+    let run = || {
+        clearframe()
+            .args(["run", "--as-of", AS_OF, "--fps", "1", "--catalog"])
+            .arg(&catalog)
+            .arg("--ledger")
+            .arg(fixture("demo-ledger.jsonl"))
+            .arg("--out")
+            .arg(&out)
+            .assert()
+    };
+    run().success();
+    let frames_dir = out.join("frames/v-bunny-yard");
+    assert!(frames_dir.is_dir());
+    std::fs::remove_dir_all(&frames_dir).unwrap();
+    std::os::unix::fs::symlink(&victim, &frames_dir).unwrap();
+    let a = run().failure();
+    let err = stderr(&a);
+    assert!(
+        err.contains("frames/v-bunny-yard is a symbolic link"),
+        "{err}"
+    );
+    untouched("run over frames/v-bunny-yard -> victim");
+}

@@ -261,14 +261,11 @@ impl Destination {
     }
 }
 
-/// Removes the folders of a deleted local key that are now empty, up to (not including) `root`.
+/// Removes the folders of a deleted local key that are now empty, up to (not including) `root`,
+/// following no link.
 fn prune_empty_parents(root: &std::path::Path, key: &str) {
-    let mut rel = std::path::Path::new(key).parent();
-    while let Some(dir) = rel.filter(|d| !d.as_os_str().is_empty()) {
-        if std::fs::remove_dir(root.join(dir)).is_err() {
-            break;
-        }
-        rel = dir.parent();
+    if let Some((dir, _)) = key.rsplit_once('/') {
+        crate::storage::beneath::Beneath::new(root).remove_empty_dirs(dir);
     }
 }
 

@@ -490,35 +490,21 @@ pub fn encode_jpeg(image: &image::RgbImage) -> Result<Vec<u8>, EmitError> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder, synced, and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EmitError> {
-    write_via_temp(path, bytes, true)
-}
-
-/// [`write_atomic`] with the fsync optional: frames skip it (one fsync per frame would dominate
-/// the stage), since `dataset.json`, synced and written last, is what marks a folder complete and
-/// `verify` re-hashes every frame anyway.
-fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<(), EmitError> {
+/// Writes `bytes` as `rel` below `root` through a temporary file in the same folder and a
+/// rename, following no link below `root` ([`crate::storage::beneath`]). `sync` adds fsyncs:
+/// frames skip them (one fsync per frame would dominate the stage), since `dataset.json`, synced
+/// and written last, is what marks a folder complete and `verify` re-hashes every frame anyway.
+fn write_beneath(root: &Path, rel: &str, bytes: &[u8], sync: bool) -> Result<(), EmitError> {
     use std::io::Write;
-    let io = |source| EmitError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    crate::storage::create_dir_all(dir).map_err(io)?;
-    // The local store's temp prefix: listings skip it, so a crash leaves nothing that looks like
-    // someone else's file.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(crate::storage::TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(io)?;
-    crate::storage::set_file_mode(tmp.as_file()).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    if sync {
-        tmp.as_file().sync_all().map_err(io)?;
-    }
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    crate::storage::beneath::Beneath::new(root)
+        .write(rel, crate::storage::TEMP_PREFIX, sync, |f| {
+            f.write_all(bytes).map(|()| bytes.len() as u64)
+        })
+        .map(drop)
+        .map_err(|source| EmitError::Io {
+            path: root.join(rel),
+            source,
+        })
 }
 
 /// Writes a dataset folder. Create with [`Emitter::create`], feed frames with
@@ -728,7 +714,7 @@ impl Emitter {
         }
         entry.path = ManifestEntry::frame_path(&entry.video_id, entry.frame);
         entry.blake3 = crate::hashing::hash_bytes(jpeg);
-        write_via_temp(&self.root.join(&entry.path), jpeg, false)?;
+        write_beneath(&self.root, &entry.path, jpeg, false)?;
         Ok(self.entries.entry(key).or_insert(entry))
     }
 
@@ -750,7 +736,7 @@ impl Emitter {
         written.insert(paths::MANIFEST.to_owned());
         let mut files = BTreeMap::new();
         let mut put = |rel: &str, bytes: &[u8]| -> Result<(), EmitError> {
-            write_atomic(&self.root.join(rel), bytes)?;
+            write_beneath(&self.root, rel, bytes, true)?;
             files.insert(rel.to_string(), crate::hashing::hash_bytes(bytes));
             Ok(())
         };
@@ -764,7 +750,7 @@ impl Emitter {
             manifest.extend_from_slice(&line);
             manifest.push(b'\n');
         }
-        write_atomic(&self.root.join(paths::MANIFEST), &manifest)?;
+        write_beneath(&self.root, paths::MANIFEST, &manifest, true)?;
         let root_hash = merkle::root(&leaves);
 
         put(paths::SELECTION, &self.shipped)?;
@@ -822,7 +808,7 @@ impl Emitter {
                 written.extend(record.files.keys().cloned());
                 dest.commit(&written, record.to_bytes())?;
             }
-            None => write_atomic(&self.root.join(paths::DATASET), &record.to_bytes())?,
+            None => write_beneath(&self.root, paths::DATASET, &record.to_bytes(), true)?,
         }
         Ok(record)
     }

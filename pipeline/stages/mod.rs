@@ -342,7 +342,8 @@ pub(crate) fn delete_clip_frames(store: &Arc<dyn Store>, video_id: &str) -> anyh
     if left.is_empty() {
         // A local folder emptied this way goes too (S3 has no folders to leave behind).
         if let crate::storage::Location::Local(root) = store.location() {
-            let _ = std::fs::remove_dir(root.join(prefix.trim_end_matches('/')));
+            crate::storage::beneath::Beneath::new(root)
+                .remove_empty_dirs(prefix.trim_end_matches('/'));
         }
     } else {
         let all: Vec<&String> = left.iter().collect();

@@ -6,23 +6,26 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 
+use super::beneath::Beneath;
 use super::{Location, ObjectMeta, Result, StorageError, Store, check_key, check_prefix};
 
 /// Temp files start with this; [`Store::list`] skips them.
 pub(crate) const TEMP_PREFIX: &str = ".cf-tmp.";
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A store in a local folder (created on first write).
+/// A store in a local folder (created on first write). Nothing below the root is reached through
+/// a link ([`Beneath`]): a link, FIFO, device or socket inside it is an error naming it. Only a
+/// store made with [`LocalStore::reading_named_file`] reads through links, for the one file a
+/// user names on the command line (a catalog, a ledger).
 #[derive(Debug)]
 pub struct LocalStore {
     root: PathBuf,
     location: Location,
+    beneath: Beneath,
+    follow_reads: bool,
 }
 
 impl LocalStore {
@@ -31,7 +34,19 @@ impl LocalStore {
         let root = root.into();
         LocalStore {
             location: Location::Local(root.clone()),
+            beneath: Beneath::new(root.clone()),
             root,
+            follow_reads: false,
+        }
+    }
+
+    /// A store whose reads follow links the way the system does: for the folder of a file named
+    /// on the command line, which may well be a link to the current version. Writes stay as
+    /// strict as [`LocalStore::new`]'s.
+    pub fn reading_named_file(root: impl Into<PathBuf>) -> LocalStore {
+        LocalStore {
+            follow_reads: true,
+            ..LocalStore::new(root)
         }
     }
 
@@ -40,24 +55,31 @@ impl LocalStore {
         &self.root
     }
 
-    /// The file that holds `key`.
+    /// The file that holds `key` (for messages: it is never opened by this path).
     pub fn path(&self, key: &str) -> Result<PathBuf> {
         check_key(key)?;
         Ok(self.root.join(key))
     }
 
-    fn not_found_or(
-        &self,
-        key: &str,
-        operation: &'static str,
-        path: &Path,
-        err: io::Error,
-    ) -> StorageError {
-        if err.kind() == io::ErrorKind::NotFound {
-            StorageError::NotFound { url: self.url(key) }
-        } else {
-            io_err(operation, path, err)
+    /// The plain file that holds `key`, open for reading.
+    fn open(&self, key: &str) -> Result<File> {
+        let path = self.path(key)?;
+        let not_found = || StorageError::NotFound { url: self.url(key) };
+        if self.follow_reads {
+            let file = File::open(&path).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => not_found(),
+                _ => io_err("open", &path, e),
+            })?;
+            let meta = file.metadata().map_err(|e| io_err("stat", &path, e))?;
+            if !meta.is_file() {
+                return Err(not_found());
+            }
+            return Ok(file);
         }
+        self.beneath
+            .open(key)
+            .map_err(|e| io_err("open", &path, e))?
+            .ok_or_else(not_found)
     }
 
     /// Writes via temp file + rename; `durable` adds fsync of the file and the folder.
@@ -68,77 +90,15 @@ impl LocalStore {
         fill: impl FnOnce(&mut File) -> io::Result<u64>,
     ) -> Result<u64> {
         let path = self.path(key)?;
-        let dir = path.parent().expect("a key has a parent: the root");
-        super::create_dir_all(dir).map_err(|e| io_err("create folder", dir, e))?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("object");
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = dir.join(format!("{TEMP_PREFIX}{name}.{}.{n}", std::process::id()));
-        let result = (|| {
-            let mut file = File::create(&temp).map_err(|e| io_err("create", &temp, e))?;
-            super::set_file_mode(&file).map_err(|e| io_err("chmod", &temp, e))?;
-            let written = fill(&mut file).map_err(|e| io_err("write", &temp, e))?;
-            if durable {
-                file.sync_all().map_err(|e| io_err("fsync", &temp, e))?;
-            }
-            drop(file);
-            fs::rename(&temp, &path).map_err(|e| io_err("rename into", &path, e))?;
-            Ok(written)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-            return result;
-        }
-        if durable {
-            // Make the rename itself durable.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("fsync folder", dir, e))?;
-        }
-        result
+        self.beneath
+            .write(key, TEMP_PREFIX, durable, fill)
+            .map_err(|e| io_err("write", &path, e))
     }
 
-    fn walk(&self, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> Result<()> {
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Ok(());
-            }
-            Err(e) => return Err(io_err("list", dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err("list", dir, e))?;
-            let path = entry.path();
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                tracing::warn!(path = %path.display(), "skipping a file whose name is not UTF-8");
-                continue;
-            };
-            if name.starts_with(TEMP_PREFIX) {
-                continue;
-            }
-            let file_type = entry.file_type().map_err(|e| io_err("stat", &path, e))?;
-            let key = key_of(&self.root, &path);
-            if file_type.is_dir() {
-                // Descend only where keys below can still match the prefix.
-                let dir_key = format!("{key}/");
-                if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
-                    self.walk(&path, prefix, out)?;
-                }
-            } else if key.starts_with(prefix) {
-                let meta = fs::metadata(&path).map_err(|e| io_err("stat", &path, e))?;
-                if meta.is_file() {
-                    out.push(meta_of(key, &meta));
-                }
-            }
-        }
-        Ok(())
+    /// Removes the folder `dir` (a key prefix without its `/`) and its parents while they are
+    /// empty, below the root.
+    pub fn remove_empty_dirs(&self, dir: &str) {
+        self.beneath.remove_empty_dirs(dir);
     }
 }
 
@@ -148,16 +108,15 @@ impl Store for LocalStore {
     }
 
     fn get(&self, key: &str) -> Result<Bytes> {
-        let path = self.path(key)?;
-        fs::read(&path)
-            .map(Bytes::from)
-            .map_err(|e| self.not_found_or(key, "read", &path, e))
+        let mut file = self.open(key)?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)
+            .map_err(|e| io_err("read", &self.root.join(key), e))?;
+        Ok(Bytes::from(buf))
     }
 
     fn reader(&self, key: &str) -> Result<Box<dyn Read + Send>> {
-        let path = self.path(key)?;
-        let file = File::open(&path).map_err(|e| self.not_found_or(key, "open", &path, e))?;
-        Ok(Box::new(file))
+        Ok(Box::new(self.open(key)?))
     }
 
     fn put(&self, key: &str, data: Bytes) -> Result<()> {
@@ -179,34 +138,35 @@ impl Store for LocalStore {
     }
 
     fn head(&self, key: &str) -> Result<ObjectMeta> {
-        let path = self.path(key)?;
-        let meta = fs::metadata(&path).map_err(|e| self.not_found_or(key, "stat", &path, e))?;
-        if !meta.is_file() {
-            return Err(StorageError::NotFound { url: self.url(key) });
-        }
+        let file = self.open(key)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| io_err("stat", &self.root.join(key), e))?;
         Ok(meta_of(key.to_owned(), &meta))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         check_prefix(prefix)?;
-        // Start from the deepest folder the prefix names completely.
-        let start = match prefix.rfind('/') {
-            Some(i) => self.root.join(&prefix[..i]),
-            None => self.root.clone(),
-        };
-        let mut out = Vec::new();
-        self.walk(&start, prefix, &mut out)?;
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        let found = self
+            .beneath
+            .list(prefix, TEMP_PREFIX)
+            .map_err(|e| io_err("list", &self.root.join(prefix), e))?;
+        Ok(found
+            .into_iter()
+            .map(|(key, size, mtime)| ObjectMeta {
+                key,
+                size,
+                etag: Some(etag(mtime, size)),
+                encryption: None,
+            })
+            .collect())
     }
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("delete", &path, e)),
-        }
+        self.beneath
+            .remove(key)
+            .map_err(|e| io_err("delete", &path, e))
     }
 }
 
@@ -218,14 +178,6 @@ fn io_err(operation: &'static str, path: &Path, source: io::Error) -> StorageErr
     }
 }
 
-fn key_of(root: &Path, path: &Path) -> String {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 fn meta_of(key: String, meta: &fs::Metadata) -> ObjectMeta {
     let mtime = meta
         .modified()
@@ -235,9 +187,14 @@ fn meta_of(key: String, meta: &fs::Metadata) -> ObjectMeta {
     ObjectMeta {
         key,
         size: meta.len(),
-        etag: Some(format!("{mtime:x}-{:x}", meta.len())),
+        etag: Some(etag(mtime, meta.len())),
         encryption: None,
     }
+}
+
+/// A local file's version tag: its modification time (ns) and size.
+fn etag(mtime_ns: u128, size: u64) -> String {
+    format!("{mtime_ns:x}-{size:x}")
 }
 
 #[cfg(test)]

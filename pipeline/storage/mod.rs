@@ -15,6 +15,7 @@
 //! files [`FILE_MODE`] (`0640`), folders [`DIR_MODE`] (`0750`); private staging folders are
 //! `0700` ([`crate::staging`]).
 
+pub(crate) mod beneath;
 mod local;
 pub mod s3;
 
