@@ -9,6 +9,120 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Instants in records: RFC 3339 exactly, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
+///
+/// jiff alone accepts more (no seconds, bracketed time zones, a leap second `:60`, which it
+/// reads as `:59`): an instant that bounds consent must mean what it says, or the line is
+/// invalid.
+pub mod instant {
+    use jiff::Timestamp;
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    /// Parses an RFC 3339 instant with an offset; a leap second is refused, as is any other
+    /// shape.
+    pub fn parse(s: &str) -> Result<Timestamp, String> {
+        let b = s.as_bytes();
+        let digits = |r: std::ops::Range<usize>| {
+            b.get(r.clone())
+                .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+        };
+        let at = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+        let shape = "not an RFC 3339 instant with an offset (YYYY-MM-DDTHH:MM:SS[.fraction] \
+                     then Z or ±HH:MM)";
+        let ok_head = digits(0..4)
+            && at(4, b"-")
+            && digits(5..7)
+            && at(7, b"-")
+            && digits(8..10)
+            && at(10, b"Tt ")
+            && digits(11..13)
+            && at(13, b":")
+            && digits(14..16)
+            && at(16, b":")
+            && digits(17..19);
+        if !ok_head {
+            return Err(format!("{s:?} is {shape}"));
+        }
+        let mut i = 19;
+        if at(i, b".") {
+            let n = b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+            if n == 0 || n > 9 {
+                return Err(format!("{s:?} is {shape}"));
+            }
+            i += 1 + n;
+        }
+        let ok_offset = match b.get(i) {
+            Some(b'Z' | b'z') => b.len() == i + 1,
+            Some(b'+' | b'-') => {
+                b.len() == i + 6 && digits(i + 1..i + 3) && at(i + 3, b":") && digits(i + 4..i + 6)
+            }
+            _ => false,
+        };
+        if !ok_offset {
+            return Err(format!("{s:?} is {shape}"));
+        }
+        if &s[17..19] == "60" {
+            return Err(format!(
+                "{s:?} is a leap second, which has no instant of its own here; write :59 or \
+                 the next minute"
+            ));
+        }
+        s.parse::<Timestamp>()
+            .map_err(|e| format!("{s:?} is {shape}: {e}"))
+    }
+
+    pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(D::Error::custom)
+    }
+
+    pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => parse(&s).map(Some).map_err(D::Error::custom),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::parse;
+
+        #[test]
+        fn only_rfc_3339_instants_parse() {
+            for ok in [
+                "2026-11-01T00:00:00Z",
+                "2026-11-01t00:00:00z",
+                "2026-11-01 00:00:00+02:00",
+                "2026-11-01T00:00:00.123456789-05:30",
+            ] {
+                assert!(parse(ok).is_ok(), "{ok}");
+            }
+            assert_eq!(
+                parse("2026-11-01T02:00:00+02:00").unwrap(),
+                parse("2026-11-01T00:00:00Z").unwrap()
+            );
+            let leap = parse("2016-12-31T23:59:60Z").unwrap_err();
+            assert!(leap.contains("leap second"), "{leap}");
+            for bad in [
+                "2026-11-01T00:00Z",
+                "2026-11-01T00:00:00",
+                "2026-11-01T00:00:00Z[UTC]",
+                "2026-11-01T00:00:00+0200",
+                "2026-11-01T00:00:00.Z",
+                "2026-11-01T00:00:00.1234567890Z",
+                "2026-13-01T00:00:00Z",
+                "2026-02-30T00:00:00Z",
+                "2026-11-01T24:00:00Z",
+                "+002026-11-01T00:00:00Z",
+                "2026-11-01T00:00:00Z ",
+                "",
+            ] {
+                assert!(parse(bad).is_err(), "{bad}");
+            }
+        }
+    }
+}
+
 /// Where a camera is mounted. Indoor clips get their interior blurred downstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +167,7 @@ pub struct CatalogClip {
     pub placement: Placement,
     /// When the clip was recorded (RFC 3339 with an offset).
     #[schemars(with = "String", extend("format" = "date-time"))]
+    #[serde(deserialize_with = "instant::de")]
     pub captured_at: Timestamp,
     /// Privacy zones as normalized polygons; filled solid in every output frame.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -180,6 +295,7 @@ pub struct Grant {
     pub event_id: String,
     pub owner_id: String,
     #[schemars(with = "String", extend("format" = "date-time"))]
+    #[serde(deserialize_with = "instant::de")]
     pub at: Timestamp,
     /// Purposes; the pipeline needs `ml_training`.
     pub scope: Vec<String>,
@@ -189,15 +305,27 @@ pub struct Grant {
     #[serde(default = "default_placements")]
     pub placements: Vec<Placement>,
     /// Earliest capture time covered (inclusive).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "instant::de_opt"
+    )]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub captured_from: Option<Timestamp>,
     /// Latest capture time covered (inclusive).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "instant::de_opt"
+    )]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub captured_until: Option<Timestamp>,
     /// The grant stops counting at this instant (it must be strictly after `as_of`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "instant::de_opt"
+    )]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub expires_at: Option<Timestamp>,
     pub document: ConsentDocument,
@@ -210,6 +338,7 @@ pub struct Revocation {
     pub event_id: String,
     pub owner_id: String,
     #[schemars(with = "String", extend("format" = "date-time"))]
+    #[serde(deserialize_with = "instant::de")]
     pub at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
@@ -223,6 +352,7 @@ pub struct Share {
     pub owner_id: String,
     pub video_id: String,
     #[schemars(with = "String", extend("format" = "date-time"))]
+    #[serde(deserialize_with = "instant::de")]
     pub at: Timestamp,
     /// Only `public` is a basis for training.
     pub visibility: String,
@@ -236,6 +366,7 @@ pub struct VideoEvent {
     pub owner_id: String,
     pub video_id: String,
     #[schemars(with = "String", extend("format" = "date-time"))]
+    #[serde(deserialize_with = "instant::de")]
     pub at: Timestamp,
 }
 
@@ -246,6 +377,7 @@ pub struct AccountEvent {
     pub event_id: String,
     pub owner_id: String,
     #[schemars(with = "String", extend("format" = "date-time"))]
+    #[serde(deserialize_with = "instant::de")]
     pub at: Timestamp,
 }
 
@@ -483,6 +615,7 @@ pub struct SelectRecord {
     pub clearframe_version: String,
     /// The snapshot instant: only ledger events at or before it counted.
     #[schemars(with = "String", extend("format" = "date-time"))]
+    #[serde(deserialize_with = "instant::de")]
     pub as_of: Timestamp,
     pub catalog: InputRef,
     pub ledger: InputRef,

@@ -78,8 +78,14 @@ impl ObjectRef {
                 .split_object()
                 .ok_or_else(|| anyhow::anyhow!("{url} names a bucket or folder, not an object"))?,
         };
+        // The file named here is read the way the system resolves its path (it may be a link
+        // to the current version); stores of folders ClearFrame writes follow no links.
+        let store: Arc<dyn Store> = match parent {
+            Location::Local(dir) => Arc::new(storage::LocalStore::reading_named_file(dir)),
+            s3 => storage::open_location(s3, options)?,
+        };
         Ok(ObjectRef {
-            store: storage::open_location(parent, options)?,
+            store,
             key,
             url: url.to_owned(),
         })
@@ -93,8 +99,7 @@ impl ObjectRef {
 
 /// Parses an RFC 3339 instant with an offset.
 pub fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
-    s.parse::<Timestamp>()
-        .map_err(|e| format!("not an RFC 3339 instant with an offset ({s:?}): {e}"))
+    crate::records::instant::parse(s)
 }
 
 /// The result of selecting a catalog against a ledger.
@@ -319,7 +324,9 @@ pub fn run_select(
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         Ok(ObjectRef {
-            store: Arc::new(storage::LocalStore::new(parent.to_path_buf())),
+            store: Arc::new(storage::LocalStore::reading_named_file(
+                parent.to_path_buf(),
+            )),
             key: name.to_owned(),
             url: p.display().to_string(),
         })

@@ -443,6 +443,14 @@ fn invalid_catalog_lines_are_excluded_with_a_reason_and_the_rest_go_on() {
             "timestamp without offset",
         ),
         (
+            with(clip(), "captured_at", json!("2016-12-31T23:59:60Z")).to_string(),
+            "leap second",
+        ),
+        (
+            with(clip(), "captured_at", json!("2026-10-01T17:04:05Z[UTC]")).to_string(),
+            "bracketed time zone",
+        ),
+        (
             with(clip(), "blake3", json!("abc")).to_string(),
             "bad blake3",
         ),
@@ -774,6 +782,9 @@ fn a_bad_ledger_stops_everything_and_writes_nothing() {
         "bad/ledger-grant-without-document.jsonl",
         "bad/ledger-foreign-revocation.jsonl",
         "bad/ledger-unknown-field.jsonl",
+        // jiff reads a leap second `:60` as `:59`: an instant that bounds consent must mean
+        // what it says.
+        "bad/ledger-leap-second.jsonl",
         "no-such-ledger.jsonl",
     ] {
         let out = tempfile::tempdir().unwrap();
