@@ -662,3 +662,96 @@ fn a_per_frame_rotation_message_cannot_move_pixels_past_a_zone() {
         assert!(red < 50, "{red} red pixels outside the zone");
     }
 }
+
+#[test]
+fn each_limit_fails_its_clip_with_its_own_code_and_the_batch_goes_on() {
+    // The bounds of `[limits]`, each a clip failure with its own reason code, checked before the
+    // work they bound: frames after sampling, duration, probed pixels, bytes, zones and points.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("media")).unwrap();
+    for (src, dst) in [
+        ("media/carphone_pristine.mp4", "carphone.mp4"),
+        ("media/bikes.mp4", "bikes.mp4"),
+        ("media/bigbuckbunny.mp4", "bunny.mp4"),
+        ("bad/media/gap-one-hour.mkv", "gap.mkv"),
+        ("bad/media/png-named.mp4", "still.mp4"),
+    ] {
+        std::fs::copy(fixture(src), dir.join("media").join(dst)).unwrap();
+    }
+    std::fs::write(
+        dir.join("limits.toml"),
+        "[limits]\nmax_frames = 3\nmax_duration_s = 100\nmax_pixels = 100000\n\
+         max_clip_bytes = 1000000\nmax_zones = 2\nmax_zone_points = 5\n",
+    )
+    .unwrap();
+    let square = json!([[0.1, 0.1], [0.2, 0.1], [0.2, 0.2], [0.1, 0.2]]);
+    let mut zones3 = clip_line("zones", "media/still.mp4");
+    zones3["privacy_zones"] = json!([square, square, square]);
+    let mut points6 = clip_line("points", "media/still.mp4");
+    points6["privacy_zones"] = json!([[
+        [0.1, 0.1],
+        [0.2, 0.1],
+        [0.3, 0.2],
+        [0.2, 0.3],
+        [0.1, 0.3],
+        [0.0, 0.2]
+    ]]);
+    let mut ok = clip_line("ok", "media/still.mp4");
+    ok["privacy_zones"] = json!([square, square]);
+    let lines = [
+        clip_line("frames", "media/carphone.mp4"),
+        clip_line("duration", "media/gap.mkv"),
+        clip_line("pixels", "media/bikes.mp4"),
+        clip_line("bytes", "media/bunny.mp4"),
+        zones3,
+        points6,
+        ok,
+    ]
+    .map(|l| l.to_string());
+    let cfg = dir.join("limits.toml");
+    let (code, record, stderr) = run_catalog(
+        dir,
+        &lines,
+        &["--fps", "5", "--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let failed: BTreeMap<String, (String, String)> = record["failed_clips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["video_id"].as_str().unwrap().to_owned(),
+                (
+                    f["code"].as_str().unwrap().to_owned(),
+                    f["reason"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    for (id, code, says) in [
+        ("frames", "limit_frames", "more than the limit of 3 frames"),
+        ("duration", "limit_duration", "over the limit of 100 s"),
+        (
+            "pixels",
+            "limit_pixels",
+            "exceeds the limit of 100000 pixels",
+        ),
+        ("bytes", "limit_bytes", "1000000"),
+        (
+            "zones",
+            "limit_zones",
+            "3 privacy zones, over the limit of 2",
+        ),
+        ("points", "limit_zones", "has 6 points, over the limit of 5"),
+    ] {
+        let (c, r) = failed
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} not failed: {record}"));
+        assert_eq!(c, code, "{id}: {r}");
+        assert!(r.contains(says), "{id}: {r}");
+    }
+    assert!(!failed.contains_key("ok"), "{record}");
+    assert_eq!(record["counts"]["clips"]["ok"]["frames"], 1, "{record}");
+}
