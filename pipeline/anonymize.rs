@@ -444,6 +444,7 @@ pub fn anonymize_video(
             let mut spent = Duration::ZERO;
             for f in frame_rx {
                 let item = f.map_err(anyhow::Error::from).and_then(|frame| {
+                    crate::fault::point("face_detect", frame.index);
                     let t = Instant::now();
                     let faces = face_boxes(detector, &frame.image);
                     spent += t.elapsed();

@@ -25,6 +25,7 @@ pub mod anonymize;
 pub mod cli;
 pub mod consent;
 pub mod emit;
+mod fault;
 pub mod hashing;
 pub mod inference;
 pub mod media;

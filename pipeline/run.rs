@@ -1077,6 +1077,7 @@ fn redact_clip<T: Send>(
             let mut spent = Duration::ZERO;
             for frame in decoder {
                 let item = frame.map_err(ClipError::from).and_then(|frame| {
+                    crate::fault::point("face_detect", frame.index);
                     let t = Instant::now();
                     let faces = models.face_boxes(&frame.image).map_err(ClipError::model)?;
                     let persons = if need_persons {

@@ -755,3 +755,74 @@ fn each_limit_fails_its_clip_with_its_own_code_and_the_batch_goes_on() {
     assert!(!failed.contains_key("ok"), "{record}");
     assert_eq!(record["counts"]["clips"]["ok"]["frames"], 1, "{record}");
 }
+
+#[test]
+fn a_panic_in_face_detection_fails_the_clip_never_reports_it_done() {
+    // Regression: the face-detection thread was joined with `unwrap_or_default()`, so a panic in
+    // it ended the clip early and reported it done with its frames cut short, in `run` and in
+    // `anonymize`. A real panic (injected at the third frame; debug builds only) now fails the
+    // clip, and the batch goes on.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("media")).unwrap();
+    let car = fixture("media/carphone_pristine.mp4");
+    std::fs::copy(&car, dir.join("media/carphone.mp4")).unwrap();
+    std::fs::copy(
+        fixture("bad/media/png-named.mp4"),
+        dir.join("media/still.mp4"),
+    )
+    .unwrap();
+    let lines = [
+        clip_line("car", "media/carphone.mp4").to_string(),
+        clip_line("still", "media/still.mp4").to_string(),
+    ];
+    std::fs::write(dir.join("catalog.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("ledger.jsonl"), grant_line() + "\n").unwrap();
+    let a = clearframe()
+        .env("CLEARFRAME_FAULT", "face_detect=2")
+        .args(["run", "--as-of", AS_OF, "--fps", "2", "--catalog"])
+        .arg(dir.join("catalog.jsonl"))
+        .arg("--ledger")
+        .arg(dir.join("ledger.jsonl"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/dataset.json")).unwrap()).unwrap();
+    let failed = record["failed_clips"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{record}");
+    assert_eq!(failed[0]["video_id"], "car");
+    assert_eq!(failed[0]["code"], "internal", "{record}");
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("face detection stopped unexpectedly"),
+        "{record} {stderr}"
+    );
+    // The frame the panic hit is in no count as done; the other clip went on.
+    assert_eq!(record["counts"]["clips"]["still"]["frames"], 1, "{record}");
+
+    let out = dir.join("anon");
+    let a = clearframe()
+        .env("CLEARFRAME_FAULT", "face_detect=2")
+        .args(["anonymize"])
+        .arg(&car)
+        .arg(fixture("media/astronaut.png"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("face detection stopped unexpectedly"),
+        "{stderr}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(written, ["astronaut_anonymized.png"], "{stderr}");
+}

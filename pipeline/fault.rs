@@ -1,0 +1,17 @@
+//! Faults injected by the tests, in debug builds only: `CLEARFRAME_FAULT=<point>=<n>` makes the
+//! named point panic at its `n`th item, so that a test can show what a real panic in a pipeline
+//! thread does (the clip fails; nothing is reported done). Release builds compile this to
+//! nothing and read no variable.
+
+/// Panics when `CLEARFRAME_FAULT` is `<point>=<n>` (debug builds only).
+#[inline]
+pub(crate) fn point(name: &str, n: u64) {
+    #[cfg(debug_assertions)]
+    if let Ok(spec) = std::env::var("CLEARFRAME_FAULT")
+        && spec.split_once('=') == Some((name, n.to_string().as_str()))
+    {
+        panic!("injected fault: {name} at {n}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (name, n);
+}
