@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Instants in records: RFC 3339 exactly, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
+/// Instants in records: RFC 3339, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, to the nanosecond
+/// (a fraction of at most 9 digits).
 ///
 /// jiff alone accepts more (no seconds, bracketed time zones, a leap second `:60`, which it
 /// reads as `:59`): an instant that bounds consent must mean what it says, or the line is
@@ -53,8 +54,14 @@ pub mod instant {
         }
         let ok_offset = match b.get(i) {
             Some(b'Z' | b'z') => b.len() == i + 1,
+            // RFC 3339's offset hour is 00-23 (jiff alone takes up to 25).
             Some(b'+' | b'-') => {
-                b.len() == i + 6 && digits(i + 1..i + 3) && at(i + 3, b":") && digits(i + 4..i + 6)
+                b.len() == i + 6
+                    && digits(i + 1..i + 3)
+                    && &s[i + 1..i + 3] <= "23"
+                    && at(i + 3, b":")
+                    && digits(i + 4..i + 6)
+                    && &s[i + 4..i + 6] <= "59"
             }
             _ => false,
         };
@@ -67,8 +74,21 @@ pub mod instant {
                  the next minute"
             ));
         }
-        s.parse::<Timestamp>()
-            .map_err(|e| format!("{s:?} is {shape}: {e}"))
+        match s.parse::<Timestamp>() {
+            Ok(t) => Ok(t),
+            // jiff's last instant is 9999-12-30T22:00:00Z; the last hours of year 9999 (a
+            // common "never" for an expiry) are after it: they are read as that last instant,
+            // once the rest of the text has checked as a valid date and time.
+            Err(_) if s.starts_with("9999-12-3") => {
+                let day: u32 = s[8..10].parse().unwrap_or(0);
+                let same_time = format!("9999-12-01{}", &s[10..]);
+                match same_time.parse::<Timestamp>() {
+                    Ok(_) if day == 30 || day == 31 => Ok(Timestamp::MAX),
+                    Ok(_) | Err(_) => Err(format!("{s:?} is {shape}")),
+                }
+            }
+            Err(e) => Err(format!("{s:?} is {shape}: {e}")),
+        }
     }
 
     pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
@@ -101,6 +121,14 @@ pub mod instant {
                 parse("2026-11-01T02:00:00+02:00").unwrap(),
                 parse("2026-11-01T00:00:00Z").unwrap()
             );
+            // Past jiff's range, within RFC 3339's: the last instant there is.
+            assert_eq!(parse("9999-12-31T23:59:59Z").unwrap(), jiff::Timestamp::MAX);
+            assert_eq!(
+                parse("9999-12-30T23:00:00+00:00").unwrap(),
+                jiff::Timestamp::MAX
+            );
+            assert!(parse("9999-12-32T00:00:00Z").is_err());
+            assert!(parse("9999-12-31T25:00:00Z").is_err());
             let leap = parse("2016-12-31T23:59:60Z").unwrap_err();
             assert!(leap.contains("leap second"), "{leap}");
             for bad in [
@@ -108,6 +136,9 @@ pub mod instant {
                 "2026-11-01T00:00:00",
                 "2026-11-01T00:00:00Z[UTC]",
                 "2026-11-01T00:00:00+0200",
+                "2026-11-01T00:00:00+24:00",
+                "2026-11-01T00:00:00-25:59",
+                "2026-11-01T00:00:00+02:60",
                 "2026-11-01T00:00:00.Z",
                 "2026-11-01T00:00:00.1234567890Z",
                 "2026-13-01T00:00:00Z",

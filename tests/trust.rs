@@ -183,7 +183,19 @@ fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
         "libx264",
         media.join("sar-4.mp4").to_str().unwrap(),
     ]);
+    // Found by review: a left crop in the SPS (ffprobe: 168 wide) decoded 176 wide, the crop
+    // rounded to the decoder's alignment, and failed as a size change.
+    ffmpeg(&[
+        "-i",
+        plain.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-bsf:v",
+        "h264_metadata=crop_left=8",
+        media.join("crop-left-8.mp4").to_str().unwrap(),
+    ]);
     for (file, e) in [
+        ("crop-left-8.mp4", Frames(184, 144)), // 168 at 128:117
         ("playlist.mp4", Fails(&["not_a_video"])),
         ("concat.mp4", Fails(&["not_a_video"])),
         ("rot-90.6.mp4", Fails(&["unsupported"])),

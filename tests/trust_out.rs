@@ -990,4 +990,52 @@ fn links_inside_output_and_work_folders_are_refused_never_followed() {
         "{err}"
     );
     untouched("run over frames/v-bunny-yard -> victim");
+
+    // Found by review: `anonymize -o DIR` wrote through a link at the output's name, and
+    // `emit --out` inside the work folder (directly or through a link) was accepted.
+    let anon = tmp.path().join("anon");
+    std::fs::create_dir(&anon).unwrap();
+    std::os::unix::fs::symlink(
+        victim.join("keep.txt"),
+        anon.join("astronaut_anonymized.png"),
+    )
+    .unwrap();
+    let a = clearframe()
+        .arg("anonymize")
+        .arg(fixture("media/astronaut.png"))
+        .arg(fixture("media/dog.jpg"))
+        .arg("-o")
+        .arg(&anon)
+        .assert()
+        .code(1);
+    let err = stderr(&a);
+    assert!(
+        err.contains("astronaut_anonymized.png is a symbolic link"),
+        "{err}"
+    );
+    assert!(
+        anon.join("dog_anonymized.jpg").is_file(),
+        "the batch goes on"
+    );
+    untouched("anonymize -o over a link");
+    let work = tmp.path().join("w");
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::symlink(&work, tmp.path().join("w-link")).unwrap();
+    for out in [
+        work.join("ds"),
+        tmp.path().join("w-link/ds"),
+        work.clone(),
+        tmp.path().to_path_buf(),
+    ] {
+        let a = clearframe()
+            .args(["emit", "--work"])
+            .arg(&work)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .failure();
+        let err = stderr(&a);
+        assert!(err.contains("overlap"), "{}: {err}", out.display());
+        assert!(!work.join("ds").exists());
+    }
 }

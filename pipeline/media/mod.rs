@@ -531,6 +531,10 @@ impl Decoder {
                 "-noautorotate",
                 "-reinit_filter",
                 "0",
+                // Crop exactly as the stream says (ffprobe's size): by default a decoder
+                // rounds a left crop down to its alignment and gives wider frames.
+                "-flags",
+                "unaligned",
             ])
             .args(["-format_whitelist", probe::FORMAT_WHITELIST])
             .args(["-protocol_whitelist", probe::PROTOCOL_WHITELIST])

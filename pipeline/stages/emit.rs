@@ -42,6 +42,13 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
     let s3 = args.store.to_options()?;
     let work = storage::open(&args.work, &s3)?;
     let out = storage::open(&args.out, &s3)?;
+    anyhow::ensure!(
+        !work.location().overlaps(out.location()),
+        "--out {} and the work folder {} overlap (one is, or lies inside, the other): the \
+         dataset goes outside the work folder",
+        out.location(),
+        work.location()
+    );
     let selection = super::redact::read_selection(&work)?;
     let (redact, redact_blake3): (RedactStageRecord, String) = super::read_record(
         &work,

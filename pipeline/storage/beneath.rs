@@ -219,7 +219,18 @@ impl Beneath {
             return Ok(None);
         };
         let path = self.root.join(rel);
-        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+        // Looked at before it is opened: opening a device can have effects of its own.
+        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Directory => return Ok(None),
+                other => return Err(not_plain(&path, kind_name(other))),
+            },
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(with_path(&path, errno(e))),
+        }
+        // O_NONBLOCK: should a FIFO replace the file meanwhile, opening it must not wait for a
+        // writer (it is refused below).
         let fd = match rustix::fs::openat(
             &dir,
             name,

@@ -450,6 +450,50 @@ impl Location {
         }
     }
 
+    /// Whether the two locations are the same or one lies inside the other; local paths are
+    /// compared as the system resolves them (links and `..` included), as far as they exist.
+    pub fn overlaps(&self, other: &Location) -> bool {
+        fn resolved(p: &Path) -> PathBuf {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let mut tail = Vec::new();
+            let mut at = abs.as_path();
+            loop {
+                if let Ok(real) = std::fs::canonicalize(at) {
+                    return tail.iter().rev().fold(real, |acc, c| acc.join(c));
+                }
+                match (at.parent(), at.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        tail.push(name.to_owned());
+                        at = parent;
+                    }
+                    _ => return abs,
+                }
+            }
+        }
+        match (self, other) {
+            (Location::Local(a), Location::Local(b)) => {
+                let (a, b) = (resolved(a), resolved(b));
+                a.starts_with(&b) || b.starts_with(&a)
+            }
+            (
+                Location::S3 {
+                    bucket: b1,
+                    prefix: p1,
+                },
+                Location::S3 {
+                    bucket: b2,
+                    prefix: p2,
+                },
+            ) => {
+                let inside = |a: &str, b: &str| {
+                    a.is_empty() || b == a || b.strip_prefix(a).is_some_and(|r| r.starts_with('/'))
+                };
+                b1 == b2 && (inside(p1, p2) || inside(p2, p1))
+            }
+            _ => false,
+        }
+    }
+
     /// Splits an object location into the store that holds it and its key there: the parent
     /// folder and file name for local paths, the bucket and full key for S3.
     pub fn split_object(&self) -> Option<(Location, String)> {
