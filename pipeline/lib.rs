@@ -23,8 +23,10 @@
 
 pub mod anonymize;
 pub mod cli;
+pub mod config;
 pub mod consent;
 pub mod emit;
+mod engine;
 mod fault;
 pub mod hashing;
 pub mod inference;
@@ -37,5 +39,6 @@ pub mod select;
 pub mod stages;
 pub mod staging;
 pub mod storage;
+mod summary;
 pub mod verify;
 pub mod vision;

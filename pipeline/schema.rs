@@ -22,7 +22,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("manifest-entry", s::<crate::emit::ManifestEntry>()),
         ("dataset", s::<crate::emit::DatasetRecord>()),
         ("redaction-report", s::<crate::redact::RedactionReport>()),
-        ("run-config", s::<crate::run::Config>()),
+        ("run-config", s::<crate::config::Config>()),
         ("redact-record", s::<crate::stages::RedactStageRecord>()),
         ("clip-redaction", s::<crate::stages::ClipRedactionRecord>()),
         ("detect-record", s::<crate::stages::DetectStageRecord>()),

@@ -21,11 +21,13 @@
 //! inputs give byte-identical outputs. [`crate::verify`] checks a
 //! folder written here.
 
+pub mod clip;
 pub mod coco;
 pub mod cvat;
 pub mod dest;
 pub mod labelstudio;
 pub mod merkle;
+pub(crate) mod remote;
 pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -984,6 +984,17 @@ pub(crate) fn strip_addresses(line: &str) -> String {
     out
 }
 
+/// `ffmpeg -version`'s version word, for provenance.
+pub fn ffmpeg_version() -> String {
+    std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().nth(2).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

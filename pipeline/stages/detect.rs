@@ -14,7 +14,7 @@ use super::{
     ClipDetectionsRecord, ClipRedactionRecord, DETECT_FORMAT, DetectStageRecord, FrameDetections,
     RecordRef, RedactStageRecord, RedactedFrameRecord, keys,
 };
-use crate::run::{Config, DetectConfig};
+use crate::config::{Config, DetectConfig};
 use crate::storage::{self, Location, Store, StoreArgs};
 
 /// Arguments of `clearframe detect`.
@@ -125,7 +125,7 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
     )?;
     let config = effective_config(&redact.config, args.config.as_deref())?;
     let detector =
-        crate::run::object_detector(&config.detect, &crate::run::single_thread_options())?;
+        crate::engine::object_detector(&config.detect, &crate::engine::single_thread_options())?;
     let model = detector.provenance().clone();
 
     // Writes will be accepted (S3: a probe object, SSE confirmed) before anything is deleted.
@@ -164,7 +164,7 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
     }
 
     let total: u64 = records.iter().map(|(.., r)| r.frames.len() as u64).sum();
-    let bar = crate::run::progress_bar(total, "frames", progress);
+    let bar = crate::summary::progress_bar(total, "frames", progress);
     let mut outcome = DetectOutcome {
         clips: records.len(),
         ..DetectOutcome::default()

