@@ -21,7 +21,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::inference::ModelOptions;
-use crate::media::{self, DecodeOptions, Decoder, EncodeOptions, Encoder, Frame, Input};
+use crate::media::{self, DecodeOptions, Decoder, Frame, Input};
+use crate::redact::{EncodeOptions, Encoder};
 use crate::redact::{Fill, MaskShape, RedactOptions, Redactor, TemporalHold};
 use crate::vision::BBox;
 use crate::vision::centerface::{CenterFace, CenterFaceConfig, CenterFaceVariant};

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{anonymize, run, select, stages, verify};
+use crate::stages::select;
+use crate::{anonymize, run, stages, verify};
 
 /// ClearFrame: a consent-gated pipeline from home-camera clips to a redacted, annotated,
 /// provenance-tracked training dataset.

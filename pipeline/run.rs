@@ -29,8 +29,8 @@ use crate::emit::{
 };
 use crate::engine::{ClipError, Ctx, Models, StageTimes, process_clip};
 use crate::media::ffmpeg_version;
-use crate::select::ObjectRef;
 use crate::staging::Staging;
+use crate::storage::ObjectRef;
 use crate::storage::{self, Location, Sources, Store, StoreArgs};
 use crate::summary::{print_dataset_summary, progress_bar};
 
@@ -46,7 +46,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL")]
     pub ledger: String,
     /// Snapshot instant (RFC 3339 with an offset). Default: now.
-    #[arg(long, value_parser = crate::select::parse_timestamp)]
+    #[arg(long, value_parser = crate::stages::select::parse_timestamp)]
     pub as_of: Option<Timestamp>,
     /// Where the dataset goes: a folder, file:///path or s3://bucket/prefix (created; an earlier
     /// dataset ClearFrame wrote there is replaced; a folder or prefix holding anything else is
@@ -98,7 +98,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     let scratch = Staging::create("scratch").context("cannot create a scratch folder")?;
     let scratch_store: Arc<dyn Store> =
         Arc::new(storage::LocalStore::new(scratch.path().to_path_buf()));
-    let selected = crate::select::run_select_store(
+    let selected = crate::stages::select::run_select_store(
         &catalog,
         &ledger,
         as_of,

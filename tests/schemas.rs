@@ -75,3 +75,23 @@ fn select_outputs_validate() {
         serde_json::from_slice(&std::fs::read(out.path().join("select.json")).unwrap()).unwrap();
     assert!(validator("select-record").is_valid(&record));
 }
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    // Lower layers never import higher ones (lib.rs `# Layout`).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(root.join("scripts/module-graph.py"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("cycles (pairs in a strongly connected component): none"),
+        "{text}"
+    );
+}

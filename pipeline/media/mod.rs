@@ -16,10 +16,9 @@
 //! printed in the header and also stripped from the output), with run-specific addresses and
 //! the descriptor path removed, so failure records are reproducible and carry no clip content.
 //!
-//! Encoding ([`Encoder`]) takes [`RedactedFrame`]s only — unredacted pixels cannot be written —
+//! Encoding ([`crate::redact::Encoder`]) takes [`RedactedFrame`]s only — unredacted pixels cannot be written —
 //! and feeds them to an `ffmpeg` (libx264, mp4) child from a writer thread over a bounded channel.
 
-mod encode;
 pub mod probe;
 pub mod source;
 
@@ -36,7 +35,6 @@ use ffmpeg_sidecar::child::FfmpegChild;
 use ffmpeg_sidecar::command::FfmpegCommand;
 use image::RgbImage;
 
-pub use encode::{EncodeOptions, Encoder};
 pub use probe::Probe;
 pub use source::{SourceError, SourceFile};
 
@@ -330,7 +328,7 @@ impl fmt::Debug for Frame {
 /// What the thread that drains ffmpeg's stderr shares with the decoder: ffmpeg's error lines,
 /// whether it logged one, and the first sign that the frames are not the stream that was probed.
 #[derive(Clone, Default)]
-struct Tail {
+pub(crate) struct Tail {
     lines: Arc<Mutex<VecDeque<String>>>,
     error: Arc<std::sync::atomic::AtomicBool>,
     inconsistent: Arc<Mutex<Option<String>>>,
@@ -358,7 +356,7 @@ impl Tail {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-    fn push(&self, line: String) {
+    pub(crate) fn push(&self, line: String) {
         let mut q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if q.back() == Some(&line) {
             return;
@@ -368,7 +366,7 @@ impl Tail {
         }
         q.push_back(line);
     }
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if q.is_empty() {
             return "  (no error message)".to_owned();

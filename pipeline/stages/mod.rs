@@ -31,6 +31,7 @@
 pub mod detect;
 pub mod emit;
 pub mod redact;
+pub mod select;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -19,7 +19,7 @@ use crate::consent::{ConsentedClip, admit_recorded};
 use crate::emit::ConsentBasis;
 use crate::engine::{ClipError, Ctx, Models, StageTimes};
 use crate::records::{SelectRecord, SelectionLine};
-use crate::select::ObjectRef;
+use crate::storage::ObjectRef;
 use crate::storage::{Location, Sources, Store, StoreArgs, Uploader};
 
 /// Arguments of `clearframe redact`.

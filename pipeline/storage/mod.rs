@@ -17,6 +17,7 @@
 
 pub(crate) mod beneath;
 mod local;
+mod object;
 pub mod s3;
 
 use std::fmt;
@@ -30,6 +31,7 @@ use bytes::Bytes;
 
 pub use local::LocalStore;
 pub(crate) use local::TEMP_PREFIX;
+pub use object::ObjectRef;
 pub use s3::{S3Credentials, S3Options, S3Store, Sse};
 
 /// Result alias for storage operations.

@@ -9,6 +9,7 @@
 pub mod centerface;
 pub mod coco;
 pub mod geometry;
+pub mod mask;
 pub mod nanodet;
 pub mod preprocess;
 pub mod retinaface;

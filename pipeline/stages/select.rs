@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::consent::{ConsentIndex, Ledger, Verdict, split_lines};
 use crate::records::{CatalogClip, Decision, InputRef, ReasonCode, SelectRecord, SelectionLine};
-use crate::storage::{self, Location, S3Options, Sources, Store, StoreArgs};
+use crate::storage::{self, Location, ObjectRef, Sources, Store, StoreArgs};
 
 /// Arguments of `clearframe select`.
 #[derive(clap::Args, Debug)]
@@ -46,55 +46,6 @@ pub struct SelectArgs {
     pub sources: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
-}
-
-/// An object named by a URL (a path, `file://…` or `s3://bucket/key`): the store that holds it,
-/// its key there, and the URL as given (for messages and records).
-#[derive(Debug, Clone)]
-pub struct ObjectRef {
-    pub store: Arc<dyn Store>,
-    pub key: String,
-    pub url: String,
-}
-
-impl ObjectRef {
-    /// Opens the store holding the object at `url`. Nothing is read yet.
-    pub fn open(url: &str, options: &S3Options) -> anyhow::Result<ObjectRef> {
-        let location = Location::parse(url)?;
-        // The store is the object's folder (local) or its parent prefix (S3), so that relative
-        // references in the object (a catalog's clip URIs) resolve beside it.
-        let (parent, key) = match &location {
-            Location::S3 { bucket, prefix } if prefix.contains('/') => {
-                let (dir, name) = prefix.rsplit_once('/').expect("contains a slash");
-                (
-                    Location::S3 {
-                        bucket: bucket.clone(),
-                        prefix: dir.to_owned(),
-                    },
-                    name.to_owned(),
-                )
-            }
-            _ => location
-                .split_object()
-                .ok_or_else(|| anyhow::anyhow!("{url} names a bucket or folder, not an object"))?,
-        };
-        // The file named here is read the way the system resolves its path (it may be a link
-        // to the current version); stores of folders ClearFrame writes follow no links.
-        let store: Arc<dyn Store> = match parent {
-            Location::Local(dir) => Arc::new(storage::LocalStore::reading_named_file(dir)),
-            s3 => storage::open_location(s3, options)?,
-        };
-        Ok(ObjectRef {
-            store,
-            key,
-            url: url.to_owned(),
-        })
-    }
-
-    /// Reads the whole object.
-    pub fn get(&self) -> anyhow::Result<bytes::Bytes> {
-        Ok(self.store.get(&self.key)?)
-    }
 }
 
 /// Parses an RFC 3339 instant with an offset.
@@ -340,7 +291,7 @@ pub fn run_select(
 /// The whole stage on any store: read catalog and ledger, check the ledger, decide, write
 /// `selection.jsonl` then `select.json` into `out`. A bad ledger returns an error before anything
 /// is written, and so does an `out` that is neither empty nor a work folder ClearFrame wrote
-/// ([`crate::stages::check_work_folder`]) or that refuses a probe write (S3). Clips outside
+/// ([`super::check_work_folder`]) or that refuses a probe write (S3). Clips outside
 /// `sources` are excluded. Lines are decided and streamed out in batches (through a temporary
 /// file beside the output for local folders, in a private staging folder for S3; the selection
 /// holds no media); they are returned only when there are at most `keep_lines`.
@@ -370,7 +321,7 @@ pub fn run_select_store(
     clips.restrict(catalog.store.location().clone(), sources.clone());
 
     // Before anything is written: the output is ours to write, and writes will be accepted.
-    crate::stages::check_work_folder(out)?;
+    super::check_work_folder(out)?;
     out.probe_write()
         .with_context(|| format!("a probe write to {} was refused", out.location()))?;
 

@@ -1,4 +1,5 @@
-//! The H.264 encoder of `anonymize`: redacted frames in, an mp4 with no metadata out.
+//! The H.264 encoder of `anonymize`: redacted frames in, an mp4 with no metadata out. It lives
+//! with redaction because it takes [`RedactedFrame`]s only; ffmpeg is spawned through `media`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -9,8 +10,8 @@ use ffmpeg_sidecar::child::FfmpegChild;
 use ffmpeg_sidecar::command::FfmpegCommand;
 use image::RgbImage;
 
-use super::{MediaError, Tail};
-use crate::redact::RedactedFrame;
+use super::RedactedFrame;
+use crate::media::{MediaError, Tail};
 
 /// Settings of [`Encoder::create`].
 #[derive(Debug, Clone)]
@@ -135,7 +136,7 @@ impl Encoder {
             std::thread::spawn(move || {
                 let reader = BufReader::new(stderr);
                 for line in reader.split(b'\n').map_while(Result::ok) {
-                    tail.push(super::strip_addresses(
+                    tail.push(crate::media::strip_addresses(
                         String::from_utf8_lossy(&line).trim_end(),
                     ));
                 }
