@@ -392,16 +392,7 @@ pub fn anonymize_image(
     let img = image::open(src).context("cannot read image")?.to_rgb8();
     let faces = face_boxes(detector, &img)?;
     let mut redactor = Redactor::new(opts.clone())?;
-    let cand = redactor.redact(
-        Frame {
-            index: 0,
-            pts: 0.0,
-            image: img,
-        },
-        &faces,
-        0,
-        &[],
-    );
+    let cand = redactor.redact(Frame::still(img), &faces, 0, &[]);
     let out = redactor.accept_unverified(cand);
     out.image()
         .save(dest)
@@ -462,9 +453,9 @@ pub fn anonymize_video(
             let mut spent = Duration::ZERO;
             for f in frame_rx {
                 let item = f.map_err(anyhow::Error::from).and_then(|frame| {
-                    crate::fault::point("face_detect", frame.index);
+                    crate::fault::point("face_detect", frame.index());
                     let t = Instant::now();
-                    let faces = face_boxes(detector, &frame.image);
+                    let faces = face_boxes(detector, frame.image());
                     spent += t.elapsed();
                     Ok((frame, faces?))
                 });
@@ -549,7 +540,7 @@ fn count_faces(job: &Job, verifier: &RetinaFace) -> anyhow::Result<String> {
         Job::Image(p) => count(&image::open(p).context("cannot read image")?.to_rgb8())?,
         Job::Video(p) => {
             for f in Decoder::open(Input::Path(p.clone()), &DecodeOptions::default())? {
-                count(&f?.image)?;
+                count(f?.image())?;
             }
         }
     }

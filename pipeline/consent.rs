@@ -538,11 +538,6 @@ impl<'a> ConsentIndex<'a> {
                 .collect(),
         )
     }
-
-    /// Turns an include into the capability the decoding stage takes.
-    pub fn admit(&self, clip: CatalogClip, basis: Basis) -> ConsentedClip {
-        ConsentedClip { clip, basis }
-    }
 }
 
 /// The outcome for one clip.
@@ -553,7 +548,15 @@ pub enum Verdict {
 }
 
 /// A clip that the consent gate let in, with the event that allowed it. Only this module can
-/// construct one; decoding takes one, so no other path leads from a catalog to pixels.
+/// construct one (the gate's decision, or [`readmit_selection`] of a recorded selection whose
+/// blake3 checks); decoding takes one, so no other path leads from a catalog to pixels.
+///
+/// ```compile_fail
+/// fn forge(clip: clearframe::records::CatalogClip, basis: clearframe::records::Basis)
+///     -> clearframe::consent::ConsentedClip {
+///     clearframe::consent::ConsentedClip { clip, basis }
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsentedClip {
     clip: CatalogClip,
@@ -571,9 +574,55 @@ impl ConsentedClip {
     }
 }
 
-/// Reads back an include from a recorded selection (for stages that resume from
-/// `selection.jsonl`). Anything but a complete include yields `None`: fail closed.
-pub fn admit_recorded(line: &SelectionLine) -> Option<ConsentedClip> {
+/// Why a recorded selection cannot be re-admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadmitError {
+    #[error(
+        "it changed after `clearframe select` wrote it (blake3 {actual}, the record says {recorded}); rerun select"
+    )]
+    Changed { actual: String, recorded: String },
+    #[error("line {line} is not a selection line: {source}")]
+    Line {
+        line: u64,
+        source: serde_json::Error,
+    },
+    #[error("it admits {admitted} clips, the record says {recorded} were included")]
+    Count { admitted: u64, recorded: u64 },
+}
+
+/// Re-admits the includes of a selection that `select` recorded (for `run`, which selects first,
+/// and the stages that resume from `selection.jsonl`): the bytes must have the blake3 the select
+/// record holds, every line must parse, and the complete includes must number what the record
+/// says. Besides the consent gate itself, this is the only way to a [`ConsentedClip`]. Anything
+/// but a complete include is skipped: fail closed.
+pub fn readmit_selection(
+    bytes: &[u8],
+    recorded_blake3: &str,
+    recorded_included: u64,
+) -> Result<Vec<ConsentedClip>, ReadmitError> {
+    let actual = crate::hashing::hash_bytes(bytes);
+    if actual != recorded_blake3 {
+        return Err(ReadmitError::Changed {
+            actual,
+            recorded: recorded_blake3.to_owned(),
+        });
+    }
+    let mut included = Vec::new();
+    for (line, text) in split_lines(bytes) {
+        let parsed: SelectionLine =
+            serde_json::from_slice(text).map_err(|source| ReadmitError::Line { line, source })?;
+        included.extend(readmit_line(&parsed));
+    }
+    if included.len() as u64 != recorded_included {
+        return Err(ReadmitError::Count {
+            admitted: included.len() as u64,
+            recorded: recorded_included,
+        });
+    }
+    Ok(included)
+}
+
+fn readmit_line(line: &SelectionLine) -> Option<ConsentedClip> {
     use crate::records::Decision;
     if line.decision != Decision::Include || !line.reasons.is_empty() {
         return None;

@@ -477,11 +477,11 @@ fn redact_clip<T: Send>(
             let mut spent = Duration::ZERO;
             for frame in decoder {
                 let item = frame.map_err(ClipError::from).and_then(|frame| {
-                    crate::fault::point("face_detect", frame.index);
+                    crate::fault::point("face_detect", frame.index());
                     let t = Instant::now();
-                    let faces = models.face_boxes(&frame.image).map_err(ClipError::model)?;
+                    let faces = models.face_boxes(frame.image()).map_err(ClipError::model)?;
                     let persons = if need_persons {
-                        models.persons(&frame.image).map_err(ClipError::model)?
+                        models.persons(frame.image()).map_err(ClipError::model)?
                     } else {
                         Vec::new()
                     };
@@ -573,7 +573,7 @@ fn redact_clip<T: Send>(
                         for ((frame, _), _, _) in hold.flush() {
                             lost_in_hold.push(WithheldFrame {
                                 video_id: c.video_id.clone(),
-                                frame: frame.index,
+                                frame: frame.index(),
                                 reason: HELD_AT_FAILURE.into(),
                             });
                         }

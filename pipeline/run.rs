@@ -19,7 +19,7 @@ use anyhow::Context;
 use jiff::Timestamp;
 
 use crate::config::Config;
-use crate::consent::{ConsentedClip, admit_recorded};
+use crate::consent::{ConsentedClip, readmit_selection};
 use crate::emit::clip::ClipInfo;
 use crate::emit::clip::frame_entry;
 use crate::emit::dest::Destination;
@@ -103,12 +103,17 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         &ledger,
         as_of,
         &scratch_store,
-        usize::MAX,
+        0,
         &sources,
     )?;
     let selection_jsonl = std::fs::read(scratch.path().join("selection.jsonl"))?;
     drop(scratch);
-    let lines = selected.lines.expect("all lines kept");
+    let included: Vec<ConsentedClip> = readmit_selection(
+        &selection_jsonl,
+        &selected.record.selection.blake3,
+        selected.record.included,
+    )
+    .context("the selection just made cannot be re-admitted (a bug)")?;
     let select_time = t.elapsed();
 
     // 2. The destination, before anything is computed or deleted: refused if it holds anything
@@ -124,11 +129,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     // A local dataset is written in place. One for S3 is emitted into a private temporary folder
     // (redacted outputs only) and uploaded from there: frames as they are emitted, overlapping
     // the compute, then the other files, and `dataset.json` last.
-    let clips: BTreeSet<String> = lines
-        .iter()
-        .filter(|l| l.decision == crate::records::Decision::Include)
-        .filter_map(|l| l.video_id.clone())
-        .collect();
+    let clips: BTreeSet<String> = included.iter().map(|c| c.clip().video_id.clone()).collect();
     let (mut remote, mut emitter) = start_output(dest, &clips, inputs)?;
     let mut ctx = Ctx {
         models: &models,
@@ -143,7 +144,6 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     };
     ctx.times.select = select_time;
 
-    let included: Vec<ConsentedClip> = lines.iter().filter_map(admit_recorded).collect();
     let bar = progress_bar(included.len() as u64, "clips", progress);
     let (mut failed, mut frames) = (0usize, 0u64);
     // Object detection, JPEG encoding and the manifest entry on the pipeline's third thread.
@@ -157,7 +157,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         let dets = models.objects.detect(red.image())?;
         let detect_time = t.elapsed();
         let t = Instant::now();
-        let jpeg = encode_jpeg(red.image())?;
+        let jpeg = encode_jpeg(red)?;
         let entry = frame_entry(
             video_id,
             info,

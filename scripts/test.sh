@@ -28,3 +28,6 @@ cargo fmt --check
 cargo clippy --locked --all-targets --quiet -- -D warnings
 # One profile for everything (dev, with optimised dependencies): no second world build.
 cargo test --locked --all-targets "$@"
+# The doctests: the privacy types' `compile_fail` examples (a forged ConsentedClip or
+# RedactedFrame must not compile) and the API examples.
+cargo test --locked --doc

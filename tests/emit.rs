@@ -176,7 +176,7 @@ pub(crate) fn frames() -> Vec<(ManifestEntry, Vec<u8>)> {
             redaction: redaction(1, &[]),
             provenance: provenance(&bikes, basis("consent", "ev-0001")),
         };
-        out.push((entry, emit::encode_jpeg(&img).unwrap()));
+        out.push((entry, jpeg(&img)));
     }
     let dog_path = fixture("media/dog.jpg");
     let mut dog = image::open(&dog_path).unwrap().to_rgb8();
@@ -198,7 +198,7 @@ pub(crate) fn frames() -> Vec<(ManifestEntry, Vec<u8>)> {
         redaction: redaction(0, &["street"]),
         provenance: provenance(&dog_path, basis("neighbors", "ev-0007")),
     };
-    out.push((entry, emit::encode_jpeg(&dog).unwrap()));
+    out.push((entry, jpeg(&dog)));
     out
 }
 
@@ -715,4 +715,13 @@ fn a_dataset_with_no_frames_still_verifies() {
     assert!(report.ok(), "{report}");
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("No frames were emitted"));
+}
+
+/// A test frame as JPEG with the emitter's settings (the frames here are test material, not the
+/// output of redaction, which is all `emit::encode_jpeg` takes).
+fn jpeg(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, emit::JPEG_QUALITY);
+    img.write_with_encoder(enc).unwrap();
+    out
 }

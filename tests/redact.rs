@@ -46,16 +46,7 @@ fn astronaut_face_is_masked_and_the_verifier_finds_none() {
 
     let opts = RedactOptions::default();
     let mut r = Redactor::new(opts.clone()).unwrap();
-    let cand = r.redact(
-        Frame {
-            index: 0,
-            pts: 0.0,
-            image: img.clone(),
-        },
-        &faces,
-        0,
-        &[],
-    );
+    let cand = r.redact(Frame::still(img.clone()), &faces, 0, &[]);
     let found = v.detect(cand.image()).unwrap();
     let masks: Vec<BBox> = faces.iter().map(|b| grow_box(b, opts.mask_scale)).collect();
     let out = match r.verify(cand, &found) {
@@ -112,8 +103,8 @@ fn carphone_faces_are_masked_in_every_frame() {
     {
         let f = f.unwrap();
         frames += 1;
-        input_faces += v.detect(&f.image).unwrap().len();
-        let faces = boxes(cf.detect(&f.image).unwrap());
+        input_faces += v.detect(f.image()).unwrap().len();
+        let faces = boxes(cf.detect(f.image()).unwrap());
         if let Some(ready) = hold.push(f, faces) {
             check(ready, &mut r);
         }
@@ -159,8 +150,8 @@ fn bigbuckbunny_has_no_confident_faces() {
     for f in Decoder::open(Input::Path(fixture("media/bigbuckbunny.mp4")), &opts).unwrap() {
         let f = f.unwrap();
         n += 1;
-        let faces = cf.detect(&f.image).unwrap();
-        assert!(faces.is_empty(), "frame at {:.2}s: {faces:?}", f.pts);
+        let faces = cf.detect(f.image()).unwrap();
+        assert!(faces.is_empty(), "frame at {:.2}s: {faces:?}", f.pts());
     }
     assert!(n >= 8, "{n} frames sampled");
 }
@@ -228,7 +219,7 @@ fn rotation_metadata_is_honoured() {
     assert_eq!((dec.info().width, dec.info().height), (144, 193));
     let frames: Vec<_> = dec.map(|f| f.unwrap()).collect();
     assert_eq!(frames.len(), 120);
-    assert_eq!(frames[0].image.dimensions(), (144, 193));
+    assert_eq!(frames[0].image().dimensions(), (144, 193));
 }
 
 #[test]
@@ -252,7 +243,7 @@ fn variable_frame_rate_keeps_real_timestamps() {
     ]);
     let pts: Vec<f64> = Decoder::open(Input::Path(vfr), &DecodeOptions::default())
         .unwrap()
-        .map(|f| f.unwrap().pts)
+        .map(|f| f.unwrap().pts())
         .collect();
     assert_eq!(pts.len(), 120);
     assert!(

@@ -483,9 +483,14 @@ pub fn is_safe_video_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Encodes a redacted frame as JPEG with fixed settings (baseline, quality [`JPEG_QUALITY`],
-/// no metadata): the same pixels always give the same bytes.
-pub fn encode_jpeg(image: &image::RgbImage) -> Result<Vec<u8>, EmitError> {
+/// Encodes a verified redacted frame as JPEG with fixed settings (baseline, quality
+/// [`JPEG_QUALITY`], no metadata): the same pixels always give the same bytes. An unverified or
+/// raw frame is not accepted (see [`crate::redact::RedactedFrame`]).
+pub fn encode_jpeg(frame: &crate::redact::RedactedFrame) -> Result<Vec<u8>, EmitError> {
+    jpeg_of(frame.image())
+}
+
+fn jpeg_of(image: &image::RgbImage) -> Result<Vec<u8>, EmitError> {
     let mut out = Vec::new();
     let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY);
     image.write_with_encoder(encoder)?;
@@ -516,9 +521,9 @@ fn write_beneath(root: &Path, rel: &str, bytes: &[u8], sync: bool) -> Result<(),
 ///
 /// ```no_run
 /// # use clearframe::emit::*;
-/// # fn f(inputs: DatasetInputs, entry: ManifestEntry, img: image::RgbImage) -> Result<(), EmitError> {
+/// # fn f(inputs: DatasetInputs, entry: ManifestEntry, frame: clearframe::redact::RedactedFrame) -> Result<(), EmitError> {
 /// let mut emitter = Emitter::create("out".as_ref(), inputs, EmitOptions::default())?;
-/// emitter.add_frame(entry, &encode_jpeg(&img)?)?;
+/// emitter.add_frame(entry, &encode_jpeg(&frame)?)?;
 /// let record = emitter.finish()?;
 /// println!("dataset {}", record.merkle_root);
 /// # Ok(()) }
@@ -928,8 +933,8 @@ mod tests {
     fn jpeg_encoding_is_deterministic() {
         let img =
             image::RgbImage::from_fn(33, 17, |x, y| image::Rgb([x as u8 * 7, y as u8 * 13, 99]));
-        let a = encode_jpeg(&img).unwrap();
-        assert_eq!(a, encode_jpeg(&img).unwrap());
+        let a = jpeg_of(&img).unwrap();
+        assert_eq!(a, jpeg_of(&img).unwrap());
         assert_eq!(&a[..2], &[0xFF, 0xD8]);
     }
 }

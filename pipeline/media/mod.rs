@@ -306,12 +306,41 @@ pub struct StreamInfo {
 
 /// One decoded, **unredacted** frame. Its `Debug` never prints pixels.
 pub struct Frame {
+    index: u64,
+    pts: f64,
+    image: RgbImage,
+}
+
+impl Frame {
     /// 0-based index among the decoded (sampled) frames.
-    pub index: u64,
+    pub fn index(&self) -> u64 {
+        self.index
+    }
     /// Presentation time in seconds from the start of the clip.
-    pub pts: f64,
-    /// The pixels, RGB, rotation applied.
-    pub image: RgbImage,
+    pub fn pts(&self) -> f64 {
+        self.pts
+    }
+    /// The unredacted pixels, RGB, rotation applied: for the face detectors and the indoor
+    /// person pass only. Nothing that writes or emits takes a `Frame`.
+    pub fn image(&self) -> &RgbImage {
+        &self.image
+    }
+    /// A still image as the one frame of a clip (index 0 at 0 s): the input side, unredacted.
+    pub fn still(image: RgbImage) -> Frame {
+        Frame {
+            index: 0,
+            pts: 0.0,
+            image,
+        }
+    }
+    #[cfg(test)]
+    pub(crate) fn at(index: u64, pts: f64, image: RgbImage) -> Frame {
+        Frame { index, pts, image }
+    }
+    /// The parts, for the redactor, which turns them into a candidate.
+    pub(crate) fn into_parts(self) -> (u64, f64, RgbImage) {
+        (self.index, self.pts, self.image)
+    }
 }
 
 impl fmt::Debug for Frame {

