@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench select` (sizes: CLIPS=… EVENTS=… env vars; default 1e6 / 2e6).
 
+#![allow(clippy::print_stdout, reason = "benchmarks and tests report on stdout")]
+
 use std::io::{BufWriter, Write};
 use std::time::Instant;
 

@@ -13,6 +13,8 @@
 //! backends and figures are medians, but other load on the machine still shows: compare only
 //! figures from one run.
 
+#![allow(clippy::print_stdout, reason = "benchmarks and tests report on stdout")]
+
 #[path = "../tests/storage/server.rs"]
 mod server;
 

@@ -10,6 +10,8 @@
 //! (ONNX Runtime on both cores), masking and encoding (another ffmpeg child fed by a writer
 //! thread) overlap and memory stays flat with clip length.
 
+#![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

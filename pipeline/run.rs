@@ -8,6 +8,8 @@
 //! on the redacted pixels and hands JPEGs to the emitter. Unredacted frames exist only in memory,
 //! in bounded channels. One bad clip is recorded and the batch goes on; the exit status says so.
 
+#![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
+
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;

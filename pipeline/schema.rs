@@ -2,6 +2,8 @@
 //! committed copies; a test fails when they are stale (regenerate with
 //! `clearframe schema --write schemas`).
 
+#![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
+
 use std::path::Path;
 use std::process::ExitCode;
 

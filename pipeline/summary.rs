@@ -1,5 +1,7 @@
 //! What the commands print: progress bars on a terminal and the dataset summary.
 
+#![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
+
 use crate::emit::DatasetRecord;
 use crate::storage::Location;
 

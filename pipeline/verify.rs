@@ -15,6 +15,8 @@
 //! A folder that cannot be read at all is an error; everything else is a [`Problem`] in the
 //! [`VerifyReport`], so one run lists every mismatch.
 
+#![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -83,7 +83,7 @@ fn carphone_faces_are_masked_in_every_frame() {
     let cf = centerface();
     let v = verifier();
     let mut r = Redactor::new(RedactOptions::default()).unwrap();
-    let mut hold = TemporalHold::new(r.options().hold_frames);
+    let mut hold = TemporalHold::new(RedactOptions::default().hold_frames);
     let (mut input_faces, mut frames) = (0usize, 0u64);
     let check = |(frame, faces, held): (Frame, Vec<BBox>, usize), r: &mut Redactor| {
         let cand = r.redact(frame, &faces, held, &[]);

@@ -1,6 +1,8 @@
 //! Integration tests, compiled as one binary: a module per area, each driving the real CLI or the
 //! library on real inputs in temporary folders.
 
+#![allow(clippy::print_stdout, reason = "benchmarks and tests report on stdout")]
+
 mod common;
 mod emit;
 mod redact;

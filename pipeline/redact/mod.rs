@@ -396,11 +396,6 @@ impl Redactor {
         })
     }
 
-    /// The settings.
-    pub fn options(&self) -> &RedactOptions {
-        &self.opts
-    }
-
     /// Redacts one frame. `faces` are the face boxes to mask in frame pixels (detections plus held
     /// ones, see [`TemporalHold`]); `held` of them came from the hold; `persons` are person boxes
     /// (used by `blur_background`).

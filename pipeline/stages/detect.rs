@@ -1,6 +1,8 @@
 //! `clearframe detect`: object detection on the redacted frames `redact` wrote, one detections
 //! record per clip, then `detect.json`.
 
+#![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
+
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;

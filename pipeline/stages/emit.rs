@@ -1,6 +1,8 @@
 //! `clearframe emit`: the dataset (frames as JPEG, manifest, annotations, report, `dataset.json`)
 //! from a work folder that `select`, `redact` and `detect` wrote.
 
+#![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! `clearframe redact`: decode and redact every clip the selection includes, into lossless PNG
 //! frames and one redaction record per clip, then `redact.json`.
 
+#![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
+
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
