@@ -84,9 +84,25 @@ fn remove_live() {
         .cloned()
         .collect();
     for dir in dirs {
-        // Twice: a pipeline thread may have been writing into it while it was removed.
-        for _ in 0..2 {
-            let _ = std::fs::remove_dir_all(&dir);
+        // Renamed first, so that no writer reaches it by its path again (the emitter's writes
+        // never make a missing root); then removed until it is gone, as a pipeline thread that
+        // already holds one of its folders may still be writing into it: once a folder itself
+        // is removed, nothing more can be made in it.
+        let mut doomed = dir.clone().into_os_string();
+        doomed.push(".removing");
+        let doomed = PathBuf::from(doomed);
+        let target = if std::fs::rename(&dir, &doomed).is_ok() {
+            doomed
+        } else {
+            dir
+        };
+        for _ in 0..100 {
+            match std::fs::remove_dir_all(&target) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break,
+            }
         }
     }
 }

@@ -503,7 +503,7 @@ fn jpeg_of(image: &image::RgbImage) -> Result<Vec<u8>, EmitError> {
 /// and written last, is what marks a folder complete and `verify` re-hashes every frame anyway.
 fn write_beneath(root: &Path, rel: &str, bytes: &[u8], sync: bool) -> Result<(), EmitError> {
     use std::io::Write;
-    crate::storage::beneath::Beneath::new(root)
+    crate::storage::beneath::Beneath::existing(root)
         .write(rel, crate::storage::TEMP_PREFIX, sync, |f| {
             f.write_all(bytes).map(|()| bytes.len() as u64)
         })

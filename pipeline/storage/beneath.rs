@@ -74,15 +74,29 @@ fn split(rel: &str) -> io::Result<(Vec<&str>, &str)> {
 #[derive(Debug, Clone)]
 pub struct Beneath {
     root: PathBuf,
+    create_root: bool,
 }
 
 impl Beneath {
+    /// Below `root`, which a first write creates.
     pub fn new(root: impl Into<PathBuf>) -> Beneath {
-        Beneath { root: root.into() }
+        Beneath {
+            root: root.into(),
+            create_root: true,
+        }
+    }
+
+    /// Below `root`, which must exist: a write after it was removed (a staging folder removed
+    /// on a signal while a pipeline thread still writes) fails instead of making it again.
+    pub fn existing(root: impl Into<PathBuf>) -> Beneath {
+        Beneath {
+            root: root.into(),
+            create_root: false,
+        }
     }
 
     fn open_root(&self, create: bool) -> io::Result<Option<OwnedFd>> {
-        if create {
+        if create && self.create_root {
             super::create_dir_all(&self.root)?;
         }
         match rustix::fs::open(
@@ -91,7 +105,15 @@ impl Beneath {
             Mode::empty(),
         ) {
             Ok(fd) => Ok(Some(fd)),
-            Err(rustix::io::Errno::NOENT) if !create => Ok(None),
+            Err(rustix::io::Errno::NOENT) if !create || !self.create_root => {
+                if create {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{} no longer exists", self.root.display()),
+                    ));
+                }
+                Ok(None)
+            }
             Err(e) => Err(io::Error::new(
                 errno(e).kind(),
                 format!("{}: {}", self.root.display(), errno(e)),
