@@ -6,9 +6,10 @@
 //! unless `--keep-audio`, without audio. One bad input is reported and the batch goes on; the exit
 //! status is 1 when any input failed.
 //!
-//! A video runs as a pipeline over bounded channels, so decoding (an ffmpeg child), detection
-//! (ONNX Runtime on both cores), masking and encoding (another ffmpeg child fed by a writer
-//! thread) overlap and memory stays flat with clip length.
+//! A video runs through the engine's redaction stream ([`crate::engine::stream`]), the one
+//! `run` and `redact` use, with the unchecked gate: decoding (an ffmpeg child), detection (ONNX
+//! Runtime on both cores), masking and encoding (another ffmpeg child fed by a writer thread)
+//! overlap over bounded channels and memory stays flat with clip length.
 
 #![allow(clippy::print_stdout, reason = "a command: its summary goes to stdout")]
 
@@ -18,16 +19,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use crossbeam_channel::bounded;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::engine::stream::{Finders, Unchecked, redact_stream};
 use crate::inference::ModelOptions;
-use crate::media::{self, DecodeOptions, Decoder, Frame, Input};
+use crate::media::{DecodeOptions, Decoder, Frame, Input};
 use crate::redact::{EncodeOptions, Encoder};
-use crate::redact::{Fill, MaskShape, RedactOptions, Redactor, TemporalHold};
-use crate::vision::BBox;
-use crate::vision::centerface::{CenterFace, CenterFaceConfig, CenterFaceVariant};
+use crate::redact::{Fill, MaskShape, RedactOptions, RedactedFrame, Redactor, Unverified};
+use crate::vision::centerface::{CenterFaceConfig, CenterFaceVariant, FaceFinder};
 use crate::vision::retinaface::{RetinaFace, RetinaFaceConfig};
 
 /// Extensions treated as still images; everything else is handed to ffmpeg as a video.
@@ -269,21 +269,19 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
             .context("cannot load the verifier")?;
         Ctx::Count(verifier)
     } else {
-        let variant = if args.fast {
-            CenterFaceVariant::Int8
+        let faces = if args.fast {
+            FaceFinder::fast(&opts)
         } else {
-            args.model.into()
+            FaceFinder::new(
+                &opts,
+                CenterFaceConfig {
+                    threshold: args.thresh,
+                    scale: args.scale,
+                    variant: args.model.into(),
+                },
+            )
         };
-        let cfg = CenterFaceConfig {
-            threshold: args.thresh,
-            scale: args.scale,
-            variant,
-        };
-        let cf = CenterFace::new(&opts, cfg).context("cannot load the face detector")?;
-        Ctx::Anonymize(FaceDetector {
-            cf,
-            fast: args.fast,
-        })
+        Ctx::Anonymize(faces.context("cannot load the face detector")?)
     };
     let redact_opts = RedactOptions {
         shape: if args.boxes {
@@ -347,71 +345,39 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
 
 enum Ctx {
     Count(RetinaFace),
-    Anonymize(FaceDetector),
-}
-
-/// Threshold of the fast mode.
-pub const FAST_THRESHOLD: f32 = 0.1;
-
-/// The face detector of `anonymize`: CenterFace as configured, or its fast mode.
-#[derive(Debug)]
-pub struct FaceDetector {
-    /// The loaded CenterFace.
-    pub cf: CenterFace,
-    /// Fast mode: detection at two thirds of the frame size, threshold [`FAST_THRESHOLD`].
-    pub fast: bool,
-}
-
-impl FaceDetector {
-    /// Face boxes in frame pixels.
-    pub fn detect(&self, img: &image::RgbImage) -> anyhow::Result<Vec<BBox>> {
-        let dets = if self.fast {
-            let (w, h) = img.dimensions();
-            let size = (
-                (w * 2).div_ceil(3).div_ceil(32) * 32,
-                (h * 2).div_ceil(3).div_ceil(32) * 32,
-            );
-            self.cf.detect_at(img, size, FAST_THRESHOLD)?
-        } else {
-            self.cf.detect(img)?
-        };
-        Ok(dets.into_iter().map(|d| d.bbox).collect())
-    }
-}
-
-fn face_boxes(detector: &FaceDetector, img: &image::RgbImage) -> anyhow::Result<Vec<BBox>> {
-    detector.detect(img)
+    Anonymize(FaceFinder),
 }
 
 /// Anonymizes one still image.
 pub fn anonymize_image(
     src: &Path,
     dest: &Path,
-    detector: &FaceDetector,
+    faces: &FaceFinder,
     opts: &RedactOptions,
 ) -> anyhow::Result<JobSummary> {
     let start = Instant::now();
     let img = image::open(src).context("cannot read image")?.to_rgb8();
-    let faces = face_boxes(detector, &img)?;
+    let boxes = faces.boxes(&img)?;
     let mut redactor = Redactor::new(opts.clone())?;
-    let cand = redactor.redact(Frame::still(img), &faces, 0, &[]);
-    let out = redactor.accept_unverified(cand);
+    let cand = redactor.redact(Frame::still(img), &boxes, 0, &[]);
+    let out = Unchecked::pass(&mut redactor, cand);
     out.image()
         .save(dest)
         .with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(JobSummary {
         frames: 1,
-        faces_masked: faces.len() as u64,
+        faces_masked: boxes.len() as u64,
         seconds: start.elapsed().as_secs_f64(),
         ..Default::default()
     })
 }
 
-/// Anonymizes one video into an H.264 mp4 at `dest`: decode, detect, mask and encode overlap.
+/// Anonymizes one video into an H.264 mp4 at `dest`: the engine's redaction stream (decode,
+/// detect, mask overlap) with the unchecked gate, the encoder as its frame work.
 pub fn anonymize_video(
     src: &Path,
     dest: &Path,
-    detector: &FaceDetector,
+    faces: &FaceFinder,
     opts: &RedactOptions,
     keep_audio: bool,
     progress: bool,
@@ -436,96 +402,52 @@ pub fn anonymize_video(
         ProgressBar::hidden()
     };
     let mut redactor = Redactor::new(opts.clone())?;
-    let mut summary = JobSummary::default();
-    let (frame_tx, frame_rx) = bounded::<Result<Frame, media::MediaError>>(4);
-    let (det_tx, det_rx) = bounded::<anyhow::Result<(Frame, Vec<BBox>)>>(4);
-    let result: anyhow::Result<()> = std::thread::scope(|s| {
-        // Owned here, so that an early return drops it and unblocks the detection thread before
-        // the scope joins it.
-        let det_rx = det_rx;
-        let decode = s.spawn(move || {
-            for f in decoder {
-                let stop = f.is_err();
-                if frame_tx.send(f).is_err() || stop {
-                    break;
-                }
-            }
-        });
-        let detect = s.spawn(move || {
-            let mut spent = Duration::ZERO;
-            for f in frame_rx {
-                let item = f.map_err(anyhow::Error::from).and_then(|frame| {
-                    crate::fault::point("face_detect", frame.index());
-                    let t = Instant::now();
-                    let faces = face_boxes(detector, frame.image());
-                    spent += t.elapsed();
-                    Ok((frame, faces?))
-                });
-                let stop = item.is_err();
-                if det_tx.send(item).is_err() || stop {
-                    break;
-                }
-            }
-            spent
-        });
-        let mut encoder = Encoder::create(dest, info.width, info.height, &enc_opts)?;
-        let mut hold = TemporalHold::new(opts.hold_frames);
-        let mut emit = |(frame, boxes, held): (Frame, Vec<BBox>, usize),
-                        redactor: &mut Redactor,
-                        summary: &mut JobSummary|
-         -> anyhow::Result<()> {
-            let t = Instant::now();
-            let cand = redactor.redact(frame, &boxes, held, &[]);
-            let out = redactor.accept_unverified(cand);
-            let t2 = Instant::now();
-            summary.redact_seconds += (t2 - t).as_secs_f64();
-            encoder.write(&out)?;
-            summary.encode_seconds += t2.elapsed().as_secs_f64();
-            bar.inc(1);
-            Ok(())
-        };
-        let mut wait = Instant::now();
-        for item in &det_rx {
-            summary.wait_seconds += wait.elapsed().as_secs_f64();
-            let (frame, faces) = item?;
-            if let Some(ready) = hold.push(frame, faces) {
-                emit(ready, &mut redactor, &mut summary)?;
-            }
-            wait = Instant::now();
-        }
-        for ready in hold.flush() {
-            emit(ready, &mut redactor, &mut summary)?;
-        }
-        drop(det_rx);
-        // A pipeline thread that panicked has lost frames: the job fails, it is never done.
-        anyhow::ensure!(
-            decode.join().is_ok(),
-            "{}: decoding stopped unexpectedly (a bug)",
-            src.display()
-        );
-        summary.detect_seconds = detect
-            .join()
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: face detection stopped unexpectedly (a bug)",
-                    src.display()
-                )
-            })?
-            .as_secs_f64();
-        encoder.finish()?;
+    let mut encoder = Encoder::create(dest, info.width, info.height, &enc_opts)?;
+    let mut encode_time = Duration::ZERO;
+    let mut write = |frame: RedactedFrame<Unverified>, _: u32| -> anyhow::Result<()> {
+        let t = Instant::now();
+        encoder.write(&frame)?;
+        encode_time += t.elapsed();
         Ok(())
-    });
+    };
+    let mut consume = |()| {
+        bar.inc(1);
+        Ok(())
+    };
+    let finders = Finders {
+        faces,
+        persons: None,
+    };
+    let streamed = redact_stream(
+        decoder,
+        &finders,
+        &mut redactor,
+        opts.hold_frames,
+        &Unchecked,
+        &mut write,
+        &mut consume,
+    );
     bar.finish_and_clear();
+    let result = streamed
+        .result
+        .map_err(anyhow::Error::from)
+        .and_then(|()| encoder.finish().map_err(anyhow::Error::from));
     if let Err(e) = result {
         // Never leave a partial output that looks like a finished one.
         let _ = std::fs::remove_file(dest);
         return Err(e);
     }
     let report = redactor.report();
-    summary.frames = report.frames;
-    summary.faces_masked = report.faces_masked;
-    summary.seconds = start.elapsed().as_secs_f64();
-    Ok(summary)
+    let t = streamed.times;
+    Ok(JobSummary {
+        frames: report.frames,
+        faces_masked: report.faces_masked,
+        seconds: start.elapsed().as_secs_f64(),
+        detect_seconds: t.face_detect.as_secs_f64(),
+        redact_seconds: (t.redact + t.gate).as_secs_f64(),
+        wait_seconds: t.wait.as_secs_f64(),
+        encode_seconds: encode_time.as_secs_f64(),
+    })
 }
 
 /// Counts the faces the verifier (RetinaFace) finds in every frame of one input: a JSON line.

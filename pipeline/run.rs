@@ -141,10 +141,11 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         catalog_store: Arc::clone(&catalog.store),
         sources,
         s3: s3.clone(),
-        upload: remote.as_ref().map(|r| r.frames.clone()),
         times: StageTimes::default(),
     };
     ctx.times.select = select_time;
+    // Frames go here as they are emitted when the dataset is written to S3.
+    let mut upload = remote.as_ref().map(|r| r.frames.clone());
 
     let bar = progress_bar(included.len() as u64, "clips", progress);
     let (mut failed, mut frames) = (0usize, 0u64);
@@ -180,7 +181,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         let id = clip.clip().video_id.clone();
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
-        let mut consume = |ctx: &mut Ctx<'_>,
+        let mut consume = |times: &mut StageTimes,
                            (entry, jpeg, detect_time, encode_time): (
             ManifestEntry,
             Vec<u8>,
@@ -190,13 +191,13 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
          -> anyhow::Result<()> {
             let t = Instant::now();
             let key = emitter.add_frame(entry, &jpeg)?.path.clone();
-            if let Some(upload) = &ctx.upload {
+            if let Some(upload) = &upload {
                 upload
                     .send((key, jpeg.into()))
                     .map_err(|_| anyhow::anyhow!("the upload feeder stopped"))?;
             }
-            ctx.times.object_detect += detect_time;
-            ctx.times.emit += encode_time + t.elapsed();
+            times.object_detect += detect_time;
+            times.emit += encode_time + t.elapsed();
             Ok(())
         };
         let r = process_clip(&mut ctx, clip, &work, &mut consume);
@@ -228,12 +229,12 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     }
     bar.finish_and_clear();
     if let Some(r) = remote.take_if(|r| r.failed()) {
-        drop(ctx.upload.take());
+        drop(upload.take());
         return Err(r.failure());
     }
     let t = Instant::now();
     let record = emitter.finish()?;
-    drop(ctx.upload.take());
+    drop(upload.take());
     if let Some(remote) = remote {
         remote.finish()?;
     }

@@ -199,7 +199,6 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
         catalog_store: Arc::clone(&catalog.store),
         sources,
         s3: s3.clone(),
-        upload: None,
         times: StageTimes::default(),
     };
     let bar = crate::summary::progress_bar(selection.included.len() as u64, "clips", progress);
@@ -339,7 +338,7 @@ fn redact_one(
             png,
         ))
     };
-    let mut consume = |_: &mut Ctx<'_>, (rec, png): (RedactedFrameRecord, Vec<u8>)| {
+    let mut consume = |_: &mut StageTimes, (rec, png): (RedactedFrameRecord, Vec<u8>)| {
         // The first refused upload stops the clip (and `finish` below stops the stage).
         anyhow::ensure!(!uploader.failed(), "an upload to the work folder failed");
         uploader.submit(rec.path.clone(), png);

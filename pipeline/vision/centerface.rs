@@ -97,6 +97,55 @@ impl CenterFaceConfig {
     }
 }
 
+/// Faces the way every command finds them: CenterFace at its configured threshold and scale, or
+/// the fast preset ([`CenterFaceConfig::fast`]), whose input size follows each frame's size.
+#[derive(Debug)]
+pub struct FaceFinder {
+    cf: CenterFace,
+    fast: bool,
+}
+
+impl FaceFinder {
+    /// CenterFace as `config` says.
+    pub fn new(options: &ModelOptions, config: CenterFaceConfig) -> Result<Self, VisionError> {
+        Ok(FaceFinder {
+            cf: CenterFace::new(options, config)?,
+            fast: false,
+        })
+    }
+
+    /// The fast preset: the INT8 build, two thirds of each frame's size, threshold
+    /// [`CenterFaceConfig::FAST_THRESHOLD`].
+    pub fn fast(options: &ModelOptions) -> Result<Self, VisionError> {
+        let config = CenterFaceConfig {
+            threshold: CenterFaceConfig::FAST_THRESHOLD,
+            scale: None,
+            variant: CenterFaceVariant::Int8,
+        };
+        Ok(FaceFinder {
+            cf: CenterFace::new(options, config)?,
+            fast: true,
+        })
+    }
+
+    /// Face boxes in `img`'s pixels, highest score first.
+    pub fn boxes(&self, img: &RgbImage) -> Result<Vec<BBox>, VisionError> {
+        let dets = if self.fast {
+            let preset = CenterFaceConfig::fast(img.dimensions());
+            let size = preset.scale.unwrap_or(img.dimensions());
+            self.cf.detect_at(img, size, preset.threshold)?
+        } else {
+            self.cf.detect(img)?
+        };
+        Ok(dets.into_iter().map(|d| d.bbox).collect())
+    }
+
+    /// Name, blake3 and runtime version of the model, for provenance.
+    pub fn provenance(&self) -> &ModelProvenance {
+        self.cf.provenance()
+    }
+}
+
 /// The CenterFace face detector. See [`crate::inference::Model`] for sharing between threads.
 #[derive(Debug)]
 pub struct CenterFace {
