@@ -25,9 +25,9 @@ use crate::consent::{ConsentedClip, readmit_selection};
 use crate::emit::clip::ClipInfo;
 use crate::emit::clip::frame_entry;
 use crate::emit::dest::Destination;
-use crate::emit::remote::{RemoteOut, start_output};
+use crate::emit::output::DatasetWriter;
 use crate::emit::{
-    ClipFailure, DatasetInputs, DatasetRecord, EmittedDetection, ManifestEntry, encode_jpeg,
+    ClipFailure, DatasetInputs, DatasetRecord, FrameJpeg, ManifestEntry, encode_jpeg,
 };
 use crate::engine::{ClipError, Ctx, Models, StageTimes, process_clip};
 use crate::media::ffmpeg_version;
@@ -132,7 +132,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     // (redacted outputs only) and uploaded from there: frames as they are emitted, overlapping
     // the compute, then the other files, and `dataset.json` last.
     let clips: BTreeSet<String> = included.iter().map(|c| c.clip().video_id.clone()).collect();
-    let (mut remote, mut emitter) = start_output(dest, &clips, inputs)?;
+    let mut dataset = DatasetWriter::start(dest, &clips, inputs)?;
     let mut ctx = Ctx {
         models: &models,
         config_blake3: config.blake3(),
@@ -144,8 +144,6 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         times: StageTimes::default(),
     };
     ctx.times.select = select_time;
-    // Frames go here as they are emitted when the dataset is written to S3.
-    let mut upload = remote.as_ref().map(|r| r.frames.clone());
 
     let bar = progress_bar(included.len() as u64, "clips", progress);
     let (mut failed, mut frames) = (0usize, 0u64);
@@ -155,9 +153,9 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
                 red: &crate::redact::RedactedFrame,
                 masks: u32,
                 found: u32|
-     -> anyhow::Result<(ManifestEntry, Vec<u8>, Duration, Duration)> {
+     -> anyhow::Result<(ManifestEntry, FrameJpeg, Duration, Duration)> {
         let t = Instant::now();
-        let dets = models.objects.detect(red.image())?;
+        let detections = crate::stages::detect::detect_frame(&models.objects, red)?;
         let detect_time = t.elapsed();
         let t = Instant::now();
         let jpeg = encode_jpeg(red)?;
@@ -168,14 +166,12 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
             red.pts(),
             masks,
             found,
-            dets.iter()
-                .map(EmittedDetection::from_detection)
-                .collect::<Result<_, _>>()?,
+            detections,
         );
         Ok((entry, jpeg, detect_time, t.elapsed()))
     };
     for clip in &included {
-        if remote.as_ref().is_some_and(RemoteOut::failed) {
+        if dataset.failed() {
             break; // the first refused upload stops the run
         }
         let id = clip.clip().video_id.clone();
@@ -184,18 +180,13 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         let mut consume = |times: &mut StageTimes,
                            (entry, jpeg, detect_time, encode_time): (
             ManifestEntry,
-            Vec<u8>,
+            FrameJpeg,
             Duration,
             Duration,
         )|
          -> anyhow::Result<()> {
             let t = Instant::now();
-            let key = emitter.add_frame(entry, &jpeg)?.path.clone();
-            if let Some(upload) = &upload {
-                upload
-                    .send((key, jpeg.into()))
-                    .map_err(|_| anyhow::anyhow!("the upload feeder stopped"))?;
-            }
+            dataset.add_frame(entry, jpeg)?;
             times.object_detect += detect_time;
             times.emit += encode_time + t.elapsed();
             Ok(())
@@ -203,7 +194,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         let r = process_clip(&mut ctx, clip, &work, &mut consume);
         frames += r.frames;
         for w in r.withheld {
-            emitter.withhold(w);
+            dataset.withhold(w);
         }
         match r.outcome {
             Ok(()) => tracing::info!(frames = r.frames, "clip done"),
@@ -218,7 +209,7 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
                         "clip failed; the batch goes on"
                     );
                 }
-                emitter.clip_failed(ClipFailure {
+                dataset.clip_failed(ClipFailure {
                     video_id: id,
                     code: e.code(),
                     reason: e.reason().to_owned(),
@@ -228,16 +219,8 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if let Some(r) = remote.take_if(|r| r.failed()) {
-        drop(upload.take());
-        return Err(r.failure());
-    }
     let t = Instant::now();
-    let record = emitter.finish()?;
-    drop(upload.take());
-    if let Some(remote) = remote {
-        remote.finish()?;
-    }
+    let record = dataset.finish()?;
     ctx.times.emit += t.elapsed();
     Ok(RunOutcome {
         record,

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use clearframe::emit::{
     self, ClipFailure, ConsentBasis, DatasetInputs, DatasetRecord, EmitOptions, EmittedDetection,
-    Emitter, ManifestEntry, Provenance, RedactionSummary, VerifierResult, WithheldFrame,
+    Emitter, FrameJpeg, ManifestEntry, Provenance, RedactionSummary, VerifierResult, WithheldFrame,
 };
 use clearframe::hashing::hash_bytes;
 use clearframe::verify::{VerifyArgs, run_cli, verify};
@@ -139,7 +139,7 @@ fn redaction(faces: u32, zones: &[&str]) -> RedactionSummary {
 }
 
 /// The frames of the test dataset with their entries, in a fixed order.
-pub(crate) fn frames() -> Vec<(ManifestEntry, Vec<u8>)> {
+pub(crate) fn frames() -> Vec<(ManifestEntry, FrameJpeg)> {
     let bikes = fixture("media/bikes.mp4");
     let mut out = Vec::new();
     // Cyclist riding left to right, cars on both sides; the face is masked.
@@ -211,7 +211,7 @@ pub(crate) fn inputs() -> DatasetInputs {
     }
 }
 
-pub(crate) fn build(dir: &Path, frames: Vec<(ManifestEntry, Vec<u8>)>) -> DatasetRecord {
+pub(crate) fn build(dir: &Path, frames: Vec<(ManifestEntry, FrameJpeg)>) -> DatasetRecord {
     let mut emitter = Emitter::create(dir, inputs(), EmitOptions::default()).unwrap();
     for (entry, jpeg) in frames {
         emitter.add_frame(entry, &jpeg).unwrap();
@@ -718,10 +718,11 @@ fn a_dataset_with_no_frames_still_verifies() {
 }
 
 /// A test frame as JPEG with the emitter's settings (the frames here are test material, not the
-/// output of redaction, which is all `emit::encode_jpeg` takes).
-fn jpeg(img: &image::RgbImage) -> Vec<u8> {
+/// output of redaction, which is all `emit::encode_jpeg` takes: hence the `test-material`
+/// constructor, which only this crate's tests enable).
+fn jpeg(img: &image::RgbImage) -> FrameJpeg {
     let mut out = Vec::new();
     let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, emit::JPEG_QUALITY);
     img.write_with_encoder(enc).unwrap();
-    out
+    FrameJpeg::test_material(out)
 }

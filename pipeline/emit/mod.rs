@@ -27,7 +27,7 @@ pub mod cvat;
 pub mod dest;
 pub mod labelstudio;
 pub mod merkle;
-pub(crate) mod remote;
+pub(crate) mod output;
 pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -483,11 +483,55 @@ pub fn is_safe_video_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// A dataset frame as JPEG. Only [`encode_jpeg`] makes one, from a verified redacted frame, and
+/// it is all [`Emitter::add_frame`] takes: raw or unverified pixels cannot reach a dataset. Its
+/// `Debug` prints no bytes.
+///
+/// ```compile_fail
+/// // Bytes from anywhere else are not a frame of the dataset.
+/// let jpeg = clearframe::emit::FrameJpeg(vec![0xff, 0xd8]);
+/// ```
+///
+/// ```compile_fail
+/// // Nor does the emitter take plain bytes.
+/// fn add(e: &mut clearframe::emit::Emitter, entry: clearframe::emit::ManifestEntry, raw: Vec<u8>) {
+///     e.add_frame(entry, &raw).unwrap();
+/// }
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct FrameJpeg(Vec<u8>);
+
+impl FrameJpeg {
+    /// The JPEG's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The JPEG's bytes, owned (to upload them).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// Test material only (the `test-material` feature, which only this crate's own tests
+    /// enable): JPEG bytes made by a test from its own images, to build a dataset without running
+    /// the redaction engine. Not part of any build a user runs.
+    #[cfg(feature = "test-material")]
+    pub fn test_material(bytes: Vec<u8>) -> FrameJpeg {
+        FrameJpeg(bytes)
+    }
+}
+
+impl std::fmt::Debug for FrameJpeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameJpeg({} bytes)", self.0.len())
+    }
+}
+
 /// Encodes a verified redacted frame as JPEG with fixed settings (baseline, quality
 /// [`JPEG_QUALITY`], no metadata): the same pixels always give the same bytes. An unverified or
 /// raw frame is not accepted (see [`crate::redact::RedactedFrame`]).
-pub fn encode_jpeg(frame: &crate::redact::RedactedFrame) -> Result<Vec<u8>, EmitError> {
-    jpeg_of(frame.image())
+pub fn encode_jpeg(frame: &crate::redact::RedactedFrame) -> Result<FrameJpeg, EmitError> {
+    jpeg_of(frame.image()).map(FrameJpeg)
 }
 
 fn jpeg_of(image: &image::RgbImage) -> Result<Vec<u8>, EmitError> {
@@ -666,8 +710,9 @@ impl Emitter {
     pub fn add_frame(
         &mut self,
         mut entry: ManifestEntry,
-        jpeg: &[u8],
+        jpeg: &FrameJpeg,
     ) -> Result<&ManifestEntry, EmitError> {
+        let jpeg = jpeg.as_bytes();
         let what = format!("{} frame {}", entry.video_id, entry.frame);
         if !is_safe_video_id(&entry.video_id) {
             return Err(input_err(

@@ -17,7 +17,10 @@ use super::{
     RecordRef, RedactStageRecord, RedactedFrameRecord, keys,
 };
 use crate::config::{Config, DetectConfig};
+use crate::emit::EmittedDetection;
+use crate::redact::RedactedFrame;
 use crate::storage::{self, Location, Store, StoreArgs};
+use crate::vision::nanodet::NanoDet;
 
 /// Arguments of `clearframe detect`.
 #[derive(clap::Args, Debug)]
@@ -96,15 +99,28 @@ fn clip_key(redaction_blake3: &str, detect: &DetectConfig, model_blake3: &str) -
     )
 }
 
+/// Object detection for the dataset, as `run` and this stage do it: on a verified redacted frame
+/// only, its detections in the dataset's form.
+pub(crate) fn detect_frame(
+    detector: &NanoDet,
+    frame: &RedactedFrame,
+) -> anyhow::Result<Vec<EmittedDetection>> {
+    Ok(detector
+        .detect(frame.image())?
+        .iter()
+        .map(EmittedDetection::from_detection)
+        .collect::<Result<_, _>>()?)
+}
+
 /// Reads a redacted frame back as verified: it must be the PNG `redact` recorded (by blake3).
 pub(crate) fn read_frame(
     work: &Arc<dyn Store>,
     f: &RedactedFrameRecord,
-) -> anyhow::Result<crate::redact::RedactedFrame> {
+) -> anyhow::Result<RedactedFrame> {
     let bytes = work
         .get(&f.path)
         .with_context(|| format!("cannot read {}", work.url(&f.path)))?;
-    crate::redact::RedactedFrame::readmit_png(
+    RedactedFrame::readmit_png(
         &bytes,
         &f.blake3,
         f.frame,
@@ -202,13 +218,10 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
                         }
                     });
                     let mut out = Vec::with_capacity(record.frames.len());
-                    for (frame, img) in rx {
-                        let found = detector.detect(img?.image())?;
-                        outcome.detections += found.len() as u64;
-                        out.push(FrameDetections {
-                            frame,
-                            detections: super::detections_of(&found)?,
-                        });
+                    for (frame, red) in rx {
+                        let detections = detect_frame(&detector, &red?)?;
+                        outcome.detections += detections.len() as u64;
+                        out.push(FrameDetections { frame, detections });
                         bar.inc(1);
                     }
                     Ok(out)

@@ -12,7 +12,9 @@ use super::{
     keys,
 };
 use crate::emit::dest::Destination;
-use crate::emit::{ClipFailure, DatasetInputs, DatasetRecord, ManifestEntry, encode_jpeg};
+use crate::emit::{
+    ClipFailure, DatasetInputs, DatasetRecord, FrameJpeg, ManifestEntry, encode_jpeg,
+};
 use crate::storage::{self, Location, StoreArgs};
 
 /// Arguments of `clearframe emit`.
@@ -84,7 +86,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         .iter()
         .map(|c| c.clip().video_id.clone())
         .collect();
-    let (remote, mut emitter) = crate::emit::remote::start_output(dest, &clips, inputs)?;
+    let mut dataset = crate::emit::output::DatasetWriter::start(dest, &clips, inputs)?;
 
     // Every frame's entry, checked against the detections, before any pixel is read.
     let mut jobs: Vec<(ManifestEntry, super::RedactedFrameRecord)> = Vec::new();
@@ -92,13 +94,13 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
     for (id, r) in &redact.clips {
         let record: ClipRedactionRecord = super::read_listed(&work, r, "redact")?;
         for w in &record.withheld {
-            emitter.withhold(w.clone());
+            dataset.withhold(w.clone());
         }
         match record.status {
             ClipStatus::Redacted => {}
             ClipStatus::Failed | ClipStatus::Excluded => {
                 failed += usize::from(record.status == ClipStatus::Failed);
-                emitter.clip_failed(ClipFailure {
+                dataset.clip_failed(ClipFailure {
                     video_id: id.clone(),
                     code: record.code.unwrap_or(crate::records::FailureCode::Internal),
                     reason: record.reason.clone().unwrap_or_default(),
@@ -147,12 +149,11 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
 
     // Two threads fetch, check, decode and encode; this one writes.
     let bar = crate::summary::progress_bar(jobs.len() as u64, "frames", progress);
-    let upload = remote.as_ref().map(|r| r.frames.clone());
     std::thread::scope(|s| -> anyhow::Result<()> {
         let (job_tx, job_rx) =
             crossbeam_channel::bounded::<(ManifestEntry, super::RedactedFrameRecord)>(8);
         let (done_tx, done_rx) =
-            crossbeam_channel::bounded::<anyhow::Result<(ManifestEntry, Vec<u8>)>>(8);
+            crossbeam_channel::bounded::<anyhow::Result<(ManifestEntry, FrameJpeg)>>(8);
         for _ in 0..2 {
             let (job_rx, done_tx, work) = (job_rx.clone(), done_tx.clone(), &work);
             s.spawn(move || {
@@ -175,25 +176,18 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         });
         for item in done_rx {
             let (entry, jpeg) = item?;
-            let key = emitter.add_frame(entry, &jpeg)?.path.clone();
-            if let Some(upload) = &upload
-                && upload.send((key, jpeg.into())).is_err()
-            {
-                break; // the uploader stopped at a failure: reported below
+            if let Err(e) = dataset.add_frame(entry, jpeg) {
+                if dataset.failed() {
+                    break; // the first refused upload stops the stage: reported by `finish`
+                }
+                return Err(e);
             }
             bar.inc(1);
         }
         Ok(())
     })?;
     bar.finish_and_clear();
-    drop(upload);
-    if remote.as_ref().is_some_and(|r| r.failed()) {
-        return Err(remote.expect("checked").failure());
-    }
-    let record = emitter.finish()?;
-    if let Some(remote) = remote {
-        remote.finish()?;
-    }
+    let record = dataset.finish()?;
     Ok(EmitOutcome {
         record,
         failed_clips: failed,

@@ -366,13 +366,3 @@ pub(crate) fn listed_clips(
         .filter(|id| crate::emit::is_safe_video_id(id))
         .collect())
 }
-
-/// Keeps the detections' JSON stable whether they came from `run` or from `detect`.
-pub(crate) fn detections_of(
-    dets: &[crate::vision::Detection],
-) -> anyhow::Result<Vec<EmittedDetection>> {
-    Ok(dets
-        .iter()
-        .map(EmittedDetection::from_detection)
-        .collect::<Result<_, _>>()?)
-}

@@ -1,6 +1,7 @@
-//! Writing a dataset to S3: the dataset is written into a private staging folder and its files
-//! are uploaded as they are written (frames at once, through a bounded queue), `dataset.json`
-//! last.
+//! Where a dataset is written: [`DatasetWriter`], the one way `run` and `emit` write a dataset.
+//! A local folder is written in place. For an S3 prefix the dataset is written into a private
+//! staging folder and its files are uploaded as they are written ([`RemoteOut`]: frames at once,
+//! through a bounded queue), `dataset.json` last.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,29 +11,93 @@ use anyhow::Context;
 use crossbeam_channel::bounded;
 
 use crate::emit::dest::Destination;
-use crate::emit::{DatasetInputs, EmitOptions, Emitter};
+use crate::emit::{
+    ClipFailure, DatasetInputs, DatasetRecord, EmitOptions, Emitter, FrameJpeg, ManifestEntry,
+    WithheldFrame,
+};
 use crate::staging::Staging;
 use crate::storage::{Location, UploadStats, UploadWatch, Uploader};
 
-/// Starts writing a dataset of `clips` into an inspected destination: a local folder is written
-/// in place; an S3 prefix gets a private staging folder and a [`RemoteOut`].
-pub(crate) fn start_output(
-    dest: Destination,
-    clips: &BTreeSet<String>,
-    inputs: DatasetInputs,
-) -> anyhow::Result<(Option<RemoteOut>, Emitter)> {
-    Ok(match dest.store().location() {
-        Location::Local(_) => (
-            None,
-            Emitter::create_in(dest, inputs, EmitOptions::default())?,
-        ),
-        Location::S3 { .. } => {
-            let remote = RemoteOut::start(dest, clips)?;
-            let emitter =
-                Emitter::create_staging(remote.dir.path(), inputs, EmitOptions::default())?;
-            (Some(remote), emitter)
+/// A dataset being written, wherever it goes: the emitter and, for an S3 prefix, the upload of
+/// what it writes ([`RemoteOut`]). `run` and `emit` write through this one type.
+pub(crate) struct DatasetWriter {
+    emitter: Emitter,
+    remote: Option<RemoteOut>,
+    /// Frames to upload as they are emitted (S3 only; bounded: the emitter waits for uploads).
+    upload: Option<crossbeam_channel::Sender<(String, bytes::Bytes)>>,
+}
+
+impl DatasetWriter {
+    /// Starts writing a dataset of `clips` into an inspected destination: a local folder is
+    /// written in place; an S3 prefix gets a private staging folder and its uploads.
+    pub(crate) fn start(
+        dest: Destination,
+        clips: &BTreeSet<String>,
+        inputs: DatasetInputs,
+    ) -> anyhow::Result<DatasetWriter> {
+        let (remote, emitter) = match dest.store().location() {
+            Location::Local(_) => (
+                None,
+                Emitter::create_in(dest, inputs, EmitOptions::default())?,
+            ),
+            Location::S3 { .. } => {
+                let remote = RemoteOut::start(dest, clips)?;
+                let emitter =
+                    Emitter::create_staging(remote.dir.path(), inputs, EmitOptions::default())?;
+                (Some(remote), emitter)
+            }
+        };
+        let upload = remote.as_ref().map(|r| r.frames.clone());
+        Ok(DatasetWriter {
+            emitter,
+            remote,
+            upload,
+        })
+    }
+
+    /// Adds one frame (its JPEG from [`crate::emit::encode_jpeg`]) and, for S3, queues its upload.
+    pub(crate) fn add_frame(
+        &mut self,
+        entry: ManifestEntry,
+        jpeg: FrameJpeg,
+    ) -> anyhow::Result<()> {
+        let key = self.emitter.add_frame(entry, &jpeg)?.path.clone();
+        if let Some(upload) = &self.upload {
+            upload
+                .send((key, jpeg.into_bytes().into()))
+                .map_err(|_| anyhow::anyhow!("the dataset upload stopped at a failure"))?;
         }
-    })
+        Ok(())
+    }
+
+    /// Records a frame withheld, with its reason.
+    pub(crate) fn withhold(&mut self, frame: WithheldFrame) {
+        self.emitter.withhold(frame);
+    }
+
+    /// Records a selected clip that could not be processed or was left out by policy.
+    pub(crate) fn clip_failed(&mut self, failure: ClipFailure) {
+        self.emitter.clip_failed(failure);
+    }
+
+    /// True once an upload failed: nothing more is uploaded and the caller should stop.
+    pub(crate) fn failed(&self) -> bool {
+        self.remote.as_ref().is_some_and(RemoteOut::failed)
+    }
+
+    /// Writes the manifest, annotations, report and `dataset.json` (last), uploading them for S3;
+    /// the first failed upload is the error.
+    pub(crate) fn finish(mut self) -> anyhow::Result<DatasetRecord> {
+        drop(self.upload.take());
+        if let Some(r) = self.remote.take_if(|r| r.failed()) {
+            return Err(r.failure());
+        }
+        let record = self.emitter.finish()?;
+        if let Some(remote) = self.remote {
+            remote.finish()?;
+        }
+        Ok(record)
+    }
 }
 
 /// Uploads a dataset emitted into a staging folder to its S3 prefix.
