@@ -88,26 +88,20 @@ impl Decoder {
                 format!("showinfo@s{token},fps={n}:round=up,showinfo@o{token},{force}")
             }
         };
-        let mut cmd = match &opts.ffmpeg {
-            Some(p) => FfmpegCommand::new_with_path(p),
-            None => FfmpegCommand::new(),
-        };
-        cmd.hide_banner()
-            // No autorotation (it follows per-frame rotation messages a file can change), and no
-            // filter rebuild on a size change (the forced scale absorbs it).
-            .args([
-                "-nostats",
-                "-nostdin",
-                "-noautorotate",
-                "-reinit_filter",
-                "0",
-                // Crop exactly as the stream says (ffprobe's size): by default a decoder
-                // rounds a left crop down to its alignment and gives wider frames.
-                "-flags",
-                "unaligned",
-            ])
-            .args(["-format_whitelist", probe::FORMAT_WHITELIST])
-            .args(["-protocol_whitelist", probe::PROTOCOL_WHITELIST])
+        let mut cmd = ffmpeg_command(opts.ffmpeg.as_deref());
+        // No autorotation (it follows per-frame rotation messages a file can change), and no
+        // filter rebuild on a size change (the forced scale absorbs it).
+        cmd.args([
+            "-nostdin",
+            "-noautorotate",
+            "-reinit_filter",
+            "0",
+            // Crop exactly as the stream says (ffprobe's size): by default a decoder rounds a
+            // left crop down to its alignment and gives wider frames.
+            "-flags",
+            "unaligned",
+        ]);
+        clip_input_only(&mut cmd)
             .arg("-i")
             .arg(path.as_os_str())
             .arg("-map")
@@ -132,17 +126,13 @@ impl Decoder {
                 "rawvideo",
                 "pipe:1",
             ]);
-        let mut child = cmd.spawn().map_err(|source| MediaError::Spawn {
-            name: name.clone(),
-            source,
-        })?;
-        let stdout = child
-            .take_stdout()
-            .expect("stdout is piped by FfmpegCommand");
-        let stderr = child
-            .take_stderr()
-            .expect("stderr is piped by FfmpegCommand");
-        drop(child.take_stdin());
+        let Spawned {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        } = spawn_ffmpeg(&mut cmd, &name)?;
+        drop(stdin);
         let tail = Tail::default();
         let (frames_tx, frames_rx) = unbounded::<OutFrame>();
         let stderr_thread = {

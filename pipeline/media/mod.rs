@@ -193,14 +193,8 @@ pub enum MediaError {
 pub enum Input {
     /// A local file given by the user: opened once, a regular file only.
     Path(PathBuf),
-    /// A byte stream (e.g. an object-store body), copied once into a sealed memory file.
-    Reader {
-        /// A name for messages (object key, URL); never opened.
-        name: String,
-        /// The bytes of the container.
-        reader: Box<dyn Read + Send>,
-    },
-    /// A clip already opened (and hashed) by the caller.
+    /// A clip already opened (and hashed) by the caller: a catalog clip, or a byte stream (an
+    /// object-store body) copied once into a sealed memory file ([`SourceFile::from_reader`]).
     Source {
         /// A name for messages (the catalog URI).
         name: String,
@@ -214,7 +208,7 @@ impl Input {
     pub fn name(&self) -> String {
         match self {
             Input::Path(p) => p.display().to_string(),
-            Input::Reader { name, .. } | Input::Source { name, .. } => name.clone(),
+            Input::Source { name, .. } => name.clone(),
         }
     }
 
@@ -224,10 +218,6 @@ impl Input {
                 p.display().to_string(),
                 SourceFile::open_path(&p, max_bytes)?,
             ),
-            Input::Reader { name, reader } => {
-                let s = SourceFile::from_reader(reader, &name, max_bytes)?;
-                (name, s)
-            }
             Input::Source { name, source } => (name, source),
         })
     }
@@ -237,10 +227,6 @@ impl fmt::Debug for Input {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Input::Path(p) => f.debug_tuple("Path").field(p).finish(),
-            Input::Reader { name, .. } => f
-                .debug_struct("Reader")
-                .field("name", name)
-                .finish_non_exhaustive(),
             Input::Source { name, source } => f
                 .debug_struct("Source")
                 .field("name", name)
@@ -360,6 +346,49 @@ impl fmt::Debug for Frame {
             .field("height", &self.image.height())
             .finish_non_exhaustive()
     }
+}
+
+/// An ffmpeg child as ClearFrame starts every one (the decoder and the encoder): the binary
+/// given, or ffmpeg-sidecar's lookup (beside the executable, then `PATH`); no banner, no progress
+/// lines, no interaction on the terminal.
+pub(crate) fn ffmpeg_command(ffmpeg: Option<&Path>) -> FfmpegCommand {
+    let mut cmd = match ffmpeg {
+        Some(p) => FfmpegCommand::new_with_path(p),
+        None => FfmpegCommand::new(),
+    };
+    cmd.hide_banner().arg("-nostats");
+    cmd
+}
+
+/// Restricts the next input of `cmd` to the containers and protocols a clip may use
+/// ([`probe::FORMAT_WHITELIST`], [`probe::PROTOCOL_WHITELIST`]): a playlist or a concat script
+/// inside a clip opens no other file.
+pub(crate) fn clip_input_only(cmd: &mut FfmpegCommand) -> &mut FfmpegCommand {
+    cmd.args(["-format_whitelist", probe::FORMAT_WHITELIST])
+        .args(["-protocol_whitelist", probe::PROTOCOL_WHITELIST])
+}
+
+/// A started ffmpeg child and its three pipes, taken.
+pub(crate) struct Spawned {
+    pub child: FfmpegChild,
+    pub stdin: std::process::ChildStdin,
+    pub stdout: ChildStdout,
+    pub stderr: ChildStderr,
+}
+
+/// Starts `cmd`, naming `name` (the clip or the output) if it cannot start.
+pub(crate) fn spawn_ffmpeg(cmd: &mut FfmpegCommand, name: &str) -> Result<Spawned, MediaError> {
+    let mut child = cmd.spawn().map_err(|source| MediaError::Spawn {
+        name: name.to_owned(),
+        source,
+    })?;
+    let piped = "FfmpegCommand pipes stdin, stdout and stderr";
+    Ok(Spawned {
+        stdin: child.take_stdin().expect(piped),
+        stdout: child.take_stdout().expect(piped),
+        stderr: child.take_stderr().expect(piped),
+        child,
+    })
 }
 
 /// `ffmpeg -version`'s version word, for provenance.
@@ -750,14 +779,7 @@ mod tests {
             ..Default::default()
         };
         let reader = Box::new(std::io::Cursor::new(ts));
-        let dec = Decoder::open(
-            Input::Reader {
-                name: "bikes.ts".into(),
-                reader,
-            },
-            &opts,
-        )
-        .unwrap();
+        let dec = Decoder::open(stream("bikes.ts", reader), &opts).unwrap();
         assert_eq!((dec.info().width, dec.info().height), (640, 272));
         let frames: Vec<_> = dec.map(|f| f.unwrap()).collect();
         assert!(!frames.is_empty());
@@ -771,15 +793,20 @@ mod tests {
         }
     }
 
+    /// A byte stream as the S3 path opens one: copied once into a sealed memory file.
+    fn stream(name: &str, reader: Box<dyn Read + Send>) -> Input {
+        Input::Source {
+            name: name.into(),
+            source: SourceFile::from_reader(reader, name, u64::MAX).unwrap(),
+        }
+    }
+
     #[test]
     fn an_mp4_indexed_at_the_end_decodes_from_a_stream() {
         // A stream is held in a sealed memory file, so ffmpeg can seek to the index.
         let file = std::fs::File::open(fixture("bikes.mp4")).unwrap();
         let dec = Decoder::open(
-            Input::Reader {
-                name: "s3://b/bikes.mp4".into(),
-                reader: Box::new(file),
-            },
+            stream("s3://b/bikes.mp4", Box::new(file)),
             &Default::default(),
         )
         .unwrap();

@@ -7,11 +7,10 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, bounded};
 use ffmpeg_sidecar::child::FfmpegChild;
-use ffmpeg_sidecar::command::FfmpegCommand;
 use image::RgbImage;
 
 use super::RedactedFrame;
-use crate::media::{MediaError, Tail};
+use crate::media::{self, MediaError, Tail};
 
 /// Settings of [`Encoder::create`].
 #[derive(Debug, Clone)]
@@ -65,27 +64,24 @@ impl Encoder {
         opts: &EncodeOptions,
     ) -> Result<Self, MediaError> {
         let name = dest.display().to_string();
-        let mut cmd = match &opts.ffmpeg {
-            Some(p) => FfmpegCommand::new_with_path(p),
-            None => FfmpegCommand::new(),
-        };
-        cmd.hide_banner()
-            .args([
-                "-nostats",
-                "-loglevel",
-                "error",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "rgb24",
-                "-s",
-            ])
-            .arg(format!("{width}x{height}"))
-            .arg("-r")
-            .arg(format!("{}", opts.fps))
-            .args(["-i", "pipe:0"]);
+        let mut cmd = media::ffmpeg_command(opts.ffmpeg.as_deref());
+        cmd.args([
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+        ])
+        .arg(format!("{width}x{height}"))
+        .arg("-r")
+        .arg(format!("{}", opts.fps))
+        .args(["-i", "pipe:0"]);
         if let Some(src) = &opts.keep_audio_from {
-            cmd.arg("-i").arg(src.as_os_str());
+            media::clip_input_only(&mut cmd)
+                .arg("-i")
+                .arg(src.as_os_str());
         }
         cmd.args(["-map", "0:v:0"]);
         if opts.keep_audio_from.is_some() {
@@ -121,15 +117,13 @@ impl Encoder {
             "-y",
         ])
         .arg(dest.as_os_str());
-        let mut child = cmd.spawn().map_err(|source| MediaError::Spawn {
-            name: name.clone(),
-            source,
-        })?;
-        let mut stdin = child.take_stdin().expect("stdin is piped by FfmpegCommand");
-        let stderr = child
-            .take_stderr()
-            .expect("stderr is piped by FfmpegCommand");
-        drop(child.take_stdout());
+        let media::Spawned {
+            child,
+            mut stdin,
+            stdout,
+            stderr,
+        } = media::spawn_ffmpeg(&mut cmd, &name)?;
+        drop(stdout);
         let tail = Tail::default();
         let stderr_thread = {
             let tail = tail.clone();
