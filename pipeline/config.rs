@@ -112,7 +112,7 @@ impl Default for FacesConfig {
     fn default() -> Self {
         FacesConfig {
             model: FaceModel::Clean,
-            threshold: 0.2,
+            threshold: crate::vision::centerface::DEFAULT_THRESHOLD,
             scale: None,
             mask_scale: 1.3,
             shape: MaskShape::Ellipse,
@@ -155,7 +155,7 @@ impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
             model: NanoDetVariant::Int8,
-            threshold: 0.5,
+            threshold: crate::vision::nanodet::DEFAULT_THRESHOLD,
             class_thresholds: BTreeMap::new(),
         }
     }

@@ -298,7 +298,7 @@ pub struct TensorSpec {
 }
 
 /// A model entry of `models/manifest.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     /// File name inside the models folder.
@@ -315,10 +315,26 @@ pub struct ModelEntry {
     pub inputs: Vec<TensorSpec>,
     /// Outputs.
     pub outputs: Vec<TensorSpec>,
+    /// How ClearFrame runs it by default: the one place these numbers are written down (the
+    /// detectors' constants are checked against them by a test).
+    pub defaults: ModelDefaults,
+}
+
+/// A model's default operating point, as ClearFrame runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDefaults {
+    /// Score threshold.
+    pub threshold: f32,
+    /// NMS IoU threshold.
+    pub nms_iou: f32,
+    /// Fixed network input `[w, h]`; absent when the input follows the frame (dynamic H and W).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<[u32; 2]>,
 }
 
 /// `models/manifest.json`: model name to entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Entries by model name.

@@ -65,4 +65,33 @@ mod tests {
         assert_send_sync::<super::RetinaFace>();
         assert_send_sync::<super::NanoDet>();
     }
+
+    /// The detectors' default thresholds and input sizes are the ones `models/manifest.json`
+    /// writes down for each model (and so are `[faces]`, `[verifier]` and `[detect]`'s defaults).
+    #[test]
+    fn defaults_are_the_model_manifests() {
+        use super::{centerface, nanodet, retinaface};
+        let m = crate::inference::Manifest::load(&crate::inference::models_dir()).unwrap();
+        let d = |name: &str| m.models[name].defaults.clone();
+        for name in ["centerface", "centerface_clean", "centerface_int8"] {
+            assert_eq!(d(name).threshold, centerface::DEFAULT_THRESHOLD, "{name}");
+            assert_eq!(d(name).nms_iou, centerface::NMS_IOU, "{name}");
+            assert_eq!(d(name).input, None, "{name}");
+        }
+        assert_eq!(
+            d("retinaface_tiny").threshold,
+            retinaface::DEFAULT_THRESHOLD
+        );
+        assert_eq!(d("retinaface_tiny").nms_iou, retinaface::NMS_IOU);
+        for name in ["nanodet_coco", "nanodet_int8"] {
+            assert_eq!(d(name).threshold, nanodet::DEFAULT_THRESHOLD, "{name}");
+            assert_eq!(d(name).nms_iou, nanodet::DEFAULT_NMS_IOU, "{name}");
+            let side = nanodet::INPUT_SIZE;
+            assert_eq!(d(name).input, Some([side, side]), "{name}");
+        }
+        let c = crate::config::Config::default();
+        assert_eq!(c.faces.threshold, d("centerface_clean").threshold);
+        assert_eq!(c.verifier.threshold, d("retinaface_tiny").threshold);
+        assert_eq!(c.detect.threshold, d("nanodet_int8").threshold);
+    }
 }
