@@ -610,6 +610,63 @@ impl FailureCode {
     }
 }
 
+impl FailureCode {
+    /// Whose fault the failure is: what a consumer branches on.
+    pub fn class(self) -> FailureClass {
+        use FailureCode as C;
+        match self {
+            C::SourceMissing | C::SourceChanged | C::SourceUnreadable => FailureClass::Storage,
+            C::SourceNotRegular
+            | C::SourceOutsideFolder
+            | C::SourceNotAllowed
+            | C::Tampered
+            | C::NotAVideo
+            | C::NoVideoStream
+            | C::NoFrames
+            | C::Truncated
+            | C::StreamInconsistent => FailureClass::BadInput,
+            C::Unsupported => FailureClass::Unsupported,
+            C::LimitPixels | C::LimitDuration | C::LimitFrames | C::LimitBytes | C::LimitZones => {
+                FailureClass::Limit
+            }
+            C::IndoorExcluded => FailureClass::Policy,
+            C::Model => FailureClass::Model,
+            C::Internal => FailureClass::Internal,
+        }
+    }
+}
+
+/// The class of a [`FailureCode`], grouped by whose fault it is (as image-rs groups its errors):
+/// the clip (`bad_input`), a kind of media ClearFrame refuses to guess at (`unsupported`), a
+/// `[limits]` bound (`limit`), the store the clip lives in (`storage`), a model (`model`),
+/// ClearFrame itself (`internal`), or the indoor policy, which is not a failure (`policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    BadInput,
+    Unsupported,
+    Limit,
+    Storage,
+    Model,
+    Internal,
+    Policy,
+}
+
+impl FailureClass {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::BadInput => "bad_input",
+            FailureClass::Unsupported => "unsupported",
+            FailureClass::Limit => "limit",
+            FailureClass::Storage => "storage",
+            FailureClass::Model => "model",
+            FailureClass::Internal => "internal",
+            FailureClass::Policy => "policy",
+        }
+    }
+}
+
 /// One line of `selection.jsonl`: the decision for one catalog line, in catalog order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SelectionLine {

@@ -44,6 +44,12 @@ pub(crate) fn print_dataset_summary(r: &DatasetRecord, out: &Location, failed_cl
         println!("  {decision:<8} {}", count(*n, "clip"));
     }
     for f in &r.failed_clips {
-        println!("  not in dataset: {} ({})", f.video_id, f.reason);
+        println!(
+            "  not in dataset: {} ({} {}: {})",
+            f.video_id,
+            f.code.class().as_str(),
+            f.code.as_str(),
+            f.reason
+        );
     }
 }
