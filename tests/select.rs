@@ -11,6 +11,10 @@ use crate::common::{clearframe, fixture};
 
 const AS_OF: &str = "2026-11-01T00:00:00Z";
 
+/// The codes of a `NoBasis` exclusion of a clip with at most one grant of its owner: one reason
+/// for the grants (or their absence), one for the sharing state.
+const NB_NB: &[ReasonCode] = &[ReasonCode::NoBasis, ReasonCode::NoBasis];
+
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
@@ -64,6 +68,22 @@ fn excluded_with(v: &Verdict) -> Vec<ReasonCode> {
     }
 }
 
+/// Asserts that `v` excludes the clip with exactly the reason codes `codes`, and that one of the
+/// reasons' texts contains `fragment`: the clip is out for the rule under test, not another one.
+#[track_caller]
+fn assert_excluded(v: &Verdict, codes: &[ReasonCode], fragment: &str) {
+    let reasons = match v {
+        Verdict::Include(b) => panic!("expected an exclusion, got include by {b:?}"),
+        Verdict::Exclude(r) => r,
+    };
+    let got: Vec<ReasonCode> = reasons.iter().map(|r| r.0).collect();
+    assert_eq!(got, codes, "reason codes; reasons: {reasons:#?}");
+    assert!(
+        reasons.iter().any(|(_, text)| text.contains(fragment)),
+        "no reason contains {fragment:?}; reasons: {reasons:#?}"
+    );
+}
+
 #[test]
 fn a_matching_grant_includes_with_its_event_hash() {
     let g = grant("e-1", "acct-1", "2026-01-05T10:00:00Z");
@@ -81,10 +101,13 @@ fn a_matching_grant_includes_with_its_event_hash() {
 
 #[test]
 fn no_event_means_no_clip() {
+    let v = decide(&[], &clip());
     assert_eq!(
-        excluded_with(&decide(&[], &clip())),
+        excluded_with(&v),
         vec![ReasonCode::NoBasis, ReasonCode::NoBasis]
     );
+    assert_excluded(&v, NB_NB, r#"no consent grant by owner "acct-1""#);
+    assert_excluded(&v, NB_NB, "not shared on Neighbors");
 }
 
 #[test]
@@ -94,15 +117,20 @@ fn grant_must_be_for_ml_training() {
         "scope",
         json!(["support", "ml_eval"]),
     );
-    excluded_with(&decide(&[g], &clip()));
+    assert_excluded(
+        &decide(&[g], &clip()),
+        NB_NB,
+        "its scope does not include ml_training",
+    );
 }
 
 #[test]
 fn grant_of_another_owner_does_not_count() {
-    excluded_with(&decide(
-        &[grant("e-1", "acct-2", "2026-01-05T10:00:00Z")],
-        &clip(),
-    ));
+    assert_excluded(
+        &decide(&[grant("e-1", "acct-2", "2026-01-05T10:00:00Z")], &clip()),
+        NB_NB,
+        r#"no consent grant by owner "acct-1""#,
+    );
 }
 
 #[test]
@@ -112,7 +140,11 @@ fn devices_list_and_wildcard() {
         "devices",
         json!(["dev-2"]),
     );
-    excluded_with(&decide(&[other], &clip()));
+    assert_excluded(
+        &decide(&[other], &clip()),
+        NB_NB,
+        r#"it does not cover device "dev-1""#,
+    );
     let star = with(
         grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
         "devices",
@@ -124,17 +156,22 @@ fn devices_list_and_wildcard() {
 #[test]
 fn placements_default_to_outdoor_only() {
     let indoor = with(clip(), "placement", json!("indoor"));
-    excluded_with(&decide(
-        &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z")],
-        &indoor,
-    ));
+    assert_excluded(
+        &decide(&[grant("e-1", "acct-1", "2026-01-05T10:00:00Z")], &indoor),
+        NB_NB,
+        "it does not cover indoor cameras",
+    );
     let g = with(
         grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
         "placements",
         json!(["indoor"]),
     );
     assert!(included_by(&decide(std::slice::from_ref(&g), &indoor)).is_some());
-    excluded_with(&decide(&[g], &clip()));
+    assert_excluded(
+        &decide(&[g], &clip()),
+        NB_NB,
+        "it does not cover outdoor cameras",
+    );
 }
 
 #[test]
@@ -152,14 +189,22 @@ fn capture_window_is_inclusive() {
         included_by(&decide(&[g(at, at)], &clip())).is_some(),
         "both bounds equal to captured_at"
     );
-    excluded_with(&decide(
-        &[g("2026-10-01T17:04:06Z", "2026-12-01T00:00:00Z")],
-        &clip(),
-    ));
-    excluded_with(&decide(
-        &[g("2026-01-01T00:00:00Z", "2026-10-01T17:04:04Z")],
-        &clip(),
-    ));
+    assert_excluded(
+        &decide(
+            &[g("2026-10-01T17:04:06Z", "2026-12-01T00:00:00Z")],
+            &clip(),
+        ),
+        NB_NB,
+        "it covers clips captured from 2026-10-01T17:04:06Z",
+    );
+    assert_excluded(
+        &decide(
+            &[g("2026-01-01T00:00:00Z", "2026-10-01T17:04:04Z")],
+            &clip(),
+        ),
+        NB_NB,
+        "it covers clips captured until 2026-10-01T17:04:04Z",
+    );
     // Offsets are instants: 19:04:05+02:00 is 17:04:05Z.
     assert!(included_by(&decide(&[g("2026-10-01T19:04:05+02:00", at)], &clip())).is_some());
 }
@@ -173,8 +218,16 @@ fn expiry_must_be_strictly_after_as_of() {
             json!(exp),
         )
     };
-    excluded_with(&decide(&[g(AS_OF)], &clip()));
-    excluded_with(&decide(&[g("2026-10-31T00:00:00Z")], &clip()));
+    assert_excluded(
+        &decide(&[g(AS_OF)], &clip()),
+        NB_NB,
+        "it expired at 2026-11-01T00:00:00Z",
+    );
+    assert_excluded(
+        &decide(&[g("2026-10-31T00:00:00Z")], &clip()),
+        NB_NB,
+        "it expired at 2026-10-31T00:00:00Z",
+    );
     assert!(included_by(&decide(&[g("2026-11-01T00:00:01Z")], &clip())).is_some());
 }
 
@@ -184,27 +237,36 @@ fn only_events_at_or_before_as_of_count() {
         included_by(&decide(&[grant("e-1", "acct-1", AS_OF)], &clip())).is_some(),
         "at == as_of counts"
     );
-    excluded_with(&decide(
-        &[grant("e-1", "acct-1", "2026-11-01T00:00:01Z")],
-        &clip(),
-    ));
+    assert_excluded(
+        &decide(&[grant("e-1", "acct-1", "2026-11-01T00:00:01Z")], &clip()),
+        NB_NB,
+        r#"no consent grant by owner "acct-1" at or before 2026-11-01T00:00:00Z"#,
+    );
     let rev = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": "2026-12-01T00:00:00Z", "grant_id": "e-1"});
     let events = [grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev];
     assert!(
         included_by(&decide(&events, &clip())).is_some(),
         "a future revocation does not count yet"
     );
-    excluded_with(&decide_at(&events, &clip(), "2026-12-01T00:00:00Z"));
+    assert_excluded(
+        &decide_at(&events, &clip(), "2026-12-01T00:00:00Z"),
+        NB_NB,
+        r#"it was revoked by consent.revoked "r""#,
+    );
 }
 
 #[test]
 fn targeted_revocation_revokes_that_grant_only() {
     let rev = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": "2026-06-01T00:00:00Z", "grant_id": "e-1"});
     let g2 = grant("e-2", "acct-1", "2026-02-01T00:00:00Z");
-    excluded_with(&decide(
-        &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev.clone()],
-        &clip(),
-    ));
+    assert_excluded(
+        &decide(
+            &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev.clone()],
+            &clip(),
+        ),
+        NB_NB,
+        r#"it was revoked by consent.revoked "r""#,
+    );
     let v = decide(
         &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), g2, rev],
         &clip(),
@@ -215,15 +277,23 @@ fn targeted_revocation_revokes_that_grant_only() {
 #[test]
 fn blanket_revocation_revokes_earlier_and_same_instant_grants_not_later_ones() {
     let rev = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": "2026-06-01T00:00:00Z"});
-    excluded_with(&decide(
-        &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev.clone()],
-        &clip(),
-    ));
+    assert_excluded(
+        &decide(
+            &[grant("e-1", "acct-1", "2026-01-05T10:00:00Z"), rev.clone()],
+            &clip(),
+        ),
+        NB_NB,
+        r#"it was revoked by consent.revoked "r""#,
+    );
     // Tie: a grant at the same instant as the revocation is revoked.
-    excluded_with(&decide(
-        &[grant("e-1", "acct-1", "2026-06-01T00:00:00Z"), rev.clone()],
-        &clip(),
-    ));
+    assert_excluded(
+        &decide(
+            &[grant("e-1", "acct-1", "2026-06-01T00:00:00Z"), rev.clone()],
+            &clip(),
+        ),
+        NB_NB,
+        r#"it was revoked by consent.revoked "r""#,
+    );
     let later = grant("e-2", "acct-1", "2026-06-01T00:00:01Z");
     assert_eq!(
         included_by(&decide(&[rev, later], &clip())),
@@ -268,44 +338,57 @@ fn public_share_by_the_owner_is_a_basis() {
 
 #[test]
 fn share_must_be_public_by_the_owner_for_that_clip() {
-    excluded_with(&decide(
-        &[share(
-            "s",
-            "acct-1",
-            "v-1",
-            "2026-10-02T00:00:00Z",
-            "neighbors",
-        )],
-        &clip(),
-    ));
-    excluded_with(&decide(
-        &[share(
-            "s",
-            "acct-2",
-            "v-1",
-            "2026-10-02T00:00:00Z",
-            "public",
-        )],
-        &clip(),
-    ));
-    excluded_with(&decide(
-        &[share(
-            "s",
-            "acct-1",
-            "v-2",
-            "2026-10-02T00:00:00Z",
-            "public",
-        )],
-        &clip(),
-    ));
+    assert_excluded(
+        &decide(
+            &[share(
+                "s",
+                "acct-1",
+                "v-1",
+                "2026-10-02T00:00:00Z",
+                "neighbors",
+            )],
+            &clip(),
+        ),
+        NB_NB,
+        r#"not publicly shared: its latest sharing event is neighbors.shared "s""#,
+    );
+    assert_excluded(
+        &decide(
+            &[share(
+                "s",
+                "acct-2",
+                "v-1",
+                "2026-10-02T00:00:00Z",
+                "public",
+            )],
+            &clip(),
+        ),
+        NB_NB,
+        r#"shared publicly by "acct-2", who is not the clip's owner"#,
+    );
+    assert_excluded(
+        &decide(
+            &[share(
+                "s",
+                "acct-1",
+                "v-2",
+                "2026-10-02T00:00:00Z",
+                "public",
+            )],
+            &clip(),
+        ),
+        NB_NB,
+        "not shared on Neighbors",
+    );
 }
 
 #[test]
 fn latest_sharing_event_wins_whatever_the_file_order() {
     let s = share("s", "acct-1", "v-1", "2026-10-02T00:00:00Z", "public");
     let u = unshare("u", "acct-1", "v-1", "2026-10-03T00:00:00Z");
-    excluded_with(&decide(&[s.clone(), u.clone()], &clip()));
-    excluded_with(&decide(&[u.clone(), s.clone()], &clip()));
+    let unshared = r#"not publicly shared: its latest sharing event is neighbors.unshared "u""#;
+    assert_excluded(&decide(&[s.clone(), u.clone()], &clip()), NB_NB, unshared);
+    assert_excluded(&decide(&[u.clone(), s.clone()], &clip()), NB_NB, unshared);
     let s2 = share("s2", "acct-1", "v-1", "2026-10-04T00:00:00Z", "public");
     assert_eq!(
         included_by(&decide(&[s2.clone(), u.clone(), s.clone()], &clip())),
@@ -313,41 +396,66 @@ fn latest_sharing_event_wins_whatever_the_file_order() {
     );
     // Made private again later: out.
     let p = share("p", "acct-1", "v-1", "2026-10-05T00:00:00Z", "private");
-    excluded_with(&decide(&[s, u, s2, p], &clip()));
+    assert_excluded(
+        &decide(&[s, u, s2, p], &clip()),
+        NB_NB,
+        r#"not publicly shared: its latest sharing event is neighbors.shared "p""#,
+    );
 }
 
 #[test]
 fn unshare_at_the_same_instant_as_share_wins() {
     let at = "2026-10-02T00:00:00Z";
-    excluded_with(&decide(
-        &[
-            share("s", "acct-1", "v-1", at, "public"),
-            unshare("u", "acct-1", "v-1", at),
-        ],
-        &clip(),
-    ));
-    excluded_with(&decide(
-        &[
-            unshare("u", "acct-1", "v-1", at),
-            share("s", "acct-1", "v-1", at, "public"),
-        ],
-        &clip(),
-    ));
-    excluded_with(&decide(
-        &[
-            share("s", "acct-1", "v-1", at, "public"),
-            share("p", "acct-1", "v-1", at, "private"),
-        ],
-        &clip(),
-    ));
+    assert_excluded(
+        &decide(
+            &[
+                share("s", "acct-1", "v-1", at, "public"),
+                unshare("u", "acct-1", "v-1", at),
+            ],
+            &clip(),
+        ),
+        NB_NB,
+        "not publicly shared: its latest sharing event is",
+    );
+    assert_excluded(
+        &decide(
+            &[
+                unshare("u", "acct-1", "v-1", at),
+                share("s", "acct-1", "v-1", at, "public"),
+            ],
+            &clip(),
+        ),
+        NB_NB,
+        "not publicly shared: its latest sharing event is",
+    );
+    assert_excluded(
+        &decide(
+            &[
+                share("s", "acct-1", "v-1", at, "public"),
+                share("p", "acct-1", "v-1", at, "private"),
+            ],
+            &clip(),
+        ),
+        NB_NB,
+        "not publicly shared: its latest sharing event is",
+    );
 }
 
 #[test]
 fn revocation_at_the_same_instant_as_grant_wins() {
     let at = "2026-05-05T05:05:05Z";
     let rev = json!({"event_id": "r", "type": "consent.revoked", "owner_id": "acct-1", "at": at, "grant_id": "e-1"});
-    excluded_with(&decide(&[rev.clone(), grant("e-1", "acct-1", at)], &clip()));
-    excluded_with(&decide(&[grant("e-1", "acct-1", at), rev], &clip()));
+    let revoked = r#"it was revoked by consent.revoked "r""#;
+    assert_excluded(
+        &decide(&[rev.clone(), grant("e-1", "acct-1", at)], &clip()),
+        NB_NB,
+        revoked,
+    );
+    assert_excluded(
+        &decide(&[grant("e-1", "acct-1", at), rev], &clip()),
+        NB_NB,
+        revoked,
+    );
 }
 
 #[test]
@@ -356,17 +464,23 @@ fn erasure_beats_every_basis() {
     let s = share("s", "acct-1", "v-1", "2026-10-02T00:00:00Z", "public");
     let vd = json!({"event_id": "d", "type": "video.deleted", "owner_id": "acct-1", "video_id": "v-1", "at": "2026-10-10T00:00:00Z"});
     let ad = json!({"event_id": "a", "type": "account.deleted", "owner_id": "acct-1", "at": "2026-10-10T00:00:00Z"});
-    assert_eq!(
-        excluded_with(&decide(&[g.clone(), s.clone(), vd.clone()], &clip())),
-        vec![ReasonCode::VideoDeleted]
+    assert_excluded(
+        &decide(&[g.clone(), s.clone(), vd.clone()], &clip()),
+        &[ReasonCode::VideoDeleted],
+        r#"clip erased by video.deleted "d""#,
     );
-    assert_eq!(
-        excluded_with(&decide(&[g.clone(), s.clone(), ad.clone()], &clip())),
-        vec![ReasonCode::AccountDeleted]
+    assert_excluded(
+        &decide(&[g.clone(), s.clone(), ad.clone()], &clip()),
+        &[ReasonCode::AccountDeleted],
+        r#"owner "acct-1" erased by account.deleted "a""#,
     );
     // A grant after the erasure does not bring the clip back.
     let later = grant("e-2", "acct-1", "2026-10-20T00:00:00Z");
-    excluded_with(&decide(&[g.clone(), vd.clone(), later], &clip()));
+    assert_excluded(
+        &decide(&[g.clone(), vd.clone(), later], &clip()),
+        &[ReasonCode::VideoDeleted],
+        r#"clip erased by video.deleted "d""#,
+    );
     // An erasure after as_of does not count yet.
     assert!(included_by(&decide_at(&[g, vd], &clip(), "2026-10-09T00:00:00Z")).is_some());
     // Deleting another clip or account does nothing to this one.
@@ -896,7 +1010,7 @@ mod properties {
                         owner_id: owner(o),
                         at: t(*at),
                         scope: vec!["ml_training".into()],
-                        devices: vec![device.map(|d| format!("dev-{d}")).unwrap_or("*".into())],
+                        devices: vec![device.map_or("*".into(), |d| format!("dev-{d}"))],
                         placements: if *indoor {
                             vec![Placement::Outdoor, Placement::Indoor]
                         } else {
