@@ -249,7 +249,7 @@ pub(crate) fn redact_stream<G: Gate, T: Send>(
         drop(det_rx);
         // Frames already redacted are handed on even when decoding failed later.
         let mut handed = Ok(());
-        for done in done_rx.iter() {
+        for done in &done_rx {
             if handed.is_ok() {
                 handed = take(done, &mut returned);
             } else {
@@ -305,12 +305,8 @@ fn find(
                 .map_err(|e| ClipError::model(e.into()))?;
             let persons = match finders.persons {
                 Some(nd) => nd
-                    .detect(frame.image())
-                    .map_err(|e| ClipError::model(e.into()))?
-                    .into_iter()
-                    .filter(|d| d.class_id == 0)
-                    .map(|d| d.bbox)
-                    .collect(),
+                    .persons(frame.image())
+                    .map_err(|e| ClipError::model(e.into()))?,
                 None => Vec::new(),
             };
             spent += t.elapsed();

@@ -190,6 +190,18 @@ impl<S> RedactedFrame<S> {
 }
 
 impl RedactedFrame<Verified> {
+    /// Encodes a verified frame losslessly for a work folder (fast deflate; the same pixels always
+    /// give the same bytes): the one way a frame is stored between stages, read back by
+    /// [`RedactedFrame::readmit_png`].
+    pub(crate) fn to_png(&self) -> Result<Vec<u8>, image::ImageError> {
+        use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+        let mut out = Vec::new();
+        let encoder =
+            PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Sub);
+        self.image.write_with_encoder(encoder)?;
+        Ok(out)
+    }
+
     /// Reads back a verified frame that the `redact` stage stored losslessly in a work folder:
     /// `png` must have the blake3 that the clip's record holds for it (written from a frame the
     /// verifier passed) and decode as a PNG. The stages' only way back to a [`Verified`] frame.
@@ -414,7 +426,7 @@ impl Redactor {
             Some(IndoorPolicy::BlurAll) => blur_outside(&mut image, &[]),
             Some(IndoorPolicy::BlurBackground) => {
                 self.report.persons += persons.len() as u64;
-                blur_outside(&mut image, persons)
+                blur_outside(&mut image, persons);
             }
             _ => {}
         }
@@ -686,7 +698,7 @@ mod tests {
             let (x0, y0, x1, y1) = pixel_rect(b, 200, 200).unwrap();
             let vals: Vec<f64> = (y0..y1)
                 .flat_map(|y| (x0..x1).map(move |x| (x, y)))
-                .map(|(x, y)| img.get_pixel(x, y)[0] as f64)
+                .map(|(x, y)| f64::from(img.get_pixel(x, y)[0]))
                 .collect();
             let m = vals.iter().sum::<f64>() / vals.len() as f64;
             vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / vals.len() as f64

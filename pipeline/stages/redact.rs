@@ -144,15 +144,6 @@ fn source_blake3(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<String> 
     Ok(crate::hashing::hash_reader(store.reader(&key)?)?)
 }
 
-/// Encodes a redacted frame losslessly (fast deflate; the same pixels always give the same bytes).
-pub(crate) fn encode_png(image: &image::RgbImage) -> anyhow::Result<Vec<u8>> {
-    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-    let mut out = Vec::new();
-    let encoder = PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Sub);
-    image.write_with_encoder(encoder)?;
-    Ok(out)
-}
-
 /// Runs the stage. A missing or inconsistent selection, or a bad config, stops it before anything
 /// is written; a bad clip is recorded (status `failed`) and the others go on.
 pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome> {
@@ -325,7 +316,7 @@ fn redact_one(
                    masks: u32,
                    found: u32|
      -> anyhow::Result<(RedactedFrameRecord, Vec<u8>)> {
-        let png = encode_png(red.image())?;
+        let png = red.to_png()?;
         Ok((
             RedactedFrameRecord {
                 frame: red.index(),

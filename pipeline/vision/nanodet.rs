@@ -140,6 +140,18 @@ impl NanoDet {
         self.model.provenance()
     }
 
+    /// Persons only (COCO class 0), as boxes in `img`'s pixels: the indoor `blur_background`
+    /// pass, which runs on the unredacted frame to keep persons sharp. Detection for the dataset
+    /// is `stages::detect::detect_frame`, on a verified redacted frame.
+    pub fn persons(&self, img: &RgbImage) -> Result<Vec<crate::vision::BBox>, VisionError> {
+        Ok(self
+            .detect(img)?
+            .into_iter()
+            .filter(|d| d.class_id == 0)
+            .map(|d| d.bbox)
+            .collect())
+    }
+
     /// Detects objects; boxes are in `img`'s pixels, clamped to it, highest score first;
     /// `class_id` is the contiguous COCO index.
     pub fn detect(&self, img: &RgbImage) -> Result<Vec<Detection>, VisionError> {
