@@ -35,8 +35,7 @@ fn peak_rss_mib() -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() -> std::io::Result<()> {
@@ -120,21 +119,21 @@ fn main() -> std::io::Result<()> {
                 writeln!(
                     w,
                     r#"{{"event_id":"e-{e}","type":"neighbors.shared","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}","visibility":"{vis}"}}"#
-                )?
+                )?;
             }
             75..=89 => {
                 let video = owner + owners * rng.below(5);
                 writeln!(
                     w,
                     r#"{{"event_id":"e-{e}","type":"neighbors.unshared","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}"}}"#
-                )?
+                )?;
             }
             90..=98 => {
                 let video = owner + owners * rng.below(5);
                 writeln!(
                     w,
                     r#"{{"event_id":"e-{e}","type":"video.deleted","owner_id":"acct-{owner}","video_id":"v-{video:07}","at":"{at}"}}"#
-                )?
+                )?;
             }
             _ => writeln!(
                 w,

@@ -74,7 +74,7 @@ fn calibrate(ms: usize, buf: &[u8]) -> usize {
         std::hint::black_box(compute(10, buf));
         rounds += 10;
     }
-    (rounds as f64 * ms as f64 / start.elapsed().as_secs_f64() / 1000.0).max(1.0) as usize
+    (f64::from(rounds) * ms as f64 / start.elapsed().as_secs_f64() / 1000.0).max(1.0) as usize
 }
 
 /// A frame loop with uploads overlapping compute; returns the seconds.

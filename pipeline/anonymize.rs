@@ -211,8 +211,7 @@ fn output_path(job: &Job, output: Option<&Path>, single_file: bool) -> PathBuf {
     let input = job.path();
     let stem = input
         .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
+        .map_or_else(|| "output".into(), |s| s.to_string_lossy().into_owned());
     let name = match job {
         Job::Image(_) => format!(
             "{stem}_anonymized.{}",

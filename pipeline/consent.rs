@@ -82,7 +82,7 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 }
 
 fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(|b| b.is_ascii_whitespace())
+    line.iter().all(u8::is_ascii_whitespace)
 }
 
 fn parse_event(line: &[u8]) -> Result<LedgerEvent, String> {
@@ -291,7 +291,7 @@ fn keep<'a>(
     map.entry(key)
         .and_modify(|old| {
             if better(i, *old) {
-                *old = i
+                *old = i;
             }
         })
         .or_insert(i);
@@ -319,17 +319,17 @@ impl<'a> ConsentIndex<'a> {
             }
             match &stored.event {
                 LedgerEvent::ConsentGranted(g) => {
-                    ix.grants_by_owner.entry(&g.owner_id).or_default().push(i)
+                    ix.grants_by_owner.entry(&g.owner_id).or_default().push(i);
                 }
                 LedgerEvent::ConsentRevoked(r) => match &r.grant_id {
                     Some(g) => keep(&mut ix.revoked_grants, g, i, earlier),
                     None => keep(&mut ix.blanket_revocations, &r.owner_id, i, later),
                 },
                 LedgerEvent::VideoDeleted(v) => {
-                    keep(&mut ix.deleted_videos, &v.video_id, i, earlier)
+                    keep(&mut ix.deleted_videos, &v.video_id, i, earlier);
                 }
                 LedgerEvent::AccountDeleted(a) => {
-                    keep(&mut ix.deleted_accounts, &a.owner_id, i, earlier)
+                    keep(&mut ix.deleted_accounts, &a.owner_id, i, earlier);
                 }
                 LedgerEvent::NeighborsShared(s) => {
                     let q = (s.visibility == "public").then_some((s.owner_id.as_str(), i));
@@ -476,8 +476,7 @@ impl<'a> ConsentIndex<'a> {
         let grants = self
             .grants_by_owner
             .get(clip.owner_id.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+            .map_or(&[][..], Vec::as_slice);
         let grant = |i: usize| match &self.ledger.events[i].event {
             LedgerEvent::ConsentGranted(g) => g,
             _ => unreachable!("grants_by_owner holds grants only"),

@@ -194,7 +194,9 @@ pub fn runtime() -> Result<&'static Runtime, InferenceError> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
-    let _guard = RUNTIME_INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = RUNTIME_INIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
@@ -501,10 +503,13 @@ impl Model {
             source,
         };
         let tensor = TensorRef::from_array_view(input).map_err(run_err)?;
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let outputs = session.run(ort::inputs![tensor]).map_err(run_err)?;
         let mut result = Vec::with_capacity(outputs.len());
-        for (name, value) in outputs.iter() {
+        for (name, value) in &outputs {
             let array =
                 value
                     .try_extract_array::<f32>()

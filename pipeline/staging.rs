@@ -50,7 +50,7 @@ impl Staging {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(STAGING_MODE))?;
         live()
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(dir.path().to_path_buf());
         Ok(Staging { dir: Some(dir) })
     }
@@ -66,7 +66,7 @@ impl Drop for Staging {
         if let Some(dir) = self.dir.take() {
             live()
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(dir.path());
             if let Err(e) = dir.close() {
                 tracing::warn!(error = %e, "could not remove a staging folder");
@@ -79,7 +79,7 @@ impl Drop for Staging {
 fn remove_live() {
     let dirs: Vec<PathBuf> = live()
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .cloned()
         .collect();
@@ -206,7 +206,7 @@ fn sweep_in(tmp: &Path) -> usize {
                 removed += 1;
             }
             Err(e) => {
-                tracing::warn!(folder = %entry.path().display(), error = %e, "could not remove a stale staging folder")
+                tracing::warn!(folder = %entry.path().display(), error = %e, "could not remove a stale staging folder");
             }
         }
     }

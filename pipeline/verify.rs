@@ -139,7 +139,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
         problems.push(Problem {
             path: path.to_string(),
             what,
-        })
+        });
     };
     let files = list_files(dir)?;
     let mut hashes: BTreeMap<String, String> = BTreeMap::new();
@@ -216,7 +216,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
             match hashes.get(rel) {
                 None => problem(rel, "recorded in dataset.json but missing".into()),
                 Some(got) if got != want => {
-                    problem(rel, format!("blake3 is {got}, dataset.json records {want}"))
+                    problem(rel, format!("blake3 is {got}, dataset.json records {want}"));
                 }
                 Some(_) => {}
             }
@@ -287,7 +287,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
                 match hashes.get(&e.path) {
                     None => problem(&e.path, format!("missing; listed on {at}")),
                     Some(h) if *h != e.blake3 => {
-                        problem(&e.path, format!("blake3 is {h}, {at} records {}", e.blake3))
+                        problem(&e.path, format!("blake3 is {h}, {at} records {}", e.blake3));
                     }
                     Some(_) => {}
                 }

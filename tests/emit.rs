@@ -129,7 +129,7 @@ fn provenance(source: &Path, consent: ConsentBasis) -> Provenance {
 fn redaction(faces: u32, zones: &[&str]) -> RedactionSummary {
     RedactionSummary {
         faces_masked: faces,
-        zones: zones.iter().map(|z| z.to_string()).collect(),
+        zones: zones.iter().map(std::string::ToString::to_string).collect(),
         indoor_policy: "none".into(),
         verifier: VerifierResult {
             passed: true,
@@ -257,11 +257,10 @@ fn venv_python(env: &str, venv: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("CLEARFRAME_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/clearframe")
-        });
+    let cache = std::env::var_os("CLEARFRAME_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/clearframe"),
+        PathBuf::from,
+    );
     cache.join(venv).join("bin/python")
 }
 

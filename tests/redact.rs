@@ -194,7 +194,7 @@ fn bad_clips_give_clean_errors() {
     // A faststart mp4 cut in half decodes some frames, then fails (ffmpeg itself exits 0).
     match decode_all(&fixture("bad/truncated-faststart-carphone.mp4")) {
         Err(MediaError::Truncated { frames, .. }) => {
-            assert!(frames > 0 && frames < 120, "{frames}")
+            assert!(frames > 0 && frames < 120, "{frames}");
         }
         other => panic!("expected Truncated, got {other:?}"),
     }

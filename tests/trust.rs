@@ -591,7 +591,7 @@ fn a_size_or_pixel_aspect_change_mid_stream_fails_the_clip() {
             }
             match failure {
                 Some(MediaError::Stream { detail, .. }) => {
-                    assert!(detail.contains(changed), "{file} {sampling:?}: {detail}")
+                    assert!(detail.contains(changed), "{file} {sampling:?}: {detail}");
                 }
                 other => panic!("{file} {sampling:?}: {other:?} after {frames} frames"),
             }

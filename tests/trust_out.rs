@@ -158,7 +158,14 @@ fn emit_refuses_a_folder_it_did_not_write_and_replaces_only_what_its_record_list
         }
         let listed = manifest_paths(&after["manifest.jsonl"]);
         assert_eq!(listed.len(), 1);
-        let jpgs: Vec<&String> = after.keys().filter(|k| k.ends_with(".jpg")).collect();
+        let jpgs: Vec<&String> = after
+            .keys()
+            .filter(|k| {
+                Path::new(k.as_str())
+                    .extension()
+                    .is_some_and(|e| e == "jpg")
+            })
+            .collect();
         assert_eq!(jpgs, listed.iter().collect::<Vec<_>>(), "stale frames left");
         assert!(!after.contains_key(".clearframe-partial.json"));
         // verify names exactly the files nobody's record lists.
@@ -350,7 +357,14 @@ fn s3_outputs_replace_only_what_clearframe_wrote_and_refuse_before_any_damage() 
         listed.len(),
         old.len()
     );
-    let jpgs: Vec<&String> = after.keys().filter(|k| k.ends_with(".jpg")).collect();
+    let jpgs: Vec<&String> = after
+        .keys()
+        .filter(|k| {
+            Path::new(k.as_str())
+                .extension()
+                .is_some_and(|e| e == "jpg")
+        })
+        .collect();
     assert_eq!(jpgs, listed.iter().collect::<Vec<_>>(), "stale frames left");
     assert!(!after.contains_key(".clearframe-partial.json"));
 

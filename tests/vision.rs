@@ -273,7 +273,7 @@ fn recall(
             for (r, c) in reference.iter().zip(&cand) {
                 for face in r.iter().filter(|d| d.score >= min) {
                     total += 1;
-                    found += c.iter().any(|d| d.bbox.iou(&face.bbox) >= 0.3) as usize;
+                    found += usize::from(c.iter().any(|d| d.bbox.iou(&face.bbox) >= 0.3));
                 }
             }
             (total, found)

@@ -104,10 +104,7 @@ mod coord_tests {
 /// Renders one clip's XML. `frames` are the clip's entries in manifest order; `labels` the
 /// label set declared in the task meta.
 pub fn render(video_id: &str, frames: &[&ManifestEntry], labels: &[&str], min_iou: f32) -> String {
-    let (w, h) = frames
-        .first()
-        .map(|e| (e.width, e.height))
-        .unwrap_or((0, 0));
+    let (w, h) = frames.first().map_or((0, 0), |e| (e.width, e.height));
     let size = frames.len();
     let mut s = String::new();
     s.push_str(

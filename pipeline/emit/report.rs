@@ -142,18 +142,17 @@ pub fn render(input: &ReportInput<'_>) -> String {
                 esc(&f.reason)
             ));
         }
-        let basis = line
-            .basis
-            .as_ref()
-            .map(|b| {
+        let basis = line.basis.as_ref().map_or_else(
+            || "<span class=\"muted\">—</span>".into(),
+            |b| {
                 format!(
                     "{} <code class=\"id\">{}</code>",
                     esc(&b.kind),
                     esc(&b.event_id)
                 )
-            })
-            .unwrap_or_else(|| "<span class=\"muted\">—</span>".into());
-        let clip_entries = by_clip.get(vid).map(Vec::as_slice).unwrap_or(&[]);
+            },
+        );
+        let clip_entries = by_clip.get(vid).map_or(&[][..], Vec::as_slice);
         let bad = clip_entries
             .iter()
             .filter(|e| !e.redaction.verifier.passed)

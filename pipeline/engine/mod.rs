@@ -318,12 +318,7 @@ fn redact_clip<T: Send>(
             ),
         ));
     }
-    let sampling = ctx
-        .config
-        .sampling
-        .fps
-        .map(Sampling::Fps)
-        .unwrap_or(Sampling::All);
+    let sampling = ctx.config.sampling.fps.map_or(Sampling::All, Sampling::Fps);
     let decoder = Decoder::open(
         Input::Source {
             name: c.uri.clone(),

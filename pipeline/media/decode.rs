@@ -144,7 +144,7 @@ impl Decoder {
                 coded: probe.coded,
             };
             std::thread::spawn(move || {
-                drain_decoder_stderr(stderr, &own, frames_tx, tail, &path, &name)
+                drain_decoder_stderr(stderr, &own, frames_tx, tail, &path, &name);
             })
         };
         Ok(Decoder {

@@ -25,17 +25,23 @@ impl Tail {
     /// side data, a display matrix, changes, and drops the frames its `fps` filter held), or a
     /// decoded frame has another size or pixel aspect than the probe found.
     pub(super) fn mark_inconsistent(&self, detail: String) {
-        let mut slot = self.inconsistent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self
+            .inconsistent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         slot.get_or_insert(detail);
     }
     pub(super) fn inconsistency(&self) -> Option<String> {
         self.inconsistent
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
     pub(crate) fn push(&self, line: String) {
-        let mut q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self
+            .lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if q.back() == Some(&line) {
             return;
         }
@@ -45,7 +51,10 @@ impl Tail {
         q.push_back(line);
     }
     pub(crate) fn text(&self) -> String {
-        let q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let q = self
+            .lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if q.is_empty() {
             return "  (no error message)".to_owned();
         }

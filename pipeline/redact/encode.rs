@@ -174,8 +174,7 @@ impl Encoder {
         let sent = self
             .tx
             .as_ref()
-            .map(|tx| tx.send(image.as_raw().clone()).is_ok())
-            .unwrap_or(false);
+            .is_some_and(|tx| tx.send(image.as_raw().clone()).is_ok());
         if !sent {
             // The writer stopped: ffmpeg exited. Collect its reason.
             return Err(self.fail("the encoder stopped accepting frames"));
@@ -209,7 +208,7 @@ impl Encoder {
     /// Closes the input, waits for ffmpeg and returns the number of frames written.
     pub fn finish(mut self) -> Result<u64, MediaError> {
         self.tx.take();
-        let write_result = self.writer.take().map(|w| w.join());
+        let write_result = self.writer.take().map(std::thread::JoinHandle::join);
         let status = self.child.wait().map_err(|source| MediaError::Io {
             name: self.name.clone(),
             source,

@@ -127,7 +127,7 @@ pub(crate) fn read_frame(
         f.timestamp_s,
         f.faces_masked as usize,
     )
-    .with_context(|| work.url(&f.path).to_string())
+    .with_context(|| work.url(&f.path).clone())
 }
 
 /// Runs the stage.

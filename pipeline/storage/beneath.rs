@@ -33,7 +33,7 @@ fn kind_name(t: FileType) -> &'static str {
         FileType::BlockDevice => "a block device",
         FileType::Directory => "a folder",
         FileType::RegularFile => "a file",
-        _ => "of an unknown kind",
+        FileType::Unknown => "of an unknown kind",
     }
 }
 
@@ -383,7 +383,8 @@ impl Beneath {
                     self.walk(sub, child, prefix, skip, out)?;
                 }
                 FileType::RegularFile if child.starts_with(prefix) => {
-                    let mtime = st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128;
+                    let mtime =
+                        i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
                     out.push((child, st.st_size as u64, mtime.max(0) as u128));
                 }
                 FileType::RegularFile => {}

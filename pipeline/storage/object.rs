@@ -38,7 +38,7 @@ impl ObjectRef {
         // to the current version); stores of folders ClearFrame writes follow no links.
         let store: Arc<dyn Store> = match parent {
             Location::Local(dir) => Arc::new(super::LocalStore::reading_named_file(dir)),
-            s3 => super::open_location(s3, options)?,
+            s3 @ Location::S3 { .. } => super::open_location(s3, options)?,
         };
         Ok(ObjectRef {
             store,

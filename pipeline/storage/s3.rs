@@ -451,7 +451,7 @@ impl S3Store {
             }));
         }
         if outcome.is_err() {
-            tasks.iter().for_each(|t| t.abort());
+            tasks.iter().for_each(tokio::task::JoinHandle::abort);
         }
         let results = block_on(async move {
             let mut results = Vec::with_capacity(tasks.len());
@@ -1003,7 +1003,7 @@ fn client_for(options: &S3Options) -> Client {
     let mut clients = CLIENTS
         .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|e| e.into_inner());
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(client) = clients.get(&key) {
         return client.clone();
     }

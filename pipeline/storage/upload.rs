@@ -51,7 +51,7 @@ impl Uploader {
                     .spawn(move || {
                         for (key, data) in rx {
                             {
-                                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                                let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                                 if s.stopped {
                                     s.failed += 1; // not sent: the batch stopped
                                     continue;
@@ -59,7 +59,7 @@ impl Uploader {
                             }
                             let len = data.len() as u64;
                             let result = store.put(&key, data);
-                            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                            let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                             match result {
                                 Ok(()) => {
                                     s.stats.objects += 1;
@@ -86,7 +86,10 @@ impl Uploader {
 
     /// True once the batch stopped at a failure: nothing more is sent; the caller should stop.
     pub fn failed(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).stopped
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stopped
     }
 
     /// A handle that tells whether an upload failed, for a thread that does not own the uploader.
@@ -98,7 +101,10 @@ impl Uploader {
     /// stopped ([`Uploader::failed`]) the object is not sent and counts as failed.
     pub fn submit(&self, key: impl Into<String>, data: impl Into<Bytes>) {
         {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             s.submitted += 1;
             if s.stopped {
                 s.failed += 1; // not sent: the batch stopped
@@ -117,11 +123,17 @@ impl Uploader {
         self.tx.take();
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
-                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.failed += 1;
             }
         }
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if s.failed > 0 {
             let first = s
                 .first_error
@@ -144,7 +156,10 @@ pub struct UploadWatch(Arc<Mutex<UploadState>>);
 impl UploadWatch {
     /// True once an upload failed.
     pub fn failed(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).stopped
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stopped
     }
 }
 

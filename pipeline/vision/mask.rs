@@ -165,7 +165,7 @@ pub fn box_blur(img: &mut RgbImage, radius: u32, passes: u32) {
 /// One box-filter pass over `n` pixels of `c` channels, clamped at the ends.
 fn blur_line(src: &[u8], dst: &mut [u8], n: usize, c: usize, r: usize) {
     let win = (2 * r + 1) as u32;
-    let at = |i: isize, ch: usize| src[(i.clamp(0, n as isize - 1) as usize) * c + ch] as u32;
+    let at = |i: isize, ch: usize| u32::from(src[(i.clamp(0, n as isize - 1) as usize) * c + ch]);
     for ch in 0..c {
         let mut sum: u32 = (-(r as isize)..=r as isize).map(|i| at(i, ch)).sum();
         for i in 0..n {

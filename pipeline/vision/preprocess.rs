@@ -85,9 +85,9 @@ pub fn to_tensor(img: &RgbImage, layout: &TensorLayout) -> Array4<f32> {
         if same {
             let src = &raw[y * iw * 3..(y + 1) * iw * 3];
             for (((px, a), b), c) in src.chunks_exact(3).zip(o0).zip(o1).zip(o2) {
-                *a = (px[c0] as f32 - mean[0]) * inv[0];
-                *b = (px[c1] as f32 - mean[1]) * inv[1];
-                *c = (px[c2] as f32 - mean[2]) * inv[2];
+                *a = (f32::from(px[c0]) - mean[0]) * inv[0];
+                *b = (f32::from(px[c1]) - mean[1]) * inv[1];
+                *c = (f32::from(px[c2]) - mean[2]) * inv[2];
             }
         } else {
             let (y0, y1, wy) = yt[y];
@@ -95,8 +95,10 @@ pub fn to_tensor(img: &RgbImage, layout: &TensorLayout) -> Array4<f32> {
             let r1 = &raw[y1 * iw * 3..(y1 + 1) * iw * 3];
             for ((((&(x0, x1, wx), a), b), c), _) in xt.iter().zip(o0).zip(o1).zip(o2).zip(0..rw) {
                 let sample = |ch: usize| {
-                    let top = r0[x0 * 3 + ch] as f32 * (1.0 - wx) + r0[x1 * 3 + ch] as f32 * wx;
-                    let bottom = r1[x0 * 3 + ch] as f32 * (1.0 - wx) + r1[x1 * 3 + ch] as f32 * wx;
+                    let top =
+                        f32::from(r0[x0 * 3 + ch]) * (1.0 - wx) + f32::from(r0[x1 * 3 + ch]) * wx;
+                    let bottom =
+                        f32::from(r1[x0 * 3 + ch]) * (1.0 - wx) + f32::from(r1[x1 * 3 + ch]) * wx;
                     top * (1.0 - wy) + bottom * wy
                 };
                 *a = (sample(c0) - mean[0]) * inv[0];

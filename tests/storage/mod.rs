@@ -61,7 +61,7 @@ fn keys(store: &Arc<dyn Store>, prefix: &str) -> Vec<String> {
 fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StorageError>, what: &str) {
     match result {
         Err(StorageError::NotFound { url }) => {
-            assert!(url.contains("missing/object.bin"), "{what}: {url}")
+            assert!(url.contains("missing/object.bin"), "{what}: {url}");
         }
         other => panic!("{what}: expected NotFound, got {other:?}"),
     }
@@ -260,7 +260,7 @@ fn suite(store: &Arc<dyn Store>) {
             total: 3,
             first,
         }) => {
-            assert!(matches!(*first, StorageError::InvalidKey { .. }), "{first}")
+            assert!(matches!(*first, StorageError::InvalidKey { .. }), "{first}");
         }
         other => panic!("expected a batch error, got {other:?}"),
     }
@@ -462,7 +462,7 @@ fn s3_require_sse_refuses_writes_without_sse() {
             assert!(
                 err.to_string().contains("s3://strict/") && err.to_string().contains("--sse"),
                 "{err}"
-            )
+            );
         }
         other => panic!("expected SseRequired, got {other:?}"),
     };

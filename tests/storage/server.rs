@@ -34,11 +34,10 @@ pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("CLEARFRAME_S3S_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("CLEARFRAME_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/clearframe")
-        });
+    let cache = std::env::var_os("CLEARFRAME_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/clearframe"),
+        PathBuf::from,
+    );
     cache.join("bin/s3s-fs")
 }
 
