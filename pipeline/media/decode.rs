@@ -23,6 +23,9 @@ pub(super) fn nonce() -> String {
     format!("{a:016x}{:016x}", h.finish())
 }
 
+/// Output frames whose `showinfo` line may wait for the reader.
+const SHOWINFO_AHEAD: usize = 1024;
+
 /// One output frame as this run's `showinfo@o…` reported it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct OutFrame {
@@ -134,7 +137,10 @@ impl Decoder {
         } = spawn_ffmpeg(&mut cmd, &name)?;
         drop(stdin);
         let tail = Tail::default();
-        let (frames_tx, frames_rx) = unbounded::<OutFrame>();
+        // One line per output frame. ffmpeg prints it before writing the frame to a pipe it
+        // blocks on, so it runs at most a few frames ahead of the reader; the bound only caps
+        // memory should that ever change.
+        let (frames_tx, frames_rx) = bounded::<OutFrame>(SHOWINFO_AHEAD);
         let stderr_thread = {
             let tail = tail.clone();
             let (path, name) = (path.clone(), name.clone());

@@ -7,19 +7,18 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
 
 use super::{
     ClipDetectionsRecord, ClipRedactionRecord, DETECT_FORMAT, DetectStageRecord, FrameDetections,
-    RecordRef, RedactStageRecord, RedactedFrameRecord, keys,
+    RecordRef, RedactStageRecord, keys,
 };
 use crate::config::{Config, DetectConfig};
 use crate::emit::EmittedDetection;
 use crate::redact::RedactedFrame;
-use crate::storage::{self, Location, Store, StoreArgs};
+use crate::storage::{self, Location, StoreArgs};
 use crate::vision::nanodet::NanoDet;
 
 /// Arguments of `clearframe detect`.
@@ -112,24 +111,6 @@ pub(crate) fn detect_frame(
         .collect::<Result<_, _>>()?)
 }
 
-/// Reads a redacted frame back as verified: it must be the PNG `redact` recorded (by blake3).
-pub(crate) fn read_frame(
-    work: &Arc<dyn Store>,
-    f: &RedactedFrameRecord,
-) -> anyhow::Result<RedactedFrame> {
-    let bytes = work
-        .get(&f.path)
-        .with_context(|| format!("cannot read {}", work.url(&f.path)))?;
-    RedactedFrame::readmit_png(
-        &bytes,
-        &f.blake3,
-        f.frame,
-        f.timestamp_s,
-        f.faces_masked as usize,
-    )
-    .with_context(|| work.url(&f.path).clone())
-}
-
 /// Runs the stage.
 pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome> {
     let s3 = args.store.to_options()?;
@@ -212,7 +193,7 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
                     let work = &work;
                     s.spawn(move || {
                         for f in &record.frames {
-                            if tx.send((f.frame, read_frame(work, f))).is_err() {
+                            if tx.send((f.frame, super::read_frame(work, f))).is_err() {
                                 break;
                             }
                         }

@@ -158,8 +158,8 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
             let (job_rx, done_tx, work) = (job_rx.clone(), done_tx.clone(), &work);
             s.spawn(move || {
                 for (entry, f) in job_rx {
-                    let item = super::detect::read_frame(work, &f)
-                        .and_then(|red| Ok((entry, encode_jpeg(&red)?)));
+                    let item =
+                        super::read_frame(work, &f).and_then(|red| Ok((entry, encode_jpeg(&red)?)));
                     if done_tx.send(item).is_err() {
                         break;
                     }

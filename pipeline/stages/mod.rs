@@ -241,6 +241,25 @@ pub(crate) fn read_listed<T: DeserializeOwned>(
     Ok(value)
 }
 
+/// Reads a redacted frame back from the work folder as verified, for `detect` and `emit`: it
+/// must be the PNG `redact` recorded (by blake3).
+pub(crate) fn read_frame(
+    work: &Arc<dyn Store>,
+    f: &RedactedFrameRecord,
+) -> anyhow::Result<crate::redact::RedactedFrame> {
+    let bytes = work
+        .get(&f.path)
+        .with_context(|| format!("cannot read {}", work.url(&f.path)))?;
+    crate::redact::RedactedFrame::readmit_png(
+        &bytes,
+        &f.blake3,
+        f.frame,
+        f.timestamp_s,
+        f.faces_masked as usize,
+    )
+    .with_context(|| work.url(&f.path).clone())
+}
+
 /// Pretty JSON with a trailing newline, as every record is written.
 pub(crate) fn record_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     let mut v = serde_json::to_vec_pretty(value).expect("records serialise");
