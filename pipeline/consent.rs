@@ -594,7 +594,7 @@ pub enum ReadmitError {
 /// record holds, every line must parse, and the complete includes must number what the record
 /// says. Besides the consent gate itself, this is the only way to a [`ConsentedClip`]. Anything
 /// but a complete include is skipped: fail closed.
-pub fn readmit_selection(
+pub(crate) fn readmit_selection(
     bytes: &[u8],
     recorded_blake3: &str,
     recorded_included: u64,

@@ -47,9 +47,9 @@ fn astronaut_face_is_masked_and_the_verifier_finds_none() {
     let opts = RedactOptions::default();
     let mut r = Redactor::new(opts.clone()).unwrap();
     let cand = r.redact(Frame::still(img.clone()), &faces, 0, &[]);
-    let found = v.detect(cand.image()).unwrap();
     let masks: Vec<BBox> = faces.iter().map(|b| grow_box(b, opts.mask_scale)).collect();
-    let out = match r.verify(cand, &found) {
+    let (verdict, found) = r.verify(cand, &v).unwrap();
+    let out = match verdict {
         Verdict::Pass(f) => f,
         Verdict::Withheld { uncovered, .. } => {
             panic!("verifier found uncovered faces: {uncovered:?}")
@@ -87,8 +87,7 @@ fn carphone_faces_are_masked_in_every_frame() {
     let (mut input_faces, mut frames) = (0usize, 0u64);
     let check = |(frame, faces, held): (Frame, Vec<BBox>, usize), r: &mut Redactor| {
         let cand = r.redact(frame, &faces, held, &[]);
-        let found = v.detect(cand.image()).unwrap();
-        match r.verify(cand, &found) {
+        match r.verify(cand, &v).unwrap().0 {
             Verdict::Pass(f) => assert!(f.masks() > 0, "frame {} has no mask", f.index()),
             Verdict::Withheld { index, uncovered } => {
                 panic!("frame {index}: uncovered faces {uncovered:?}")

