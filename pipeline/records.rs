@@ -611,6 +611,29 @@ impl FailureCode {
 }
 
 impl FailureCode {
+    /// Whether the same clip bytes under the same settings fail the same way every time, so that
+    /// a rebuild need not try again: what ffmpeg and the limits make of the bytes. Not a missing
+    /// or unreadable source, a tampered one (the file may be repaired), a model or an internal
+    /// failure, which may pass on the next try.
+    pub fn repeats(self) -> bool {
+        use FailureCode as C;
+        matches!(
+            self,
+            C::NotAVideo
+                | C::NoVideoStream
+                | C::NoFrames
+                | C::Truncated
+                | C::StreamInconsistent
+                | C::Unsupported
+                | C::LimitPixels
+                | C::LimitDuration
+                | C::LimitFrames
+                | C::LimitBytes
+                | C::LimitZones
+                | C::IndoorExcluded
+        )
+    }
+
     /// Whose fault the failure is: what a consumer branches on.
     pub fn class(self) -> FailureClass {
         use FailureCode as C;

@@ -52,9 +52,30 @@ pub struct RunArgs {
     pub as_of: Option<Timestamp>,
     /// Where the dataset goes: a folder, file:///path or s3://bucket/prefix (created; an earlier
     /// dataset ClearFrame wrote there is replaced; a folder or prefix holding anything else is
-    /// refused).
+    /// refused). Not with --shard: a shard writes no dataset.
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "shard",
+        conflicts_with = "shard"
+    )]
+    pub out: Option<String>,
+    /// Keep every clip's results in this work folder (the layout of `select`, `redact` and
+    /// `detect`) and reuse each clip whose bytes, settings, models and versions are unchanged: a
+    /// nightly rebuild redoes only what changed, drops clips that lost their consent basis from
+    /// the folder, and gives the same dataset bytes as a run without it.
     #[arg(long, value_name = "URL")]
-    pub out: String,
+    pub work: Option<String>,
+    /// With --work: process only shard I of N (clips by a stable hash of their video id) into the
+    /// work folder and write no dataset; `env/N` takes I from JOB_COMPLETION_INDEX (Kubernetes
+    /// Indexed Job) or AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch array job). Needs --as-of, so that
+    /// every shard selects the same clips. Then `clearframe emit --work W --out D`.
+    #[arg(long, value_name = "I/N", requires = "work", requires = "as_of", value_parser = crate::stages::Shard::parse)]
+    pub shard: Option<crate::stages::Shard>,
+    /// With --work: hash every clip to decide whether it changed, even when the catalog gives its
+    /// blake3.
+    #[arg(long, requires = "work")]
+    pub rehash: bool,
     /// Where clips may be read from besides the catalog's own folder or S3 prefix
     /// (comma-separated URLs, e.g. s3://clips/2026/); a clip elsewhere is excluded with
     /// `source_not_allowed`.
@@ -92,7 +113,11 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     let s3 = args.store.to_options()?;
     let catalog = ObjectRef::open(&args.catalog, &s3)?;
     let ledger = ObjectRef::open(&args.ledger, &s3)?;
-    let out = storage::open(&args.out, &s3)?;
+    let out_url = args
+        .out
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--out is required without --shard"))?;
+    let out = storage::open(out_url, &s3)?;
     let sources = Sources::new(catalog.store.location(), &args.sources)?;
 
     // 1. select, into a private scratch folder: the dataset keeps its own copy of the selection.
@@ -235,8 +260,11 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
 /// (they are listed in `dataset.json`), 2 when the run could not start.
 pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let progress = std::io::stderr().is_terminal();
+    if let Some(work) = &args.work {
+        return run_in_work_cli(args, work, progress);
+    }
     let o = run(args, progress)?;
-    let out = Location::parse(&args.out)?;
+    let out = Location::parse(args.out.as_deref().unwrap_or_default())?;
     print_dataset_summary(&o.record, &out, o.failed_clips);
     let secs = o.wall.as_secs_f64();
     println!(
@@ -269,6 +297,134 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
     );
     println!("report: {}", out.join("report.html"));
     Ok(if o.failed_clips > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What `run --work` did: each stage's outcome, and the dataset unless it ran one shard.
+#[derive(Debug)]
+pub struct WorkOutcome {
+    pub redact: crate::stages::redact::RedactOutcome,
+    pub detect: crate::stages::detect::DetectOutcome,
+    pub emit: Option<crate::stages::emit::EmitOutcome>,
+    pub wall: Duration,
+}
+
+/// `run --work W`: the stages in sequence over `W` (select, redact, detect, then emit unless
+/// `--shard`), each reusing what is up to date. The stages give the same dataset bytes as `run`
+/// without a work folder; models are loaded only when a clip must be redone.
+pub fn run_in_work(args: &RunArgs, work: &str, progress: bool) -> anyhow::Result<WorkOutcome> {
+    let started = Instant::now();
+    let as_of = args.as_of.unwrap_or_else(Timestamp::now);
+    let s3 = args.store.to_options()?;
+    // The settings are checked before anything is written.
+    Config::effective(args.config.as_deref(), args.fps)?;
+    let catalog = ObjectRef::open(&args.catalog, &s3)?;
+    let ledger = ObjectRef::open(&args.ledger, &s3)?;
+    let sources = Sources::new(catalog.store.location(), &args.sources)?;
+    let work_store = storage::open(work, &s3)?;
+    if let Some(out) = &args.out {
+        let out = Location::parse(out)?;
+        anyhow::ensure!(
+            !work_store.location().overlaps(&out),
+            "--out {out} and --work {} overlap (one is, or lies inside, the other): the dataset goes outside the work folder",
+            work_store.location()
+        );
+    }
+    crate::stages::select::run_select_store(&catalog, &ledger, as_of, &work_store, 0, &sources)?;
+    let redact = crate::stages::redact::redact(
+        &crate::stages::redact::RedactArgs {
+            work: work.to_owned(),
+            catalog: Some(args.catalog.clone()),
+            fps: args.fps,
+            config: args.config.clone(),
+            force: false,
+            rehash: args.rehash,
+            sources: args.sources.clone(),
+            store: args.store.clone(),
+            shard: args.shard,
+        },
+        progress,
+    )?;
+    // `detect` runs the settings `redact` recorded (the same file, with --fps applied).
+    let detect = crate::stages::detect::detect(
+        &crate::stages::detect::DetectArgs {
+            work: work.to_owned(),
+            config: None,
+            force: false,
+            store: args.store.clone(),
+            shard: args.shard,
+        },
+        progress,
+    )?;
+    let emit = match &args.out {
+        None => None,
+        Some(out) => Some(crate::stages::emit::emit(
+            &crate::stages::emit::EmitArgs {
+                work: work.to_owned(),
+                out: out.clone(),
+                store: args.store.clone(),
+            },
+            progress,
+        )?),
+    };
+    Ok(WorkOutcome {
+        redact,
+        detect,
+        emit,
+        wall: started.elapsed(),
+    })
+}
+
+fn run_in_work_cli(args: &RunArgs, work: &str, progress: bool) -> anyhow::Result<ExitCode> {
+    let o = run_in_work(args, work, progress)?;
+    let r = &o.redact;
+    let shard = args
+        .shard
+        .map(|s| format!(" (shard {s})"))
+        .unwrap_or_default();
+    println!(
+        "work folder {}{shard}: {} clips, {} redone ({} frames), {} up to date, {} failed, {} dropped (no longer selected); models {}",
+        Location::parse(work)?,
+        r.clips,
+        r.clips - r.reused,
+        r.frames,
+        r.reused,
+        r.failed,
+        r.dropped,
+        if r.models_loaded || o.detect.model_loaded {
+            "loaded"
+        } else {
+            "not loaded (nothing to redo)"
+        }
+    );
+    println!(
+        "  detections: {} clips redone ({} frames), {} up to date",
+        o.detect.clips - o.detect.reused,
+        o.detect.frames,
+        o.detect.reused
+    );
+    let failed = match &o.emit {
+        Some(e) => {
+            let out = Location::parse(args.out.as_deref().unwrap_or_default())?;
+            print_dataset_summary(&e.record, &out, e.failed_clips);
+            if e.unchanged {
+                println!("  up to date: {out} already holds this dataset; nothing written");
+            }
+            println!("report: {}", out.join("report.html"));
+            e.failed_clips
+        }
+        None => {
+            println!(
+                "  no dataset written by a shard; when every shard is done: clearframe emit --work {work} --out DATASET"
+            );
+            r.failed
+        }
+    };
+    println!("  {:.1} s", o.wall.as_secs_f64());
+    Ok(if failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

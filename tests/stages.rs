@@ -178,10 +178,15 @@ fn stages_equal_run_byte_for_byte(s: &Scenario) {
     assert_same_files(&expected, &local_files(&s.staged));
 }
 
-/// Resume: nothing changed, nothing redone (the failed clip is retried).
+/// Resume: nothing changed, nothing redone. The corrupt clip is not tried again (its bytes and
+/// the settings are unchanged, and `not_a_video` repeats), but it is still failed: exit 1.
 fn resume_redoes_nothing(s: &Scenario) {
     let a = stage(&["redact", "--fps", "4"], &s.work).code(1);
-    assert!(stdout(&a).contains("4 up to date"), "{}", stdout(&a));
+    assert!(
+        stdout(&a).contains("0 redone") && stdout(&a).contains("5 up to date, 1 failed"),
+        "{}",
+        stdout(&a)
+    );
     let a = stage(&["detect"], &s.work).success();
     assert!(
         stdout(&a).contains("0 redone") && stdout(&a).contains("4 up to date"),

@@ -5,6 +5,7 @@
 
 mod common;
 mod emit;
+mod rebuild;
 mod redact;
 mod run;
 mod run_s3;

@@ -128,6 +128,8 @@ pub struct Destination {
     owned: BTreeSet<String>,
     /// Objects there now that no record vouches for (left alone).
     unknown: Vec<String>,
+    /// A finished dataset: `dataset.json`, every object it lists, no replacement under way.
+    complete: bool,
 }
 
 impl Destination {
@@ -141,6 +143,7 @@ impl Destination {
             .filter(|k| !k.starts_with(PROBE_PREFIX))
             .collect();
         let mut listed = BTreeSet::new();
+        let mut complete = false;
         if !present.is_empty() {
             let refuse = |why: String, hint: &str| {
                 let all: Vec<&String> = present.iter().collect();
@@ -158,6 +161,7 @@ impl Destination {
             };
             if present.contains(paths::DATASET) {
                 listed = read_record(&*store)?.map_err(|why| refuse(why, HINT_CHANGED))?;
+                complete = partial.is_none() && listed.iter().all(|k| present.contains(k));
                 // A replacement that wrote its dataset.json but not yet removed its marker.
                 if let Some(Ok(Ok(more))) = partial {
                     listed.extend(more);
@@ -183,7 +187,15 @@ impl Destination {
             store,
             owned,
             unknown: unknown.into_iter().collect(),
+            complete,
         })
+    }
+
+    /// Whether it holds a finished dataset ClearFrame wrote: a sealed `dataset.json` whose
+    /// manifest has its Merkle root, every object that record lists, and no replacement under
+    /// way.
+    pub fn is_complete(&self) -> bool {
+        self.complete
     }
 
     /// The store.

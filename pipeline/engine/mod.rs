@@ -69,7 +69,62 @@ pub(crate) fn single_thread_options() -> ModelOptions {
     }
 }
 
+/// What the models of a configuration are, without loading any: each model's manifest name and
+/// pinned blake3 (a model is loaded only when its file has that hash), and the ONNX Runtime
+/// version. A work-folder key made from this equals one made from the loaded models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ModelIds {
+    pub provenance: BTreeMap<String, String>,
+    pub onnxruntime: String,
+}
+
+impl ModelIds {
+    /// The models `config` runs, from the manifest.
+    pub(crate) fn of(config: &Config) -> anyhow::Result<ModelIds> {
+        let face = match config.faces.model {
+            FaceModel::Reference => CenterFaceVariant::Reference,
+            FaceModel::Clean => CenterFaceVariant::Clean,
+            FaceModel::Int8 | FaceModel::Fast => CenterFaceVariant::Int8,
+        };
+        Self::named(&[
+            face.model_name(),
+            crate::vision::retinaface::MODEL_NAME,
+            config.detect.model.model_name(),
+        ])
+    }
+
+    /// The object detector `detect` runs, from the manifest.
+    pub(crate) fn of_detector(detect: &DetectConfig) -> anyhow::Result<ModelIds> {
+        Self::named(&[detect.model.model_name()])
+    }
+
+    fn named(names: &[&str]) -> anyhow::Result<ModelIds> {
+        let dir = crate::inference::models_dir();
+        let manifest = crate::inference::Manifest::load(&dir)?;
+        let mut provenance = BTreeMap::new();
+        for name in names {
+            let entry = manifest
+                .models
+                .get(*name)
+                .ok_or_else(|| anyhow::anyhow!("model {name:?} is not in {}", dir.display()))?;
+            provenance.insert((*name).to_owned(), entry.blake3.clone());
+        }
+        Ok(ModelIds {
+            provenance,
+            onnxruntime: crate::inference::runtime()?.version().to_owned(),
+        })
+    }
+}
+
 impl Models {
+    /// The models' names, blake3 and runtime, as [`ModelIds`].
+    pub(crate) fn ids(&self) -> ModelIds {
+        ModelIds {
+            provenance: self.provenance.clone(),
+            onnxruntime: self.onnxruntime.clone(),
+        }
+    }
+
     pub(crate) fn load(config: &Config) -> anyhow::Result<Models> {
         let f = &config.faces;
         // Face detection may use both cores when the other pipeline threads wait (measured: a
@@ -205,6 +260,8 @@ pub(crate) fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> Result<SourceFil
 /// frame is withheld with its reason, or the clip's failure accounts for it.
 pub(crate) struct ClipResult {
     pub info: Option<ClipInfo>,
+    /// blake3 of the clip's bytes, once it was opened (also when decoding then failed).
+    pub source_blake3: Option<String>,
     pub withheld: Vec<WithheldFrame>,
     pub report: crate::redact::RedactionReport,
     pub frames: u64,
@@ -228,6 +285,7 @@ pub(crate) fn process_clip<T: Send>(
 ) -> ClipResult {
     let mut result = ClipResult {
         info: None,
+        source_blake3: None,
         withheld: Vec::new(),
         report: Default::default(),
         frames: 0,
@@ -306,6 +364,7 @@ fn redact_clip<T: Send>(
     };
     let source = open_clip(ctx, clip)?;
     let source_blake3 = source.blake3().to_owned();
+    result.source_blake3 = Some(source_blake3.clone());
     if let Some(expected) = &c.blake3
         && !expected.eq_ignore_ascii_case(&source_blake3)
     {

@@ -36,6 +36,10 @@ pub struct DetectArgs {
     pub force: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Only this shard's clips (`clearframe run --shard`): reads
+    /// `shards/redact-<I>-of-<N>.json`, writes `shards/detect-<I>-of-<N>.json`.
+    #[arg(skip)]
+    pub shard: Option<super::Shard>,
 }
 
 /// What `detect` did.
@@ -46,6 +50,8 @@ pub struct DetectOutcome {
     /// Frames detected on by this invocation.
     pub frames: u64,
     pub detections: u64,
+    /// Whether the object detector was loaded (not when every clip was up to date).
+    pub model_loaded: bool,
 }
 
 /// The settings `detect` runs with: `redact`'s, with the file's `[detect]` when one is given.
@@ -115,37 +121,44 @@ pub(crate) fn detect_frame(
 pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome> {
     let s3 = args.store.to_options()?;
     let work = storage::open(&args.work, &s3)?;
+    let shard = args.shard;
     let (redact, redact_blake3): (RedactStageRecord, String) = super::read_record(
         &work,
-        keys::REDACT,
+        &keys::redact_record(shard),
         "run `clearframe redact` on this work folder first",
     )?;
     let config = effective_config(&redact.config, args.config.as_deref())?;
-    let detector =
-        crate::engine::object_detector(&config.detect, &crate::engine::single_thread_options())?;
-    let model = detector.provenance().clone();
+    // The detector's identity comes from the manifest; it is loaded only for a clip to redo.
+    let ids = crate::engine::ModelIds::of_detector(&config.detect)?;
+    let (model_name, model_blake3) = ids
+        .provenance
+        .iter()
+        .next()
+        .map(|(n, b)| (n.clone(), b.clone()))
+        .expect("one model");
+    let mut detector: Option<NanoDet> = None;
 
     // Writes will be accepted (S3: a probe object, SSE confirmed) before anything is deleted.
     work.probe_write()
         .with_context(|| format!("a probe write to {} was refused", work.location()))?;
-    super::delete_if_present(&work, keys::DETECT)?;
+    let stage_key = keys::detect_record(shard);
+    super::delete_if_present(&work, &stage_key)?;
+    super::clear_other_records(&work, "detect", shard)?;
     let mut records = Vec::new();
     for (id, r) in &redact.clips {
         let record: ClipRedactionRecord = super::read_listed(&work, r, "redact")?;
         if let Some(info) = &record.info {
-            if let Some(recorded) = info.provenance.models.get(&model.name) {
+            if let Some(recorded) = info.provenance.models.get(&model_name) {
                 anyhow::ensure!(
-                    *recorded == model.blake3,
-                    "{id}: redact ran model {} with blake3 {recorded}, this one is {}; rerun redact",
-                    model.name,
-                    model.blake3
+                    *recorded == model_blake3,
+                    "{id}: redact ran model {model_name} with blake3 {recorded}, this one is {model_blake3}; rerun redact"
                 );
             }
             anyhow::ensure!(
-                info.provenance.onnxruntime_version == model.onnxruntime,
+                info.provenance.onnxruntime_version == ids.onnxruntime,
                 "{id}: redact ran ONNX Runtime {}, detect runs {}; run both stages with one runtime",
                 info.provenance.onnxruntime_version,
-                model.onnxruntime
+                ids.onnxruntime
             );
         }
         if !record.frames.is_empty() {
@@ -155,7 +168,7 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
     let keep: std::collections::BTreeSet<&str> =
         records.iter().map(|(id, ..)| id.as_str()).collect();
     for gone in super::listed_clips(&work, keys::DETECTED)? {
-        if !keep.contains(gone.as_str()) {
+        if !keep.contains(gone.as_str()) && super::Shard::owns(shard, &gone) {
             super::delete_if_present(&work, &keys::clip_detections(&gone))?;
         }
     }
@@ -170,7 +183,7 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
     for (id, redaction_blake3, record) in &records {
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
-        let key = clip_key(redaction_blake3, &config.detect, &model.blake3);
+        let key = clip_key(redaction_blake3, &config.detect, &model_blake3);
         let record_key = keys::clip_detections(id);
         let old: Option<ClipDetectionsRecord> = if args.force {
             None
@@ -187,6 +200,14 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
                 o
             }
             None => {
+                if detector.is_none() {
+                    detector = Some(crate::engine::object_detector(
+                        &config.detect,
+                        &crate::engine::single_thread_options(),
+                    )?);
+                    outcome.model_loaded = true;
+                }
+                let detector = detector.as_ref().expect("loaded above");
                 // Fetching and decoding on one thread, detection on this one.
                 let frames = std::thread::scope(|s| -> anyhow::Result<Vec<FrameDetections>> {
                     let (tx, rx) = crossbeam_channel::bounded(4);
@@ -200,7 +221,7 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
                     });
                     let mut out = Vec::with_capacity(record.frames.len());
                     for (frame, red) in rx {
-                        let detections = detect_frame(&detector, &red?)?;
+                        let detections = detect_frame(detector, &red?)?;
                         outcome.detections += detections.len() as u64;
                         out.push(FrameDetections { frame, detections });
                         bar.inc(1);
@@ -234,12 +255,12 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
         redact_blake3,
         config_blake3: config.blake3(),
         config,
-        model: model.name.clone(),
-        model_blake3: model.blake3.clone(),
+        model: model_name,
+        model_blake3,
         clips,
     };
-    work.put_record(keys::DETECT, super::record_bytes(&stage).into())
-        .with_context(|| format!("cannot write {}", work.url(keys::DETECT)))?;
+    work.put_record(&stage_key, super::record_bytes(&stage).into())
+        .with_context(|| format!("cannot write {}", work.url(&stage_key)))?;
     Ok(outcome)
 }
 

@@ -7,10 +7,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::{
-    ClipDetectionsRecord, ClipRedactionRecord, ClipStatus, DetectStageRecord, RedactStageRecord,
-    keys,
-};
+use anyhow::Context;
+
+use super::{ClipDetectionsRecord, ClipRedactionRecord, ClipStatus};
 use crate::emit::dest::Destination;
 use crate::emit::{
     ClipFailure, DatasetInputs, DatasetRecord, FrameJpeg, ManifestEntry, encode_jpeg,
@@ -38,6 +37,8 @@ pub struct EmitOutcome {
     pub record: DatasetRecord,
     /// Clips that failed in `redact` (not those left out by policy).
     pub failed_clips: usize,
+    /// The destination already held this dataset: nothing was written.
+    pub unchanged: bool,
 }
 
 /// Runs the stage: checks the chain of stage records, then writes the dataset, `dataset.json`
@@ -54,24 +55,13 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         work.location()
     );
     let selection = super::redact::read_selection(&work)?;
-    let (redact, redact_blake3): (RedactStageRecord, String) = super::read_record(
-        &work,
-        keys::REDACT,
-        "run `clearframe redact` on this work folder first",
-    )?;
-    anyhow::ensure!(
-        redact.select_blake3 == selection.blake3,
-        "select.json changed after `clearframe redact` ran; rerun redact and detect"
-    );
-    let (detect, _): (DetectStageRecord, String) = super::read_record(
-        &work,
-        keys::DETECT,
-        "run `clearframe detect` on this work folder first",
-    )?;
-    anyhow::ensure!(
-        detect.redact_blake3 == redact_blake3,
-        "redact.json changed after `clearframe detect` ran; rerun detect"
-    );
+    let included: Vec<String> = selection
+        .included
+        .iter()
+        .map(|c| c.clip().video_id.clone())
+        .collect();
+    // `redact.json` and `detect.json`, or every shard's pair; refused while a clip is missing.
+    let stages = super::read_stage_records(&work, &selection.blake3, &included)?;
 
     let inputs = DatasetInputs {
         catalog_blake3: selection.record.catalog.blake3.clone(),
@@ -81,17 +71,29 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
     };
     // The destination is checked (and, on S3, probed) before anything is deleted or written.
     let dest = Destination::inspect(Arc::clone(&out))?;
-    let clips: std::collections::BTreeSet<String> = selection
-        .included
-        .iter()
-        .map(|c| c.clip().video_id.clone())
-        .collect();
+    // Everything the dataset's bytes follow from; when the destination already holds the
+    // dataset this work folder last emitted from the same, there is nothing to write.
+    let emit_key = emit_key(&selection.blake3, &stages);
+    if let Some(record) = unchanged(&work, &dest, &emit_key)? {
+        tracing::info!("the dataset is up to date; nothing written");
+        return Ok(EmitOutcome {
+            failed_clips: record
+                .failed_clips
+                .iter()
+                .filter(|f| f.code != crate::records::FailureCode::IndoorExcluded)
+                .count(),
+            record,
+            unchanged: true,
+        });
+    }
+    super::delete_if_present(&work, super::keys::EMITTED)?;
+    let clips: std::collections::BTreeSet<String> = included.into_iter().collect();
     let mut dataset = crate::emit::output::DatasetWriter::start(dest, &clips, inputs)?;
 
     // Every frame's entry, checked against the detections, before any pixel is read.
     let mut jobs: Vec<(ManifestEntry, super::RedactedFrameRecord)> = Vec::new();
     let mut failed = 0;
-    for (id, r) in &redact.clips {
+    for (id, r) in &stages.redacted {
         let record: ClipRedactionRecord = super::read_listed(&work, r, "redact")?;
         for w in &record.withheld {
             dataset.withhold(w.clone());
@@ -110,7 +112,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         if record.frames.is_empty() {
             continue;
         }
-        let (Some(info), Some(d)) = (&record.info, detect.clips.get(id)) else {
+        let (Some(info), Some(d)) = (&record.info, stages.detected.get(id)) else {
             anyhow::bail!(
                 "{id} has redacted frames but no detections in detect.json; rerun detect"
             );
@@ -127,12 +129,14 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
             work.url(&d.key)
         );
         let mut info = info.clone();
-        info.provenance.config_blake3 = detect.config_blake3.clone();
+        info.provenance
+            .config_blake3
+            .clone_from(&stages.config_blake3);
         // The models that made the frame: redact's (faces, verifier, and the object detector
         // that kept persons sharp indoors) and detect's (the same one unless [detect] changed it).
         info.provenance
             .models
-            .insert(detect.model.clone(), detect.model_blake3.clone());
+            .insert(stages.model.clone(), stages.model_blake3.clone());
         for (f, d) in record.frames.into_iter().zip(dets.frames) {
             let entry = crate::emit::clip::frame_entry(
                 id,
@@ -188,10 +192,96 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
     })?;
     bar.finish_and_clear();
     let record = dataset.finish()?;
+    let written = out
+        .get(crate::emit::paths::DATASET)
+        .with_context(|| format!("cannot read back {}", out.url(crate::emit::paths::DATASET)))?;
+    let emitted = EmittedRecord {
+        format: EMITTED_FORMAT.into(),
+        key: emit_key,
+        out: out.location().to_string(),
+        dataset_blake3: crate::hashing::hash_bytes(&written),
+    };
+    work.put_record(super::keys::EMITTED, super::record_bytes(&emitted).into())
+        .with_context(|| format!("cannot write {}", work.url(super::keys::EMITTED)))?;
     Ok(EmitOutcome {
         record,
         failed_clips: failed,
+        unchanged: false,
     })
+}
+
+/// Format id of `emitted.json`.
+const EMITTED_FORMAT: &str = "clearframe-emitted/1";
+
+/// `emitted.json` in the work folder: which dataset this folder last emitted, and where.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmittedRecord {
+    format: String,
+    /// blake3 of everything the dataset's bytes follow from (see [`emit_key`]).
+    key: String,
+    /// The destination, as a location URL.
+    out: String,
+    /// blake3 of the `dataset.json` written there.
+    dataset_blake3: String,
+}
+
+/// The key of a dataset: the selection, every clip's redaction and detections records (by
+/// blake3: they name every frame's PNG by blake3), the detect settings and model, the version.
+fn emit_key(select_blake3: &str, stages: &super::StageRecords) -> String {
+    #[derive(serde::Serialize)]
+    struct Key<'a> {
+        clearframe: &'a str,
+        format: &'a str,
+        select: &'a str,
+        redacted: &'a std::collections::BTreeMap<String, super::RecordRef>,
+        detected: &'a std::collections::BTreeMap<String, super::RecordRef>,
+        config: &'a str,
+        model: &'a str,
+        model_blake3: &'a str,
+    }
+    crate::hashing::hash_bytes(
+        &serde_json::to_vec(&Key {
+            clearframe: env!("CARGO_PKG_VERSION"),
+            format: crate::emit::DATASET_FORMAT,
+            select: select_blake3,
+            redacted: &stages.redacted,
+            detected: &stages.detected,
+            config: &stages.config_blake3,
+            model: &stages.model,
+            model_blake3: &stages.model_blake3,
+        })
+        .expect("keys serialise"),
+    )
+}
+
+/// The destination's dataset, when it is the one this work folder last emitted with `key` and
+/// is complete (its seal, manifest and every listed object checked by [`Destination::inspect`]).
+fn unchanged(
+    work: &Arc<dyn crate::storage::Store>,
+    dest: &Destination,
+    key: &str,
+) -> anyhow::Result<Option<DatasetRecord>> {
+    if !dest.is_complete() {
+        return Ok(None);
+    }
+    let Ok(bytes) = work.get(super::keys::EMITTED) else {
+        return Ok(None);
+    };
+    let Ok(prev) = serde_json::from_slice::<EmittedRecord>(&bytes) else {
+        return Ok(None);
+    };
+    let out = dest.store();
+    if prev.format != EMITTED_FORMAT || prev.key != key || prev.out != out.location().to_string() {
+        return Ok(None);
+    }
+    let dataset = out
+        .get(crate::emit::paths::DATASET)
+        .with_context(|| format!("cannot read {}", out.url(crate::emit::paths::DATASET)))?;
+    if crate::hashing::hash_bytes(&dataset) != prev.dataset_blake3 {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice(&dataset).ok())
 }
 
 /// Runs `clearframe emit`: exit 0, or 1 when the dataset lists clips that failed in `redact`.
@@ -200,6 +290,9 @@ pub fn run_cli(args: &EmitArgs) -> anyhow::Result<ExitCode> {
     let o = emit(args, std::io::stderr().is_terminal())?;
     let out = Location::parse(&args.out)?;
     crate::summary::print_dataset_summary(&o.record, &out, o.failed_clips);
+    if o.unchanged {
+        println!("  up to date: {out} already holds this dataset; nothing written");
+    }
     println!("  {:.1} s", started.elapsed().as_secs_f64());
     println!("report: {}", out.join("report.html"));
     Ok(if o.failed_clips > 0 {

@@ -60,6 +60,38 @@ pub mod keys {
     /// Folder of per-clip detection records.
     pub const DETECTED: &str = "detected";
 
+    /// Which dataset the work folder last emitted, and where (`emit` skips an unchanged one).
+    pub const EMITTED: &str = "emitted.json";
+    /// Folder of the per-shard stage records (`run --shard I/N`).
+    pub const SHARDS: &str = "shards";
+
+    /// The redact stage's record: `redact.json`, or `shards/redact-<I>-of-<N>.json` for a shard.
+    pub fn redact_record(shard: Option<super::Shard>) -> String {
+        match shard {
+            None => REDACT.to_owned(),
+            Some(s) => format!("{SHARDS}/redact-{}-of-{}.json", s.index, s.count),
+        }
+    }
+    /// The detect stage's record: `detect.json`, or `shards/detect-<I>-of-<N>.json` for a shard.
+    pub fn detect_record(shard: Option<super::Shard>) -> String {
+        match shard {
+            None => DETECT.to_owned(),
+            Some(s) => format!("{SHARDS}/detect-{}-of-{}.json", s.index, s.count),
+        }
+    }
+    /// The stage (`redact` or `detect`) and shard of a key under `shards/`.
+    pub fn parse_shard_record(key: &str) -> Option<(&str, super::Shard)> {
+        let name = key
+            .strip_prefix(SHARDS)?
+            .strip_prefix('/')?
+            .strip_suffix(".json")?;
+        let (stage, rest) = name.split_once('-')?;
+        let (i, n) = rest.split_once("-of-")?;
+        let (index, count) = (i.parse().ok()?, n.parse().ok()?);
+        (matches!(stage, "redact" | "detect") && index < count)
+            .then_some((stage, super::Shard { index, count }))
+    }
+
     /// `redacted/<video_id>/clip.json`: inside the clip's own folder, so that no two ids share a
     /// key (with `redacted/<id>.json`, the record of `a` was the frame folder of `a.json`).
     pub fn clip_redaction(video_id: &str) -> String {
@@ -76,6 +108,80 @@ pub mod keys {
     /// `detected/<video_id>.json`
     pub fn clip_detections(video_id: &str) -> String {
         format!("{DETECTED}/{video_id}.json")
+    }
+}
+
+/// One shard of a work folder's clips: the clips whose stable hash (the first eight bytes of the
+/// blake3 of the video id, little-endian, modulo `count`) is `index`. Every process that is given
+/// the same `count` agrees on which clips are whose, whatever the catalog order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// The environment variables a shard index is read from with `--shard env/N`: Kubernetes
+/// Indexed Jobs and AWS Batch array jobs.
+pub const SHARD_INDEX_ENV: [&str; 2] = ["JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"];
+
+impl Shard {
+    /// Parses `I/N` (0 <= I < N), or `env/N` with I from [`SHARD_INDEX_ENV`].
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: a shard is I/N (e.g. 0/4) or env/N"))?;
+        let count: u32 = n
+            .parse()
+            .map_err(|_| format!("{s:?}: N must be a whole number"))?;
+        let index: u32 = if i == "env" {
+            let found: Vec<(&str, String)> = SHARD_INDEX_ENV
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v)))
+                .collect();
+            match found.as_slice() {
+                [] => {
+                    return Err(format!(
+                        "--shard env/{n}: neither {} is set",
+                        SHARD_INDEX_ENV.join(" nor ")
+                    ));
+                }
+                [(k, v)] => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{k}={v:?} is not a shard index"))?,
+                [(k1, v1), (k2, v2), ..] => {
+                    return Err(format!(
+                        "--shard env/{n}: {k1}={v1:?} and {k2}={v2:?} are both set; set one"
+                    ));
+                }
+            }
+        } else {
+            i.parse()
+                .map_err(|_| format!("{s:?}: I must be a whole number or `env`"))?
+        };
+        if count == 0 || index >= count {
+            return Err(format!("shard {index}/{count}: need 0 <= I < N"));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Whether `video_id` belongs to this shard.
+    pub fn holds(&self, video_id: &str) -> bool {
+        let h = blake3::hash(video_id.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h.as_bytes()[..8]);
+        u64::from_le_bytes(first) % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// Whether `video_id` is this process's to handle: every clip without a shard.
+    pub fn owns(shard: Option<Shard>, video_id: &str) -> bool {
+        shard.is_none_or(|s| s.holds(video_id))
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
     }
 }
 
@@ -258,6 +364,201 @@ pub(crate) fn read_frame(
         f.faces_masked as usize,
     )
     .with_context(|| work.url(&f.path).clone())
+}
+
+/// Keeps one kind of stage record in a work folder: a stage run without a shard deletes the
+/// shards' records of that stage, a shard deletes the single record and the records of shards of
+/// another count. Run before the stage writes anything.
+pub(crate) fn clear_other_records(
+    store: &Arc<dyn Store>,
+    stage: &str,
+    shard: Option<Shard>,
+) -> anyhow::Result<()> {
+    if shard.is_some() {
+        let single = if stage == "redact" {
+            keys::REDACT
+        } else {
+            keys::DETECT
+        };
+        delete_if_present(store, single)?;
+    }
+    let prefix = format!("{}/", keys::SHARDS);
+    let listed = store
+        .list(&prefix)
+        .with_context(|| format!("cannot list {}", store.url(&prefix)))?;
+    for m in listed {
+        if let Some((st, s)) = keys::parse_shard_record(&m.key)
+            && st == stage
+            && shard.is_none_or(|mine| mine.count != s.count)
+        {
+            delete_if_present(store, &m.key)?;
+        }
+    }
+    Ok(())
+}
+
+/// What `emit` reads of a work folder's `redact` and `detect` records: one pair, or one per
+/// shard, merged and checked as a chain (selection -> redaction -> detections).
+pub(crate) struct StageRecords {
+    /// Every clip's redaction record, by video id.
+    pub redacted: BTreeMap<String, RecordRef>,
+    /// Every clip's detections record (clips with redacted frames), by video id.
+    pub detected: BTreeMap<String, RecordRef>,
+    /// The detect settings' blake3 and the object detector (the same for every shard).
+    pub config_blake3: String,
+    pub model: String,
+    pub model_blake3: String,
+}
+
+/// Reads the stage records `emit` builds a dataset from and checks them against the selection
+/// (`select_blake3`): `redact.json` and `detect.json`, or the records of every shard of one count
+/// (`run --shard I/N`). Refuses, naming them, while any clip of `included` is not processed.
+pub(crate) fn read_stage_records(
+    work: &Arc<dyn Store>,
+    select_blake3: &str,
+    included: &[String],
+) -> anyhow::Result<StageRecords> {
+    let single = match work.get(keys::REDACT) {
+        Ok(_) => true,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => {
+            return Err(
+                anyhow::Error::from(e).context(format!("cannot read {}", work.url(keys::REDACT)))
+            );
+        }
+    };
+    let mut pairs: Vec<(Option<Shard>, String, String)> = Vec::new();
+    let mut counts = std::collections::BTreeSet::new();
+    if single {
+        pairs.push((None, keys::REDACT.to_owned(), keys::DETECT.to_owned()));
+    } else {
+        let prefix = format!("{}/", keys::SHARDS);
+        for m in work
+            .list(&prefix)
+            .with_context(|| format!("cannot list {}", work.url(&prefix)))?
+        {
+            if let Some(("redact", s)) = keys::parse_shard_record(&m.key) {
+                counts.insert(s.count);
+                pairs.push((Some(s), m.key.clone(), keys::detect_record(Some(s))));
+            }
+        }
+        anyhow::ensure!(
+            !pairs.is_empty(),
+            "{} does not exist: run `clearframe redact` on this work folder first (or `clearframe run --work` with or without --shard)",
+            work.url(keys::REDACT)
+        );
+        anyhow::ensure!(
+            counts.len() == 1,
+            "{} holds shard records of {} different shard counts; rerun the shards of one count",
+            work.location(),
+            counts.len()
+        );
+    }
+    let mut out = StageRecords {
+        redacted: BTreeMap::new(),
+        detected: BTreeMap::new(),
+        config_blake3: String::new(),
+        model: String::new(),
+        model_blake3: String::new(),
+    };
+    let mut stale = Vec::new();
+    for (shard, redact_key, detect_key) in &pairs {
+        let (redact, redact_blake3): (RedactStageRecord, String) = read_record(
+            work,
+            redact_key,
+            "run `clearframe redact` on this work folder first",
+        )?;
+        if redact.select_blake3 != select_blake3 {
+            match shard {
+                None => anyhow::bail!(
+                    "select.json changed after `clearframe redact` ran; rerun redact and detect"
+                ),
+                Some(s) => {
+                    stale.push(*s);
+                    continue;
+                }
+            }
+        }
+        let detect: Option<(DetectStageRecord, String)> = match (shard, work.get(detect_key)) {
+            (Some(_), Err(e)) if e.is_not_found() => None,
+            _ => Some(read_record(
+                work,
+                detect_key,
+                "run `clearframe detect` on this work folder first",
+            )?),
+        };
+        let Some((detect, _)) = detect else {
+            stale.push(shard.expect("shards only"));
+            continue;
+        };
+        if detect.redact_blake3 != redact_blake3 {
+            match shard {
+                None => {
+                    anyhow::bail!("redact.json changed after `clearframe detect` ran; rerun detect")
+                }
+                Some(s) => {
+                    stale.push(*s);
+                    continue;
+                }
+            }
+        }
+        if out.model.is_empty() {
+            out.config_blake3.clone_from(&detect.config_blake3);
+            out.model.clone_from(&detect.model);
+            out.model_blake3.clone_from(&detect.model_blake3);
+        }
+        anyhow::ensure!(
+            (&out.config_blake3, &out.model, &out.model_blake3)
+                == (&detect.config_blake3, &detect.model, &detect.model_blake3),
+            "{}: its shard ran other settings or another object detector than the others; rerun every shard with one configuration",
+            work.url(detect_key)
+        );
+        out.redacted.extend(redact.clips);
+        out.detected.extend(detect.clips);
+    }
+    let missing: Vec<&String> = included
+        .iter()
+        .filter(|id| !out.redacted.contains_key(*id))
+        .collect();
+    if !missing.is_empty() {
+        let count = counts.first().copied().unwrap_or(1);
+        let shards: std::collections::BTreeSet<u32> = (0..count)
+            .filter(|i| {
+                let s = Shard { index: *i, count };
+                missing.iter().any(|id| s.holds(id))
+            })
+            .collect();
+        let names: Vec<&str> = missing.iter().take(20).map(|s| s.as_str()).collect();
+        anyhow::bail!(
+            "{} selected clip(s) are not processed yet: {}{}\nhint: run (or rerun) shard(s) {} of {count} (`clearframe run ... --work {} --shard I/{count}`){}",
+            missing.len(),
+            names.join(", "),
+            if missing.len() > names.len() {
+                ", ..."
+            } else {
+                ""
+            },
+            shards
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            work.location(),
+            if stale.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; stale or unfinished: {}",
+                    stale
+                        .iter()
+                        .map(Shard::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
+    Ok(out)
 }
 
 /// Pretty JSON with a trailing newline, as every record is written.

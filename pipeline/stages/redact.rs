@@ -14,12 +14,12 @@ use serde::Serialize;
 
 use super::{
     ClipInfo, ClipRedactionRecord, ClipStatus, REDACT_FORMAT, RecordRef, RedactStageRecord,
-    RedactedFrameRecord, keys,
+    RedactedFrameRecord, Shard, keys,
 };
 use crate::config::Config;
 use crate::consent::{ConsentedClip, readmit_selection};
 use crate::emit::ConsentBasis;
-use crate::engine::{ClipError, Ctx, Models, StageTimes};
+use crate::engine::{ClipError, Ctx, ModelIds, Models, StageTimes};
 use crate::records::SelectRecord;
 use crate::storage::ObjectRef;
 use crate::storage::{Location, Sources, Store, StoreArgs, Uploader};
@@ -45,12 +45,20 @@ pub struct RedactArgs {
     /// Redo every clip, even those whose record is up to date.
     #[arg(long)]
     pub force: bool,
+    /// Hash every clip to decide whether its record is up to date, even when the catalog gives
+    /// its blake3 (by default such a clip is not read again: decoding checks that hash anyway).
+    #[arg(long)]
+    pub rehash: bool,
     /// Where clips may be read from besides the catalog's own folder or S3 prefix
     /// (comma-separated URLs); a clip elsewhere fails when it is opened.
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub sources: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Only this shard's clips (`clearframe run --shard`); its record is
+    /// `shards/redact-<I>-of-<N>.json`.
+    #[arg(skip)]
+    pub shard: Option<super::Shard>,
 }
 
 /// What `redact` did.
@@ -66,6 +74,8 @@ pub struct RedactOutcome {
     pub withheld: u64,
     /// Clips deleted because the selection no longer includes them.
     pub dropped: usize,
+    /// Whether the models were loaded (not when every clip was up to date).
+    pub models_loaded: bool,
 }
 
 /// The selection recorded in a work folder: `select.json`, its blake3, and the included clips.
@@ -96,7 +106,9 @@ pub(crate) fn read_selection(work: &Arc<dyn Store>) -> anyhow::Result<RecordedSe
     })
 }
 
-/// The key of a clip's redaction: everything the redacted frames and the record follow from.
+/// The key of a clip's redaction: everything the redacted frames follow from (the clip's bytes
+/// and catalog line, the settings, the models, the versions). The consent basis is not in it:
+/// a consent change alone redoes no vision work, it only rewrites the record's basis.
 fn clip_key(
     clip: &ConsentedClip,
     source_blake3: &str,
@@ -110,7 +122,6 @@ fn clip_key(
         clearframe: &'a str,
         uri: &'a str,
         source_blake3: &'a str,
-        consent: ConsentBasis,
         clip: &'a crate::records::CatalogClip,
         config: &'a Config,
         models: &'a BTreeMap<String, String>,
@@ -122,7 +133,6 @@ fn clip_key(
             clearframe: env!("CARGO_PKG_VERSION"),
             uri: &clip.clip().uri,
             source_blake3,
-            consent: ConsentBasis::from(clip.basis()),
             clip: clip.clip(),
             config,
             models,
@@ -133,11 +143,23 @@ fn clip_key(
     )
 }
 
-/// blake3 of a clip's bytes, read from its store (to decide whether its record is up to date).
-fn source_blake3(ctx: &Ctx<'_>, clip: &ConsentedClip) -> anyhow::Result<String> {
-    let (store, key) = ctx
-        .sources
-        .resolve(&ctx.catalog_store, &clip.clip().uri, &ctx.s3)?;
+/// Where clips are opened from.
+struct Opener {
+    catalog_store: Arc<dyn Store>,
+    sources: Sources,
+    s3: crate::storage::S3Options,
+}
+
+/// blake3 of a clip's bytes, to decide whether its record is up to date: the catalog's, unless
+/// `rehash` (or the catalog gives none), else read from its store.
+fn source_blake3(opener: &Opener, clip: &ConsentedClip, rehash: bool) -> anyhow::Result<String> {
+    if !rehash && let Some(b) = &clip.clip().blake3 {
+        return Ok(b.to_ascii_lowercase());
+    }
+    let (store, key) =
+        opener
+            .sources
+            .resolve(&opener.catalog_store, &clip.clip().uri, &opener.s3)?;
     if let Location::Local(root) = store.location() {
         return Ok(crate::hashing::hash_file(&root.join(&key))?);
     }
@@ -157,15 +179,25 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
     let catalog = ObjectRef::open(&catalog_url, &s3)?;
     let sources = Sources::new(catalog.store.location(), &args.sources)?;
     let config = Config::effective(args.config.as_deref(), args.fps)?;
-    let models = Models::load(&config)?;
+    // The models' identities come from the manifest: a rebuild with nothing to redo loads none.
+    let ids = ModelIds::of(&config)?;
+    let mut models: Option<Models> = None;
+    let shard = args.shard;
 
     // Writes will be accepted (S3: a probe object, SSE confirmed) before anything is deleted.
     work.probe_write()
         .with_context(|| format!("a probe write to {} was refused", work.location()))?;
     // From here on the work folder's redaction is not complete.
-    super::delete_if_present(&work, keys::REDACT)?;
+    let stage_key = keys::redact_record(shard);
+    super::delete_if_present(&work, &stage_key)?;
+    super::clear_other_records(&work, "redact", shard)?;
+    let mine: Vec<&ConsentedClip> = selection
+        .included
+        .iter()
+        .filter(|c| Shard::owns(shard, &c.clip().video_id))
+        .collect();
     let mut outcome = RedactOutcome {
-        clips: selection.included.len(),
+        clips: mine.len(),
         ..RedactOutcome::default()
     };
     let included: std::collections::BTreeSet<&str> = selection
@@ -174,7 +206,7 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
         .map(|c| c.clip().video_id.as_str())
         .collect();
     for gone in super::listed_clips(&work, keys::REDACTED)? {
-        if !included.contains(gone.as_str()) {
+        if !included.contains(gone.as_str()) && Shard::owns(shard, &gone) {
             tracing::info!(video_id = %gone, "the selection no longer includes this clip; its frames are deleted");
             super::delete_clip_frames(&work, &gone)?;
             super::delete_if_present(&work, &keys::clip_redaction(&gone))?;
@@ -182,34 +214,63 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
         }
     }
 
-    let mut ctx = Ctx {
-        models: &models,
-        config_blake3: config.blake3(),
-        config: &config,
-        ffmpeg: crate::media::ffmpeg_version(),
+    let opener = Opener {
         catalog_store: Arc::clone(&catalog.store),
         sources,
         s3: s3.clone(),
-        times: StageTimes::default(),
     };
-    let bar = crate::summary::progress_bar(selection.included.len() as u64, "clips", progress);
+    let ffmpeg = crate::media::ffmpeg_version();
+    let bar = crate::summary::progress_bar(mine.len() as u64, "clips", progress);
     let mut clips = BTreeMap::new();
-    for clip in &selection.included {
+    for clip in mine {
         let id = clip.clip().video_id.clone();
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
         let record_key = keys::clip_redaction(&id);
-        let record = match (!args.force)
-            .then(|| up_to_date(&ctx, &work, clip))
-            .transpose()?
-            .flatten()
-        {
-            Some(record) => {
+        let kept = if args.force {
+            None
+        } else {
+            up_to_date(&opener, &ids, &config, &ffmpeg, &work, clip, args.rehash)?
+        };
+        let record = match kept {
+            Some(mut record) => {
                 tracing::info!("up to date; kept");
                 outcome.reused += 1;
+                match record.status {
+                    ClipStatus::Redacted => {}
+                    ClipStatus::Failed => outcome.failed += 1,
+                    ClipStatus::Excluded => outcome.excluded += 1,
+                }
+                // A consent change alone: the same frames, on the new basis.
+                let basis = ConsentBasis::from(clip.basis());
+                if record.consent != basis {
+                    if let Some(info) = &mut record.info {
+                        info.provenance.consent = basis.clone();
+                    }
+                    record.consent = basis;
+                }
                 record
             }
             None => {
+                if models.is_none() {
+                    let loaded = Models::load(&config)?;
+                    anyhow::ensure!(
+                        loaded.ids() == ids,
+                        "the loaded models differ from the manifest's (a bug)"
+                    );
+                    models = Some(loaded);
+                    outcome.models_loaded = true;
+                }
+                let mut ctx = Ctx {
+                    models: models.as_ref().expect("loaded above"),
+                    config_blake3: config.blake3(),
+                    config: &config,
+                    ffmpeg: ffmpeg.clone(),
+                    catalog_store: Arc::clone(&opener.catalog_store),
+                    sources: opener.sources.clone(),
+                    s3: opener.s3.clone(),
+                    times: StageTimes::default(),
+                };
                 let record = redact_one(&mut ctx, &work, clip)?;
                 match record.status {
                     ClipStatus::Redacted => {}
@@ -243,17 +304,21 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
         config: config.clone(),
         clips,
     };
-    work.put_record(keys::REDACT, super::record_bytes(&stage).into())
-        .with_context(|| format!("cannot write {}", work.url(keys::REDACT)))?;
+    work.put_record(&stage_key, super::record_bytes(&stage).into())
+        .with_context(|| format!("cannot write {}", work.url(&stage_key)))?;
     Ok(outcome)
 }
 
 /// The clip's existing record, if it was made from the same inputs and settings, finished, and
 /// every frame it lists is still there.
 fn up_to_date(
-    ctx: &Ctx<'_>,
+    opener: &Opener,
+    ids: &ModelIds,
+    config: &Config,
+    ffmpeg: &str,
     work: &Arc<dyn Store>,
     clip: &ConsentedClip,
+    rehash: bool,
 ) -> anyhow::Result<Option<ClipRedactionRecord>> {
     let id = &clip.clip().video_id;
     let key = keys::clip_redaction(id);
@@ -270,19 +335,26 @@ fn up_to_date(
             return Err(anyhow::Error::from(e).context(format!("cannot read {}", work.url(&key))));
         }
     };
-    if old.status != ClipStatus::Redacted {
+    // A finished clip, or one that would fail the same way again (same bytes, same settings).
+    let settled = match old.status {
+        ClipStatus::Redacted => true,
+        ClipStatus::Failed | ClipStatus::Excluded => {
+            old.code.is_some_and(crate::records::FailureCode::repeats)
+        }
+    };
+    if !settled || old.key.is_empty() {
         return Ok(None);
     }
-    let Ok(source) = source_blake3(ctx, clip) else {
+    let Ok(source) = source_blake3(opener, clip, rehash) else {
         return Ok(None);
     };
     let expected = clip_key(
         clip,
         &source,
-        ctx.config,
-        &ctx.models.provenance,
-        &ctx.ffmpeg,
-        &ctx.models.onnxruntime,
+        config,
+        &ids.provenance,
+        ffmpeg,
+        &ids.onnxruntime,
     );
     if old.key != expected {
         return Ok(None);
@@ -359,17 +431,22 @@ fn redact_one(
             )
         }
     };
-    let key = match &r.info {
-        Some(info) => clip_key(
+    // The bytes' hash, as opened; for a clip left out before it was opened (the indoor policy),
+    // the catalog's. Without one the clip is tried again next time.
+    let source = r
+        .source_blake3
+        .clone()
+        .or_else(|| c.blake3.as_ref().map(|b| b.to_ascii_lowercase()));
+    let key = source.map_or_else(String::new, |source| {
+        clip_key(
             clip,
-            &info.provenance.source_blake3,
+            &source,
             ctx.config,
             &ctx.models.provenance,
             &ctx.ffmpeg,
             &ctx.models.onnxruntime,
-        ),
-        None => String::new(),
-    };
+        )
+    });
     Ok(ClipRedactionRecord {
         video_id: c.video_id.clone(),
         uri: c.uri.clone(),

@@ -1,0 +1,219 @@
+//! Nightly rebuilds: `run --work` reuses what is unchanged and gives the bytes of a plain `run`;
+//! shards run in parallel (as a Kubernetes Indexed Job runs them) merge into the same dataset;
+//! a revocation erases the clip from the work folder and the dataset without redoing vision work.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::common::{clearframe, fixture};
+use crate::run_s3::{assert_same_files, local_files};
+
+const AS_OF: &str = "2026-11-01T00:00:00Z";
+
+/// `clearframe run` on the demo with `ledger`, `extra` arguments appended.
+fn run(ledger: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = clearframe();
+    cmd.args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
+        .arg(fixture("demo-catalog.jsonl"))
+        .arg("--ledger")
+        .arg(ledger)
+        .args(extra);
+    cmd
+}
+
+fn stdout(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stdout).to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The plain run's dataset, the reference every other build is compared with.
+fn reference(dir: &Path, ledger: &Path) -> BTreeMap<String, Vec<u8>> {
+    let plain = dir.join(format!(
+        "plain-{}",
+        ledger.file_stem().unwrap().to_str().unwrap()
+    ));
+    run(ledger, &["--out", s(&plain)]).assert().code(1);
+    local_files(&plain)
+}
+
+#[test]
+fn run_with_a_work_folder_reuses_every_clip_and_gives_the_plain_runs_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    let ledger = fixture("demo-ledger.jsonl");
+    let expected = reference(tmp.path(), &ledger);
+
+    let a = run(&ledger, &["--work", s(&work), "--out", s(&out)])
+        .assert()
+        .code(1);
+    assert!(stdout(&a).contains("5 redone"), "{}", stdout(&a));
+    assert_same_files(&expected, &local_files(&out));
+
+    // Nothing changed: nothing redone (the corrupt clip's failure repeats and is kept), no model
+    // loaded, nothing written to the dataset; still exit 1 for the failed clip.
+    let a = run(&ledger, &["--work", s(&work), "--out", s(&out)])
+        .assert()
+        .code(1);
+    let text = stdout(&a);
+    assert!(
+        text.contains("0 redone")
+            && text.contains("5 up to date, 1 failed")
+            && text.contains("models not loaded")
+            && text.contains("nothing written"),
+        "{text}"
+    );
+    assert_same_files(&expected, &local_files(&out));
+
+    // A frame removed from the dataset is written again: an incomplete dataset is not skipped.
+    let frame = out.join("frames/v-street-bikes/000000.jpg");
+    std::fs::remove_file(&frame).unwrap();
+    run(&ledger, &["--work", s(&work), "--out", s(&out)])
+        .assert()
+        .code(1);
+    assert_same_files(&expected, &local_files(&out));
+}
+
+/// Shard `index` of `count` as a Kubernetes Indexed Job pod runs it: `--shard env/N` and
+/// `JOB_COMPLETION_INDEX`.
+fn shard(ledger: &Path, work: &Path, index: u32, count: u32) -> std::process::Child {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("clearframe"));
+    cmd.args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
+        .arg(fixture("demo-catalog.jsonl"))
+        .arg("--ledger")
+        .arg(ledger)
+        .arg("--work")
+        .arg(work)
+        .arg("--shard")
+        .arg(format!("env/{count}"))
+        .env("JOB_COMPLETION_INDEX", index.to_string())
+        .env_remove("AWS_BATCH_JOB_ARRAY_INDEX")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
+fn emit(work: &Path, out: &Path) -> assert_cmd::assert::Assert {
+    clearframe()
+        .arg("emit")
+        .arg("--work")
+        .arg(work)
+        .arg("--out")
+        .arg(out)
+        .assert()
+}
+
+#[test]
+fn shards_in_parallel_merge_into_the_single_process_dataset_and_emit_waits_for_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    let ledger = fixture("demo-ledger.jsonl");
+    let expected = reference(tmp.path(), &ledger);
+
+    // Two of three shards, at once.
+    let running: Vec<_> = (0..2).map(|i| shard(&ledger, &work, i, 3)).collect();
+    for child in running {
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.code().is_some_and(|c| c <= 1),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("no dataset written by a shard"),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    // The third shard's clips are missing: emit refuses, naming them, and writes nothing.
+    let missing: Vec<String> = ["v-bunny-yard", "v-car-front", "v-corrupt", "v-living-room"]
+        .into_iter()
+        .chain(["v-street-bikes"])
+        .filter(|id| clearframe_shard_of(id, 3) == 2)
+        .map(str::to_owned)
+        .collect();
+    assert!(!missing.is_empty(), "the demo puts a clip in shard 2 of 3");
+    let a = emit(&work, &out).code(2);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(err.contains("not processed yet"), "{err}");
+    for id in &missing {
+        assert!(err.contains(id.as_str()), "{id} not named: {err}");
+    }
+    assert!(err.contains("2 of 3"), "{err}");
+    assert!(!out.exists(), "nothing written while a shard is missing");
+
+    let o = shard(&ledger, &work, 2, 3).wait_with_output().unwrap();
+    assert!(o.status.code().is_some_and(|c| c <= 1));
+    emit(&work, &out).code(1);
+    assert_same_files(&expected, &local_files(&out));
+    clearframe().arg("verify").arg(&out).assert().success();
+}
+
+/// The shard of `video_id` among `count`: the first eight bytes of its blake3, little-endian.
+fn clearframe_shard_of(video_id: &str, count: u64) -> u64 {
+    let h = blake3::hash(video_id.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap()) % count
+}
+
+/// Every file below `root` whose path or bytes name `id`.
+fn mentions(root: &Path, id: &str) -> Vec<PathBuf> {
+    local_files(root)
+        .into_iter()
+        .filter(|(k, v)| k.contains(id) || v.windows(id.len()).any(|w| w == id.as_bytes()))
+        .map(|(k, _)| root.join(k))
+        .collect()
+}
+
+#[test]
+fn a_revocation_erases_the_clip_from_work_and_dataset_without_redoing_vision_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    run(
+        &fixture("demo-ledger.jsonl"),
+        &["--work", s(&work), "--out", s(&out)],
+    )
+    .assert()
+    .code(1);
+    assert!(!mentions(&out, "v-car-front").is_empty());
+
+    // acct-1 revokes the grant v-car-front (and the corrupt clip) rest on.
+    let ledger = tmp.path().join("revoked.jsonl");
+    let mut text = std::fs::read_to_string(fixture("demo-ledger.jsonl")).unwrap();
+    text.push_str("{\"event_id\":\"e-99\",\"type\":\"consent.revoked\",\"owner_id\":\"acct-1\",\"at\":\"2026-10-30T00:00:00Z\",\"grant_id\":\"e-1\"}\n");
+    std::fs::write(&ledger, text).unwrap();
+    let a = run(&ledger, &["--work", s(&work), "--out", s(&out)])
+        .assert()
+        .success();
+    let text = stdout(&a);
+    assert!(
+        text.contains("2 dropped") && text.contains("models not loaded"),
+        "a consent change alone redoes no vision work: {text}"
+    );
+    // Nothing derived from the revoked clip is left: in the dataset nothing names it at all; in
+    // the work folder only the selection's own decision line does (an exclusion).
+    assert_eq!(mentions(&out, "v-car-front"), Vec::<PathBuf>::new());
+    assert_eq!(
+        mentions(&work, "v-car-front"),
+        vec![work.join("selection.jsonl")]
+    );
+    let line = std::fs::read_to_string(work.join("selection.jsonl"))
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("v-car-front"))
+        .unwrap()
+        .to_owned();
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["decision"], "exclude");
+    // And the result is what a plain run on the new ledger gives.
+    assert_same_files(&reference_ok(tmp.path(), &ledger), &local_files(&out));
+    clearframe().arg("verify").arg(&out).assert().success();
+}
+
+/// The plain run's dataset when every included clip goes through (exit 0).
+fn reference_ok(dir: &Path, ledger: &Path) -> BTreeMap<String, Vec<u8>> {
+    let plain = dir.join("plain-ok");
+    run(ledger, &["--out", s(&plain)]).assert().success();
+    local_files(&plain)
+}
