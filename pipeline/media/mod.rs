@@ -553,6 +553,62 @@ mod tests {
     }
 
     #[test]
+    fn tiny_frames_past_a_frame_limit_or_an_early_drop_do_not_hang_the_decoder() {
+        // Regression (found in review before it landed): with a bounded channel for this run's
+        // showinfo lines, ffmpeg printed more lines than the bound while its pipe still held
+        // frames (a 4x4 frame is 48 bytes, 1,365 of them fit in 64 KiB), the stderr thread
+        // blocked on the full channel, and stopping the decoder (at a frame limit, or when a
+        // clip fails) joined that thread forever.
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = dir.path().join("tiny.mkv");
+        ffmpeg_out(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=4x4:rate=100",
+            "-frames:v",
+            "5000",
+            "-c:v",
+            "ffv1",
+            tiny.to_str().unwrap(),
+        ]);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(2);
+        let limited = tiny.clone();
+        let tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let opts = DecodeOptions {
+                limits: DecodeLimits {
+                    max_frames: 100,
+                    ..DecodeLimits::default()
+                },
+                ..DecodeOptions::default()
+            };
+            let dec = Decoder::open(Input::Path(limited), &opts).unwrap();
+            let last = dec.last().unwrap();
+            let _ = tx.send(matches!(
+                last,
+                Err(MediaError::Limit {
+                    limit: Limit::Frames,
+                    ..
+                })
+            ));
+        });
+        std::thread::spawn(move || {
+            let mut dec = Decoder::open(Input::Path(tiny), &DecodeOptions::default()).unwrap();
+            let first = dec.next().is_some_and(|f| f.is_ok());
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            drop(dec);
+            let _ = done_tx.send(first);
+        });
+        for _ in 0..2 {
+            let ok = done_rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the decoder hung");
+            assert!(ok);
+        }
+    }
+
+    #[test]
     fn a_decoded_frame_is_never_emitted_twice() {
         // Regression: sampling faster than the clip's own rate repeated frames (the `fps`
         // filter duplicates), so a two-frame clip with an hour between its frames became
