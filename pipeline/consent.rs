@@ -267,6 +267,18 @@ struct ShareState<'a> {
     latest: usize,
 }
 
+/// Why a recorded basis no longer holds ([`ConsentIndex::basis_lost`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BasisLost {
+    /// `video_deleted`, `account_deleted`, `revoked`, `expired`, `unshared`, or
+    /// `basis_not_in_ledger`.
+    pub code: &'static str,
+    /// The ledger event that ended the basis.
+    pub event_id: Option<String>,
+    /// The event, as a person reads it (kind, id, line, instant).
+    pub event: String,
+}
+
 /// The ledger as it stood at one instant, indexed for per-clip decisions.
 pub struct ConsentIndex<'a> {
     ledger: &'a Ledger,
@@ -453,6 +465,81 @@ impl<'a> ConsentIndex<'a> {
             return say(&|| format!("it was revoked by {}", self.describe(r)));
         }
         None
+    }
+
+    /// Whether the basis a dataset recorded for `video_id` (the ledger event `event_id`, a grant
+    /// or a public share) still holds at this index's instant, and if not, why: the reason code
+    /// and the event that ended it. Used on an older dataset, whose items carry their basis but
+    /// not the catalog line: a basis that no longer holds makes its items no longer allowed as
+    /// they are, even if another event might admit the clip again in a new build.
+    pub fn basis_lost(&self, video_id: &str, event_id: &str) -> Option<BasisLost> {
+        let ev = &self.ledger.events;
+        let id = |i: usize| ev[i].event.common().0.to_string();
+        let lost = |code: &'static str, i: usize| {
+            Some(BasisLost {
+                code,
+                event_id: Some(id(i)),
+                event: self.describe(i),
+            })
+        };
+        if let Some(&i) = self.deleted_videos.get(video_id) {
+            return lost("video_deleted", i);
+        }
+        let basis = ev
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.event.common().0 == event_id && s.event.common().2 <= self.as_of);
+        let Some((b, stored)) = basis else {
+            return Some(BasisLost {
+                code: "basis_not_in_ledger",
+                event_id: Some(event_id.to_owned()),
+                event: format!(
+                    "no event {event_id:?} at or before {} in this ledger",
+                    self.as_of
+                ),
+            });
+        };
+        let owner = stored.event.common().1;
+        if let Some(&i) = self.deleted_accounts.get(owner) {
+            return lost("account_deleted", i);
+        }
+        match &stored.event {
+            LedgerEvent::ConsentGranted(g) => {
+                if let Some(expires) = g.expires_at
+                    && expires <= self.as_of
+                {
+                    return Some(BasisLost {
+                        code: "expired",
+                        event_id: Some(id(b)),
+                        event: format!("{} expired at {expires}", self.describe(b)),
+                    });
+                }
+                if let Some(&r) = self.revoked_grants.get(g.event_id.as_str()) {
+                    return lost("revoked", r);
+                }
+                if let Some(&r) = self.blanket_revocations.get(g.owner_id.as_str())
+                    && g.at <= ev[r].event.common().2
+                {
+                    return lost("revoked", r);
+                }
+                None
+            }
+            LedgerEvent::NeighborsShared(sh) if sh.video_id == video_id => {
+                match self.sharing.get(video_id) {
+                    Some(state) if state.qualifying.is_some_and(|(o, _)| o == owner) => None,
+                    Some(state) => lost("unshared", state.latest),
+                    None => lost("unshared", b),
+                }
+            }
+            _ => Some(BasisLost {
+                code: "basis_not_in_ledger",
+                event_id: Some(event_id.to_owned()),
+                event: format!(
+                    "{} is not a grant or a public share of {video_id}",
+                    self.describe(b)
+                ),
+            }),
+        }
     }
 
     /// Decides one valid clip: erasure first, then a consent basis, then a Neighbors basis.

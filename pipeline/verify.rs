@@ -351,6 +351,89 @@ pub struct VerifyArgs {
     /// Print the report as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also check the dataset's items against this consent ledger (a path, file:///path or
+    /// s3://bucket/key): list every clip whose recorded basis no longer holds at --as-of
+    /// (revoked, expired, unshared, deleted, account deleted), with the event, and exit 1.
+    #[arg(long, value_name = "URL")]
+    pub ledger: Option<String>,
+    /// The instant for --ledger (RFC 3339 with an offset). Default: now.
+    #[arg(long, requires = "ledger", value_parser = crate::stages::select::parse_timestamp)]
+    pub as_of: Option<jiff::Timestamp>,
+}
+
+/// A clip of a dataset whose recorded basis no longer holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NoLongerAllowed {
+    pub video_id: String,
+    /// The event the dataset recorded as the clip's basis.
+    pub basis_event_id: String,
+    /// Why it no longer holds: `revoked`, `expired`, `unshared`, `video_deleted`,
+    /// `account_deleted` or `basis_not_in_ledger`.
+    pub code: String,
+    /// The event that ended it.
+    pub event_id: Option<String>,
+    /// The event, as a person reads it.
+    pub event: String,
+    /// The clip's items in the dataset (frame paths, from the manifest).
+    pub frames: Vec<String>,
+}
+
+/// What consent at one instant says of a dataset's items ([`consent_check`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsentReport {
+    /// The instant checked.
+    pub as_of: String,
+    /// blake3 of the ledger read.
+    pub ledger_blake3: String,
+    /// Clips checked (the dataset's included clips).
+    pub clips: u64,
+    /// Clips whose basis no longer holds, by video id.
+    pub no_longer_allowed: Vec<NoLongerAllowed>,
+}
+
+/// Checks every clip of the dataset in `dir` against `ledger` at `as_of`: its recorded basis
+/// (the dataset's `selection.jsonl`) must still hold. A ledger that cannot be read is an error.
+pub fn consent_check(
+    dir: &Path,
+    ledger: &[u8],
+    ledger_name: &str,
+    as_of: jiff::Timestamp,
+) -> anyhow::Result<ConsentReport> {
+    use anyhow::Context;
+    let parsed = crate::consent::Ledger::parse(ledger, ledger_name)
+        .context("the consent ledger is unusable")?;
+    let index = parsed.index(as_of);
+    let selection = std::fs::read(dir.join(paths::SELECTION))
+        .with_context(|| format!("cannot read {}", dir.join(paths::SELECTION).display()))?;
+    let manifest = std::fs::read_to_string(dir.join(paths::MANIFEST))
+        .with_context(|| format!("cannot read {}", dir.join(paths::MANIFEST).display()))?;
+    let mut frames: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in manifest.lines().filter(|l| !l.trim().is_empty()) {
+        let e: ManifestEntry = serde_json::from_str(line).context("manifest.jsonl")?;
+        frames.entry(e.video_id).or_default().push(e.path);
+    }
+    let mut report = ConsentReport {
+        as_of: as_of.to_string(),
+        ledger_blake3: hashing::hash_bytes(ledger),
+        clips: 0,
+        no_longer_allowed: Vec::new(),
+    };
+    for line in selection.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let l: emit::ShippedSelectionLine =
+            serde_json::from_slice(line).context("selection.jsonl")?;
+        report.clips += 1;
+        if let Some(lost) = index.basis_lost(&l.video_id, &l.basis.event_id) {
+            report.no_longer_allowed.push(NoLongerAllowed {
+                frames: frames.remove(&l.video_id).unwrap_or_default(),
+                video_id: l.video_id,
+                basis_event_id: l.basis.event_id,
+                code: lost.code.to_owned(),
+                event_id: lost.event_id,
+                event: lost.event,
+            });
+        }
+    }
+    Ok(report)
 }
 
 /// Runs `clearframe verify`: prints the report to stdout, exits 0 when the dataset verifies and
@@ -358,17 +441,62 @@ pub struct VerifyArgs {
 pub fn run_cli(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
     let report = verify(&args.dir).with_context(|| format!("verifying {}", args.dir.display()))?;
+    let consent = match &args.ledger {
+        None => None,
+        Some(url) => {
+            let ledger =
+                crate::storage::ObjectRef::open(url, &crate::storage::S3Options::default())?;
+            let bytes = ledger
+                .get()
+                .with_context(|| format!("cannot read consent ledger {}", ledger.url))?;
+            let as_of = args.as_of.unwrap_or_else(jiff::Timestamp::now);
+            Some(consent_check(&args.dir, &bytes, &ledger.url, as_of)?)
+        }
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        match &consent {
+            None => println!("{}", serde_json::to_string_pretty(&report)?),
+            Some(c) => println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"verify": report, "consent": c}))?
+            ),
+        }
     } else {
         println!("{report}");
+        if let Some(c) = &consent {
+            let n: usize = c.no_longer_allowed.iter().map(|x| x.frames.len()).sum();
+            println!(
+                "consent at {}: {} of {} clips ({n} frames) no longer allowed",
+                c.as_of,
+                c.no_longer_allowed.len(),
+                c.clips
+            );
+            for x in &c.no_longer_allowed {
+                println!(
+                    "  {}: {} by {} ({} frames, basis {})",
+                    x.video_id,
+                    x.code,
+                    x.event,
+                    x.frames.len(),
+                    x.basis_event_id
+                );
+            }
+        }
     }
     if !report.ok() {
         eprintln!(
             "hint: the dataset differs from what was emitted; re-run `clearframe run` or restore the files named above"
         );
     }
-    Ok(if report.ok() {
+    let revoked = consent
+        .as_ref()
+        .is_some_and(|c| !c.no_longer_allowed.is_empty());
+    if revoked {
+        eprintln!(
+            "hint: rebuild the dataset (`clearframe run ... --work W --out D`) and delete your copies of the items listed"
+        );
+    }
+    Ok(if report.ok() && !revoked {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -487,7 +487,9 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     assert_eq!(
         run_cli(&VerifyArgs {
             dir: dir.clone(),
-            json: false
+            json: false,
+            ledger: None,
+            as_of: None,
         })
         .unwrap(),
         std::process::ExitCode::SUCCESS
@@ -538,7 +540,13 @@ fn any_changed_byte_fails_verify_naming_the_file() {
         "{report}"
     );
     assert_eq!(
-        run_cli(&VerifyArgs { dir, json: true }).unwrap(),
+        run_cli(&VerifyArgs {
+            dir,
+            json: true,
+            ledger: None,
+            as_of: None,
+        })
+        .unwrap(),
         std::process::ExitCode::from(1)
     );
 }

@@ -183,6 +183,26 @@ fn a_revocation_erases_the_clip_from_work_and_dataset_without_redoing_vision_wor
     let mut text = std::fs::read_to_string(fixture("demo-ledger.jsonl")).unwrap();
     text.push_str("{\"event_id\":\"e-99\",\"type\":\"consent.revoked\",\"owner_id\":\"acct-1\",\"at\":\"2026-10-30T00:00:00Z\",\"grant_id\":\"e-1\"}\n");
     std::fs::write(&ledger, text).unwrap();
+    // The dataset as it stands: `verify --ledger` lists the clips it no longer allows, with the
+    // event, and fails; at an instant before the revocation it allows them all.
+    let a = clearframe()
+        .arg("verify")
+        .arg(&out)
+        .args(["--ledger", s(&ledger), "--as-of", AS_OF])
+        .assert()
+        .code(1);
+    let said = stdout(&a);
+    assert!(
+        said.contains("v-car-front: revoked by consent.revoked \"e-99\"")
+            && said.contains("2 of 5 clips"),
+        "{said}"
+    );
+    clearframe()
+        .arg("verify")
+        .arg(&out)
+        .args(["--ledger", s(&ledger), "--as-of", "2026-10-29T00:00:00Z"])
+        .assert()
+        .success();
     let a = run(&ledger, &["--work", s(&work), "--out", s(&out)])
         .assert()
         .success();
