@@ -143,7 +143,7 @@ pub fn install_signal_cleanup() {
 }
 
 /// The inode of this process's pid namespace (0 when it cannot be read).
-fn pid_namespace() -> u64 {
+pub(crate) fn pid_namespace() -> u64 {
     std::fs::read_link("/proc/self/ns/pid")
         .ok()
         .and_then(|l| {
@@ -167,7 +167,7 @@ fn owner(name: &str) -> Option<(u32, u64)> {
     Some((pid.parse().ok()?, ns.parse().ok()?))
 }
 
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 

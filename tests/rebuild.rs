@@ -237,3 +237,97 @@ fn reference_ok(dir: &Path, ledger: &Path) -> BTreeMap<String, Vec<u8>> {
     run(ledger, &["--out", s(&plain)]).assert().success();
     local_files(&plain)
 }
+
+/// What a work folder may hold after a finished `run --work`: the records, and exactly the
+/// frames and detections they list.
+fn expected_work_files(work: &Path) -> std::collections::BTreeSet<String> {
+    let json = |k: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(work.join(k)).unwrap()).unwrap()
+    };
+    let mut keys: std::collections::BTreeSet<String> = [
+        "select.json",
+        "selection.jsonl",
+        "redact.json",
+        "detect.json",
+        "emitted.json",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for r in json("redact.json")["clips"].as_object().unwrap().values() {
+        let key = r["key"].as_str().unwrap();
+        keys.insert(key.to_owned());
+        for f in json(key)["frames"].as_array().unwrap() {
+            keys.insert(f["path"].as_str().unwrap().to_owned());
+        }
+    }
+    for r in json("detect.json")["clips"].as_object().unwrap().values() {
+        keys.insert(r["key"].as_str().unwrap().to_owned());
+    }
+    keys
+}
+
+#[test]
+fn runs_killed_at_random_points_leave_the_next_run_the_uninterrupted_dataset_and_no_orphans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, out, scratch) = (
+        tmp.path().join("work"),
+        tmp.path().join("out"),
+        tmp.path().join("tmp"),
+    );
+    std::fs::create_dir(&scratch).unwrap();
+    let ledger = fixture("demo-ledger.jsonl");
+    let expected = reference(tmp.path(), &ledger);
+    // SplitMix64: the same kill points on every run of the test.
+    let mut seed = 0x5EED_u64;
+    let mut next = || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let (mut killed, mut finished) = (0, 0);
+    for _ in 0..8 {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("clearframe"))
+            .args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
+            .arg(fixture("demo-catalog.jsonl"))
+            .arg("--ledger")
+            .arg(&ledger)
+            .args(["--work", s(&work), "--out", s(&out)])
+            .env("TMPDIR", &scratch)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50 + next() % 4000));
+        if child.try_wait().unwrap().is_some() {
+            finished += 1;
+        } else {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            killed += 1;
+        }
+    }
+    println!("SIGKILL rounds: {killed} killed, {finished} finished first");
+    assert!(killed >= 4, "only {killed} runs were killed");
+
+    let a = run(&ledger, &["--work", s(&work), "--out", s(&out)])
+        .env("TMPDIR", &scratch)
+        .assert()
+        .code(1);
+    assert!(stdout(&a).contains("5 clips"), "{}", stdout(&a));
+    // Exactly the uninterrupted dataset: the same files (no orphan), the same bytes.
+    assert_same_files(&expected, &local_files(&out));
+    clearframe().arg("verify").arg(&out).assert().success();
+    // The work folder holds its records and what they list, and nothing else (no frame of an
+    // interrupted clip, no temporary file of a killed write).
+    let present: std::collections::BTreeSet<String> = local_files(&work).into_keys().collect();
+    assert_eq!(present, expected_work_files(&work));
+    // No staging folder of a killed run survives the next command.
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}

@@ -203,7 +203,12 @@ impl Beneath {
         let (dirs, name) = split(rel)?;
         let dir = self.open_dirs(&dirs, true)?.expect("created folders exist");
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = format!("{temp_prefix}{name}.{}.{n}", std::process::id());
+        // The writer's pid and pid namespace: a later command removes what a killed one left.
+        let temp = format!(
+            "{temp_prefix}{name}.{}-{}.{n}",
+            std::process::id(),
+            crate::staging::pid_namespace()
+        );
         let path = self.root.join(rel);
         let fd = rustix::fs::openat(
             &dir,
@@ -395,6 +400,78 @@ impl Beneath {
     }
 }
 
+impl Beneath {
+    /// Removes the temporary files (`<temp_prefix><name>.<pid>-<pidns>.<n>`) that a ClearFrame
+    /// process killed mid-write left anywhere below the root: those of this pid namespace whose
+    /// process is gone. A live writer's files are left alone. Returns how many were removed.
+    pub fn sweep_temp(&self, temp_prefix: &str) -> io::Result<usize> {
+        let Some(dir) = self.open_dirs(&[], false)? else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        self.sweep_in(dir, self.root.clone(), temp_prefix, &mut removed)?;
+        Ok(removed)
+    }
+
+    fn sweep_in(
+        &self,
+        dir: OwnedFd,
+        at: PathBuf,
+        temp_prefix: &str,
+        removed: &mut usize,
+    ) -> io::Result<()> {
+        let entries =
+            rustix::fs::Dir::read_from(dir.as_fd()).map_err(|e| with_path(&at, errno(e)))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| with_path(&at, errno(e)))?;
+            let Ok(name) = std::str::from_utf8(entry.file_name().to_bytes()) else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    if let Some(sub) = self.open_dir_at(&dir, name, &at.join(name), false)? {
+                        self.sweep_in(sub, at.join(name), temp_prefix, removed)?;
+                    }
+                }
+                FileType::RegularFile
+                    if name.starts_with(temp_prefix)
+                        && temp_owner_gone(name)
+                        && rustix::fs::unlinkat(&dir, name, AtFlags::empty()).is_ok() =>
+                {
+                    tracing::info!(file = %at.join(name).display(), "removed a temporary file of a ClearFrame process that was killed");
+                    *removed += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a temporary file's writer (`….<pid>-<pidns>.<n>`) is a process of this pid namespace
+/// that no longer exists.
+fn temp_owner_gone(name: &str) -> bool {
+    let mut parts = name.rsplit('.');
+    let (Some(_n), Some(owner)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let Some((pid, ns)) = owner.split_once('-') else {
+        return false;
+    };
+    let (Ok(pid), Ok(ns)) = (pid.parse::<u32>(), ns.parse::<u64>()) else {
+        return false;
+    };
+    ns == crate::staging::pid_namespace()
+        && pid != std::process::id()
+        && !crate::staging::process_alive(pid)
+}
+
 fn with_path(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
@@ -403,6 +480,40 @@ fn with_path(path: &Path, e: io::Error) -> io::Error {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn temporary_files_of_killed_writers_are_swept_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("out");
+        std::fs::create_dir_all(root.join("frames/v")).unwrap();
+        let ns = crate::staging::pid_namespace();
+        let mut done = std::process::Command::new("true").spawn().unwrap();
+        let dead = done.id();
+        done.wait().unwrap();
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let (gone, kept, other_ns) = (
+            format!("frames/v/.t.000001.jpg.{dead}-{ns}.0"),
+            format!("frames/v/.t.000002.jpg.{}-{ns}.0", live.id()),
+            format!(".t.dataset.json.{dead}-{}.3", ns + 1),
+        );
+        for f in [&gone, &kept, &other_ns] {
+            std::fs::write(root.join(f), b"half").unwrap();
+        }
+        std::fs::write(root.join("frames/v/000003.jpg"), b"a frame").unwrap();
+        assert_eq!(Beneath::new(&root).sweep_temp(".t.").unwrap(), 1);
+        live.kill().unwrap();
+        live.wait().unwrap();
+        assert!(!root.join(&gone).exists());
+        assert!(root.join(&kept).exists(), "a live writer's file is kept");
+        assert!(
+            root.join(&other_ns).exists(),
+            "another pid namespace's file is kept"
+        );
+        assert!(root.join("frames/v/000003.jpg").exists());
+    }
 
     #[test]
     fn links_inside_the_root_are_never_followed() {

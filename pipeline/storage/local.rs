@@ -107,6 +107,13 @@ impl Store for LocalStore {
         &self.location
     }
 
+    fn probe_write(&self) -> Result<()> {
+        self.beneath
+            .sweep_temp(TEMP_PREFIX)
+            .map(drop)
+            .map_err(|e| io_err("sweep", &self.root, e))
+    }
+
     fn get(&self, key: &str) -> Result<Bytes> {
         let mut file = self.open(key)?;
         let mut buf = Vec::new();

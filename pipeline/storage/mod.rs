@@ -333,7 +333,8 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Checks, before anything is deleted or replaced, that writes here will be accepted: S3
     /// writes a small probe object ([`PROBE_PREFIX`]), checks the server confirms the required
-    /// encryption, and deletes it again. Local folders need no probe.
+    /// encryption, and deletes it again. Local folders need no probe; there it removes the
+    /// temporary files that a ClearFrame process killed mid-write left (S3 puts leave none).
     fn probe_write(&self) -> Result<()> {
         Ok(())
     }
