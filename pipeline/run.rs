@@ -157,7 +157,18 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
     // (redacted outputs only) and uploaded from there: frames as they are emitted, overlapping
     // the compute, then the other files, and `dataset.json` last.
     let clips: BTreeSet<String> = included.iter().map(|c| c.clip().video_id.clone()).collect();
-    let mut dataset = DatasetWriter::start(dest, &clips, inputs)?;
+    let ledger_bytes = ledger
+        .get()
+        .with_context(|| format!("cannot read consent ledger {}", ledger.url))?;
+    anyhow::ensure!(
+        crate::hashing::hash_bytes(&ledger_bytes) == inputs.ledger_blake3,
+        "the consent ledger {} changed while the run read it; nothing was written",
+        ledger.url
+    );
+    let removal =
+        crate::stages::removal_reasons(dest.previous(), &clips, &ledger_bytes, &ledger.url, as_of)?;
+    drop(ledger_bytes);
+    let mut dataset = DatasetWriter::start(dest, &clips, inputs, removal)?;
     let mut ctx = Ctx {
         models: &models,
         config_blake3: config.blake3(),

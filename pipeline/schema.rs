@@ -23,6 +23,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("select-record", s::<records::SelectRecord>()),
         ("manifest-entry", s::<crate::emit::ManifestEntry>()),
         ("dataset", s::<crate::emit::DatasetRecord>()),
+        ("removed-clip", s::<crate::emit::RemovedClip>()),
+        ("changes", s::<crate::emit::ChangesRecord>()),
         ("redaction-report", s::<crate::redact::RedactionReport>()),
         ("run-config", s::<crate::config::Config>()),
         ("redact-record", s::<crate::stages::RedactStageRecord>()),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::common::{clearframe, fixture};
-use crate::run_s3::{assert_same_files, local_files};
+use crate::run_s3::{assert_same_dataset, assert_same_files, local_files};
 
 const AS_OF: &str = "2026-11-01T00:00:00Z";
 
@@ -68,12 +68,17 @@ fn run_with_a_work_folder_reuses_every_clip_and_gives_the_plain_runs_bytes() {
     assert_same_files(&expected, &local_files(&out));
 
     // A frame removed from the dataset is written again: an incomplete dataset is not skipped.
+    // (The same version, over the previous one: its change log says every clip was kept.)
     let frame = out.join("frames/v-street-bikes/000000.jpg");
     std::fs::remove_file(&frame).unwrap();
     run(&ledger, &["--work", s(&work), "--out", s(&out)])
         .assert()
         .code(1);
-    assert_same_files(&expected, &local_files(&out));
+    let files = local_files(&out);
+    assert_same_dataset(&expected, &files);
+    let changes: serde_json::Value = serde_json::from_slice(&files["changes.json"]).unwrap();
+    assert_eq!(changes["previous_merkle_root"], changes["merkle_root"]);
+    assert_eq!(changes["kept"].as_array().unwrap().len(), 4);
 }
 
 /// Shard `index` of `count` as a Kubernetes Indexed Job pod runs it: `--shard env/N` and
@@ -211,9 +216,40 @@ fn a_revocation_erases_the_clip_from_work_and_dataset_without_redoing_vision_wor
         text.contains("2 dropped") && text.contains("models not loaded"),
         "a consent change alone redoes no vision work: {text}"
     );
-    // Nothing derived from the revoked clip is left: in the dataset nothing names it at all; in
-    // the work folder only the selection's own decision line does (an exclusion).
-    assert_eq!(mentions(&out, "v-car-front"), Vec::<PathBuf>::new());
+    // Nothing derived from the revoked clip is left: in the dataset only its change log names
+    // it (for the copies downstream to go too); in the work folder only the selection's own
+    // decision line does (an exclusion).
+    assert_eq!(
+        mentions(&out, "v-car-front"),
+        vec![out.join("changes.json"), out.join("removed.jsonl")]
+    );
+    let removed: Vec<serde_json::Value> = std::fs::read_to_string(out.join("removed.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(removed[0]["video_id"], "v-car-front");
+    assert_eq!(removed[0]["reason_code"], "revoked");
+    assert_eq!(removed[0]["event_id"], "e-99");
+    let paths = removed[0]["paths"].as_array().unwrap();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p == "annotations/cvat/v-car-front.xml")
+    );
+    assert_eq!(
+        paths
+            .iter()
+            .filter(|p| p.as_str().unwrap().starts_with("frames/v-car-front/"))
+            .count(),
+        17
+    );
+    assert!(!removed[0].to_string().contains("acct-1"), "no owner id");
+    let changes: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("changes.json")).unwrap()).unwrap();
+    assert_eq!(changes["removed"], serde_json::json!(["v-car-front"]));
+    assert_eq!(changes["kept"].as_array().unwrap().len(), 3);
     assert_eq!(
         mentions(&work, "v-car-front"),
         vec![work.join("selection.jsonl")]
@@ -226,8 +262,8 @@ fn a_revocation_erases_the_clip_from_work_and_dataset_without_redoing_vision_wor
         .to_owned();
     let line: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(line["decision"], "exclude");
-    // And the result is what a plain run on the new ledger gives.
-    assert_same_files(&reference_ok(tmp.path(), &ledger), &local_files(&out));
+    // And the result is the version a plain run on the new ledger gives.
+    assert_same_dataset(&reference_ok(tmp.path(), &ledger), &local_files(&out));
     clearframe().arg("verify").arg(&out).assert().success();
 }
 
@@ -317,8 +353,9 @@ fn runs_killed_at_random_points_leave_the_next_run_the_uninterrupted_dataset_and
         .assert()
         .code(1);
     assert!(stdout(&a).contains("5 clips"), "{}", stdout(&a));
-    // Exactly the uninterrupted dataset: the same files (no orphan), the same bytes.
-    assert_same_files(&expected, &local_files(&out));
+    // Exactly the uninterrupted dataset: the same files (no orphan), the same bytes (but for
+    // the change log, which depends on which earlier attempt got as far as a whole version).
+    assert_same_dataset(&expected, &local_files(&out));
     clearframe().arg("verify").arg(&out).assert().success();
     // The work folder holds its records and what they list, and nothing else (no frame of an
     // interrupted clip, no temporary file of a killed write).

@@ -121,6 +121,37 @@ pub(crate) fn assert_same_files(
     }
 }
 
+/// The same dataset version, built over a different previous version: every file byte for byte
+/// but the change log against the previous version (`changes.json`, `removed.jsonl`), and
+/// `dataset.json` the same but for those two files' hashes and its seal.
+pub(crate) fn assert_same_dataset(
+    expected: &BTreeMap<String, Vec<u8>>,
+    actual: &BTreeMap<String, Vec<u8>>,
+) {
+    const HISTORY: [&str; 2] = ["changes.json", "removed.jsonl"];
+    let strip = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
+        files
+            .iter()
+            .filter(|(k, _)| !HISTORY.contains(&k.as_str()) && *k != "dataset.json")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert_same_files(&strip(expected), &strip(actual));
+    let record = |files: &BTreeMap<String, Vec<u8>>| -> serde_json::Value {
+        let mut r: serde_json::Value = serde_json::from_slice(&files["dataset.json"]).unwrap();
+        for h in HISTORY {
+            assert!(r["files"].get(h).is_some(), "dataset.json lists {h}");
+            r["files"].as_object_mut().unwrap().remove(h);
+        }
+        r.as_object_mut().unwrap().remove("seal");
+        r
+    };
+    assert_eq!(record(expected), record(actual));
+    for h in HISTORY {
+        assert!(actual.contains_key(h), "{h} missing");
+    }
+}
+
 #[test]
 fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte() {
     let server = S3sServer::start();
@@ -181,7 +212,27 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
     );
     assert!(local_files.contains_key("dataset.json"));
     assert!(!remote_files.contains_key("frames/porch-dog/000000.jpg"));
-    assert_same_files(&local_files, &remote_files);
+    // The same version; its change log names what the earlier one had and this one does not.
+    assert_same_dataset(&local_files, &remote_files);
+    let removed = String::from_utf8(remote_files["removed.jsonl"].clone()).unwrap();
+    let gone: Vec<serde_json::Value> = removed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        gone.iter()
+            .map(|g| g["video_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["porch-dog", "street-bikes"]
+    );
+    assert!(gone.iter().all(|g| g["reason_code"] == "not_in_catalog"));
+    assert!(
+        gone[0]["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "frames/porch-dog/000000.jpg")
+    );
 
     // The stages one at a time, with the work folder and the dataset in S3: the same bytes.
     cmd(&server, "select")

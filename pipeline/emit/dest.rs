@@ -40,7 +40,7 @@ pub const PARTIAL: &str = ".clearframe-partial.json";
 pub const PARTIAL_FORMAT: &str = "clearframe-partial/1";
 
 /// Files of a dataset other than frames and CVAT files.
-const FIXED: [&str; 7] = [
+const FIXED: [&str; 9] = [
     paths::MANIFEST,
     paths::DATASET,
     paths::SELECTION,
@@ -48,6 +48,8 @@ const FIXED: [&str; 7] = [
     paths::COCO,
     paths::LABELSTUDIO,
     paths::LABELSTUDIO_CONFIG,
+    paths::REMOVED,
+    paths::CHANGES,
 ];
 
 const HINT_FOREIGN: &str = "choose an empty folder or prefix, or one that holds a dataset ClearFrame wrote; ClearFrame replaces only what the dataset.json it wrote there lists";
@@ -62,8 +64,33 @@ struct PartialRecord {
     owned: Vec<String>,
     /// Clips the new dataset writes.
     clips: Vec<String>,
+    /// The earlier dataset version being replaced, for the new one's `changes.json` and
+    /// `removed.jsonl` (absent when it was not known either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Previous>,
     /// blake3 of this record, pretty-printed with `seal` empty.
     seal: String,
+}
+
+/// What a dataset version held, as the next version's change log needs it: its Merkle root and,
+/// per clip, its frames (path -> blake3), annotation files and consent basis.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Previous {
+    pub merkle_root: String,
+    pub clips: std::collections::BTreeMap<String, PreviousClip>,
+}
+
+/// One clip of a [`Previous`] version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousClip {
+    /// The ledger event its selection line recorded as its basis.
+    pub basis_event_id: Option<String>,
+    /// Frame path -> blake3.
+    pub frames: std::collections::BTreeMap<String, String>,
+    /// Its other files (the CVAT file).
+    pub files: Vec<String>,
 }
 
 impl PartialRecord {
@@ -130,6 +157,8 @@ pub struct Destination {
     unknown: Vec<String>,
     /// A finished dataset: `dataset.json`, every object it lists, no replacement under way.
     complete: bool,
+    /// The version there now (or the one an interrupted replacement was replacing).
+    previous: Option<Previous>,
 }
 
 impl Destination {
@@ -144,6 +173,7 @@ impl Destination {
             .collect();
         let mut listed = BTreeSet::new();
         let mut complete = false;
+        let mut previous = None;
         if !present.is_empty() {
             let refuse = |why: String, hint: &str| {
                 let all: Vec<&String> = present.iter().collect();
@@ -160,16 +190,21 @@ impl Destination {
                 None
             };
             if present.contains(paths::DATASET) {
-                listed = read_record(&*store)?.map_err(|why| refuse(why, HINT_CHANGED))?;
+                let (owned, prev) =
+                    read_record(&*store)?.map_err(|why| refuse(why, HINT_CHANGED))?;
+                listed = owned;
+                previous = Some(prev);
                 complete = partial.is_none() && listed.iter().all(|k| present.contains(k));
                 // A replacement that wrote its dataset.json but not yet removed its marker.
-                if let Some(Ok(Ok(more))) = partial {
+                if let Some(Ok(Ok((more, _)))) = partial {
                     listed.extend(more);
                 }
             } else {
                 match partial {
                     Some(result) => {
-                        listed = result?.map_err(|why| refuse(why, HINT_CHANGED))?;
+                        let (owned, prev) = result?.map_err(|why| refuse(why, HINT_CHANGED))?;
+                        listed = owned;
+                        previous = prev;
                     }
                     None => {
                         return Err(refuse(
@@ -188,7 +223,13 @@ impl Destination {
             owned,
             unknown: unknown.into_iter().collect(),
             complete,
+            previous,
         })
+    }
+
+    /// The dataset version the new one replaces, when one is known.
+    pub fn previous(&self) -> Option<&Previous> {
+        self.previous.as_ref()
     }
 
     /// Whether it holds a finished dataset ClearFrame wrote: a sealed `dataset.json` whose
@@ -243,6 +284,7 @@ impl Destination {
                 .cloned()
                 .collect(),
             clips: clips.iter().cloned().collect(),
+            previous: self.previous.clone(),
             seal: String::new(),
         };
         marker.seal = marker.compute_seal();
@@ -281,9 +323,14 @@ fn prune_empty_parents(root: &std::path::Path, key: &str) {
     }
 }
 
+/// What a marker vouches for (objects ClearFrame may delete) and the version it was replacing.
+type Vouched = (BTreeSet<String>, Option<Previous>);
+
 /// What an earlier dataset's record vouches for, or why it is not a record ClearFrame wrote.
 /// (The outer error is the store's.)
-fn read_record(store: &dyn Store) -> Result<Result<BTreeSet<String>, String>, EmitError> {
+fn read_record(
+    store: &dyn Store,
+) -> Result<Result<(BTreeSet<String>, Previous), String>, EmitError> {
     let bytes = store.get(paths::DATASET)?;
     let record: DatasetRecord = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
@@ -341,6 +388,10 @@ fn read_record(store: &dyn Store) -> Result<Result<BTreeSet<String>, String>, Em
             ));
         }
     }
+    let mut previous = Previous {
+        merkle_root: record.merkle_root.clone(),
+        clips: std::collections::BTreeMap::new(),
+    };
     let text = String::from_utf8_lossy(&manifest);
     let mut lines = 0u64;
     for (i, line) in text.lines().enumerate() {
@@ -358,7 +409,33 @@ fn read_record(store: &dyn Store) -> Result<Result<BTreeSet<String>, String>, Em
                 entry.path
             )));
         }
+        previous
+            .clips
+            .entry(entry.video_id.clone())
+            .or_default()
+            .frames
+            .insert(entry.path.clone(), entry.blake3.clone());
         owned.insert(entry.path);
+    }
+    for key in record.files.keys() {
+        if let Some(id) = cvat_clip(key) {
+            previous
+                .clips
+                .entry(id.to_owned())
+                .or_default()
+                .files
+                .push(key.clone());
+        }
+    }
+    // The basis each clip was shipped on (an unreadable copy leaves it unknown: verify names it).
+    if let Ok(shipped) = store.get(paths::SELECTION) {
+        for line in shipped.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Ok(l) = serde_json::from_slice::<super::ShippedSelectionLine>(line)
+                && let Some(c) = previous.clips.get_mut(&l.video_id)
+            {
+                c.basis_event_id = Some(l.basis.event_id);
+            }
+        }
     }
     if lines != record.frames {
         return Ok(Err(format!(
@@ -366,7 +443,7 @@ fn read_record(store: &dyn Store) -> Result<Result<BTreeSet<String>, String>, Em
             record.frames
         )));
     }
-    Ok(Ok(owned))
+    Ok(Ok((owned, previous)))
 }
 
 /// What the marker of an interrupted replacement vouches for (among `present`), or why it is not
@@ -374,7 +451,7 @@ fn read_record(store: &dyn Store) -> Result<Result<BTreeSet<String>, String>, Em
 fn read_partial(
     store: &dyn Store,
     present: &BTreeSet<String>,
-) -> Result<Result<BTreeSet<String>, String>, EmitError> {
+) -> Result<Result<Vouched, String>, EmitError> {
     let bytes = store.get(PARTIAL)?;
     let marker: PartialRecord = match serde_json::from_slice(&bytes) {
         Ok(m) => m,
@@ -409,7 +486,7 @@ fn read_partial(
     let mut owned: BTreeSet<String> = marker.owned.into_iter().collect();
     owned.insert(PARTIAL.to_owned());
     owned.extend(present.iter().filter(|k| would_write(k, &clips)).cloned());
-    Ok(Ok(owned))
+    Ok(Ok((owned, marker.previous)))
 }
 
 #[cfg(test)]

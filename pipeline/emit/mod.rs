@@ -12,6 +12,8 @@
 //! | `annotations/labelstudio.json`, `annotations/labelstudio.xml` | Label Studio tasks and labelling config ([`labelstudio`]) |
 //! | `annotations/cvat/<video_id>.xml` | CVAT for video 1.1, one per clip, with tracks ([`cvat`]) |
 //! | `report.html` | a self-contained page for people ([`report`]) |
+//! | `changes.json` | the [`ChangesRecord`] against the version this one replaces |
+//! | `removed.jsonl` | one [`RemovedClip`] per clip whose data the replaced version had and this one lacks |
 //! | `dataset.json` | the [`DatasetRecord`]: Merkle root, inputs, counts, file hashes; written last, atomically |
 //!
 //! Every file is written to a temporary file in its folder and renamed into place, with mode
@@ -65,6 +67,10 @@ pub mod paths {
     pub const CVAT_DIR: &str = "annotations/cvat";
     /// Folder of the frames.
     pub const FRAMES_DIR: &str = "frames";
+    /// The clips this version removed from the previous one, with every removed path and why.
+    pub const REMOVED: &str = "removed.jsonl";
+    /// What changed against the previous version: clips added, removed, changed, kept.
+    pub const CHANGES: &str = "changes.json";
 }
 
 /// Errors of the emit stage, grouped by whose fault they are.
@@ -258,6 +264,11 @@ pub struct Emitter {
     failed: BTreeSet<ClipFailure>,
     /// The destination being replaced; `None` for a private staging folder.
     dest: Option<dest::Destination>,
+    /// Excluded clips' first reason code, by video id.
+    excluded: BTreeMap<String, String>,
+    /// The version this one replaces, and why its clips are gone where the ledger says.
+    previous: Option<dest::Previous>,
+    removal: BTreeMap<String, RemovalReason>,
 }
 
 impl Emitter {
@@ -292,6 +303,7 @@ impl Emitter {
         let mut emitter = Self::new(&root, inputs, options)?;
         let clips: BTreeSet<String> = emitter.included.keys().cloned().collect();
         dest.begin(&clips)?;
+        emitter.previous = dest.previous().cloned();
         emitter.dest = Some(dest);
         Ok(emitter)
     }
@@ -313,6 +325,7 @@ impl Emitter {
         let mut excluded_by_reason: BTreeMap<String, u64> = BTreeMap::new();
         let mut shipped = Vec::new();
         let mut selection = Vec::new();
+        let mut excluded = BTreeMap::new();
         for line in full {
             *decisions.entry(line.decision.clone()).or_default() += 1;
             if line.decision == "include" {
@@ -323,6 +336,9 @@ impl Emitter {
                     .first()
                     .cloned()
                     .unwrap_or_else(|| "unknown".into());
+                if let Some(id) = &line.video_id {
+                    excluded.entry(id.clone()).or_insert_with(|| code.clone());
+                }
                 *excluded_by_reason.entry(code).or_default() += 1;
             }
         }
@@ -363,7 +379,108 @@ impl Emitter {
             withheld: BTreeSet::new(),
             failed: BTreeSet::new(),
             dest: None,
+            excluded,
+            previous: None,
+            removal: BTreeMap::new(),
         })
+    }
+
+    /// The version this one replaces (for `changes.json` and `removed.jsonl`; a local
+    /// destination knows it already), and why clips are gone where a ledger event ended their
+    /// basis.
+    pub fn set_history(
+        &mut self,
+        previous: Option<dest::Previous>,
+        removal: BTreeMap<String, RemovalReason>,
+    ) {
+        if previous.is_some() {
+            self.previous = previous;
+        }
+        self.removal = removal;
+    }
+
+    /// `removed.jsonl` and `changes.json` against the previous version.
+    fn history(&self, entries: &[&ManifestEntry], merkle_root: &str) -> (Vec<u8>, Vec<u8>) {
+        let mut now: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
+        for e in entries {
+            now.entry(e.video_id.as_str())
+                .or_default()
+                .insert(e.path.as_str(), e.blake3.as_str());
+        }
+        let empty = dest::Previous::default();
+        let before = self.previous.as_ref().unwrap_or(&empty);
+        let mut changes = ChangesRecord {
+            format: CHANGES_FORMAT.into(),
+            previous_merkle_root: self.previous.as_ref().map(|p| p.merkle_root.clone()),
+            merkle_root: merkle_root.to_owned(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            kept: Vec::new(),
+        };
+        let mut removed = Vec::new();
+        for (id, old) in &before.clips {
+            let gone: Vec<String> = match now.get(id.as_str()) {
+                None => {
+                    changes.removed.push(id.clone());
+                    old.frames.keys().chain(&old.files).cloned().collect()
+                }
+                Some(new) => {
+                    let same = new.len() == old.frames.len()
+                        && new
+                            .iter()
+                            .all(|(p, b)| old.frames.get(*p).is_some_and(|o| o == b));
+                    if same {
+                        changes.kept.push(id.clone());
+                    } else {
+                        changes.changed.push(id.clone());
+                    }
+                    old.frames
+                        .keys()
+                        .filter(|p| !new.contains_key(p.as_str()))
+                        .cloned()
+                        .collect()
+                }
+            };
+            if gone.is_empty() {
+                continue;
+            }
+            let still_in = now.contains_key(id.as_str());
+            let (reason_code, event_id) = if still_in {
+                ("changed".to_owned(), None)
+            } else if let Some(r) = self.removal.get(id) {
+                (r.code.clone(), r.event_id.clone())
+            } else if let Some(code) = self.excluded.get(id) {
+                (code.clone(), None)
+            } else if let Some(f) = self.failed.iter().find(|f| f.video_id == *id) {
+                (f.code.as_str().to_owned(), None)
+            } else if self.included.contains_key(id) {
+                ("no_frames".to_owned(), None)
+            } else {
+                ("not_in_catalog".to_owned(), None)
+            };
+            let mut paths = gone;
+            paths.sort();
+            removed.push(RemovedClip {
+                video_id: id.clone(),
+                paths,
+                reason_code,
+                event_id,
+            });
+        }
+        for id in now.keys() {
+            if !before.clips.contains_key(*id) {
+                changes.added.push((*id).to_owned());
+            }
+        }
+        let mut lines = Vec::new();
+        for r in &removed {
+            lines.extend(serde_json::to_vec(r).expect("serialises"));
+            lines.push(b'\n');
+        }
+        let mut json = serde_json::to_vec_pretty(&changes).expect("serialises");
+        json.push(b'\n');
+        (lines, json)
     }
 
     /// The dataset folder.
@@ -475,6 +592,9 @@ impl Emitter {
         let root_hash = merkle::root(&leaves);
 
         put(paths::SELECTION, &self.shipped)?;
+        let (removed, changes) = self.history(&entries, &crate::hashing::hex(&root_hash));
+        put(paths::REMOVED, &removed)?;
+        put(paths::CHANGES, &changes)?;
 
         let counts = self.counts();
         let labels = used_classes(&entries);

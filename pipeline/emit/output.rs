@@ -3,7 +3,7 @@
 //! staging folder and its files are uploaded as they are written ([`RemoteOut`]: frames at once,
 //! through a bounded queue), `dataset.json` last.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use crossbeam_channel::bounded;
 use crate::emit::dest::Destination;
 use crate::emit::{
     ClipFailure, DatasetInputs, DatasetRecord, EmitOptions, Emitter, FrameJpeg, ManifestEntry,
-    WithheldFrame,
+    RemovalReason, WithheldFrame,
 };
 use crate::staging::Staging;
 use crate::storage::{Location, UploadStats, UploadWatch, Uploader};
@@ -34,8 +34,10 @@ impl DatasetWriter {
         dest: Destination,
         clips: &BTreeSet<String>,
         inputs: DatasetInputs,
+        removal: BTreeMap<String, RemovalReason>,
     ) -> anyhow::Result<DatasetWriter> {
-        let (remote, emitter) = match dest.store().location() {
+        let previous = dest.previous().cloned();
+        let (remote, mut emitter) = match dest.store().location() {
             Location::Local(_) => (
                 None,
                 Emitter::create_in(dest, inputs, EmitOptions::default())?,
@@ -47,6 +49,7 @@ impl DatasetWriter {
                 (Some(remote), emitter)
             }
         };
+        emitter.set_history(previous, removal);
         let upload = remote.as_ref().map(|r| r.frames.clone());
         Ok(DatasetWriter {
             emitter,

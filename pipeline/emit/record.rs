@@ -341,3 +341,53 @@ impl DatasetRecord {
         crate::hashing::hash_bytes(&unsealed.to_bytes())
     }
 }
+
+/// Format id of `changes.json`.
+pub const CHANGES_FORMAT: &str = "clearframe-changes/1";
+
+/// One line of `removed.jsonl`: a clip of the previous dataset version whose data this version no
+/// longer has, every path of it that is gone, and why, so that annotation tools and training jobs
+/// can delete their copies. No owner or device id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemovedClip {
+    pub video_id: String,
+    /// Every path of the previous version that held the clip's data and is gone (its frames, its
+    /// CVAT file), sorted.
+    pub paths: Vec<String>,
+    /// Why: `revoked`, `expired`, `unshared`, `video_deleted`, `account_deleted` (a ledger event
+    /// ended the basis it was shipped on); a selection reason code (e.g. `no_basis`,
+    /// `invalid_line`); a failure code (the clip failed in this build); `no_frames` (every
+    /// frame withheld); `not_in_catalog`; or `changed` (the clip is still in, with fewer frames).
+    pub reason_code: String,
+    /// The ledger event that caused it, when one did.
+    pub event_id: Option<String>,
+}
+
+/// `changes.json`: this version against the previous one at the same location, by clip (clips
+/// with frames in either version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesRecord {
+    /// [`CHANGES_FORMAT`].
+    pub format: String,
+    /// The previous version's Merkle root; null when there was none (a new location).
+    pub previous_merkle_root: Option<String>,
+    /// This version's Merkle root.
+    pub merkle_root: String,
+    /// Clips only this version has.
+    pub added: Vec<String>,
+    /// Clips only the previous version had (see `removed.jsonl`).
+    pub removed: Vec<String>,
+    /// Clips in both whose frames differ (paths or bytes).
+    pub changed: Vec<String>,
+    /// Clips in both with the same frames, byte for byte.
+    pub kept: Vec<String>,
+}
+
+/// Why a clip of the previous version is gone, as the caller found it in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovalReason {
+    pub code: String,
+    pub event_id: Option<String>,
+}

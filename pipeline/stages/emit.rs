@@ -88,7 +88,24 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
     }
     super::delete_if_present(&work, super::keys::EMITTED)?;
     let clips: std::collections::BTreeSet<String> = included.into_iter().collect();
-    let mut dataset = crate::emit::output::DatasetWriter::start(dest, &clips, inputs)?;
+    // Why the previous version's clips are gone: the ledger select read, if it is still there
+    // unchanged; otherwise the selection's reason codes only (with a warning).
+    let removal = match ledger_as_selected(&selection.record.ledger, &s3) {
+        Ok(bytes) => super::removal_reasons(
+            dest.previous(),
+            &clips,
+            &bytes,
+            &selection.record.ledger.uri,
+            selection.record.as_of,
+        )?,
+        Err(e) => {
+            if dest.previous().is_some() {
+                tracing::warn!(error = %format!("{e:#}"), "removed.jsonl gives selection reason codes only, no ledger events");
+            }
+            std::collections::BTreeMap::new()
+        }
+    };
+    let mut dataset = crate::emit::output::DatasetWriter::start(dest, &clips, inputs, removal)?;
 
     // Every frame's entry, checked against the detections, before any pixel is read.
     let mut jobs: Vec<(ManifestEntry, super::RedactedFrameRecord)> = Vec::new();
@@ -208,6 +225,21 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         failed_clips: failed,
         unchanged: false,
     })
+}
+
+/// The ledger `select` read, by its recorded URI, if its bytes still have the recorded blake3.
+fn ledger_as_selected(
+    recorded: &crate::records::InputRef,
+    s3: &crate::storage::S3Options,
+) -> anyhow::Result<bytes::Bytes> {
+    let ledger = crate::storage::ObjectRef::open(&recorded.uri, s3)?;
+    let bytes = ledger.get()?;
+    anyhow::ensure!(
+        crate::hashing::hash_bytes(&bytes) == recorded.blake3,
+        "{} changed since `clearframe select` read it",
+        ledger.url
+    );
+    Ok(bytes)
 }
 
 /// Format id of `emitted.json`.

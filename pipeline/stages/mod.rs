@@ -561,6 +561,51 @@ pub(crate) fn read_stage_records(
     Ok(out)
 }
 
+/// Why the clips of the previous dataset version that this one no longer includes are gone,
+/// where the ledger says: the basis each was shipped on, checked at `as_of` (revoked, expired,
+/// unshared, deleted). Clips whose basis still holds are left to the emitter, which names the
+/// selection's reason or the clip's failure.
+pub(crate) fn removal_reasons(
+    previous: Option<&crate::emit::dest::Previous>,
+    included: &std::collections::BTreeSet<String>,
+    ledger: &[u8],
+    ledger_name: &str,
+    as_of: jiff::Timestamp,
+) -> anyhow::Result<BTreeMap<String, crate::emit::RemovalReason>> {
+    let mut out = BTreeMap::new();
+    let Some(previous) = previous else {
+        return Ok(out);
+    };
+    let gone: Vec<(&String, &String)> = previous
+        .clips
+        .iter()
+        .filter(|(id, _)| !included.contains(*id))
+        .filter_map(|(id, c)| Some((id, c.basis_event_id.as_ref()?)))
+        .collect();
+    if gone.is_empty() {
+        return Ok(out);
+    }
+    let parsed = crate::consent::Ledger::parse(ledger, ledger_name)
+        .context("the consent ledger is unusable")?;
+    let index = parsed.index(as_of);
+    for (id, basis) in gone {
+        // A basis this ledger does not know says less than the selection's own reason.
+        if let Some(lost) = index
+            .basis_lost(id, basis)
+            .filter(|l| l.code != "basis_not_in_ledger")
+        {
+            out.insert(
+                id.clone(),
+                crate::emit::RemovalReason {
+                    code: lost.code.to_owned(),
+                    event_id: lost.event_id,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Pretty JSON with a trailing newline, as every record is written.
 pub(crate) fn record_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     let mut v = serde_json::to_vec_pretty(value).expect("records serialise");
