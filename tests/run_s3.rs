@@ -13,10 +13,10 @@ use crate::common::{clearframe, fixture};
 use crate::storage::server::{ACCESS_KEY, S3sServer, SECRET_KEY};
 
 const AS_OF: &str = "2026-11-01T00:00:00Z";
-const BUCKET: &str = "clearframe-e2e";
+pub(crate) const BUCKET: &str = "clearframe-e2e";
 
 /// The command with the server's credentials in the environment (the standard AWS chain).
-fn cmd(server: &S3sServer, subcommand: &str) -> assert_cmd::Command {
+pub(crate) fn cmd(server: &S3sServer, subcommand: &str) -> assert_cmd::Command {
     let mut c = clearframe();
     c.arg(subcommand)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -30,7 +30,7 @@ fn cmd(server: &S3sServer, subcommand: &str) -> assert_cmd::Command {
 }
 
 /// Uploads the demo catalog, ledger and every clip the catalog names under `input/`.
-fn upload_demo(store: &Arc<dyn Store>) {
+pub(crate) fn upload_demo(store: &Arc<dyn Store>) {
     for name in ["demo-catalog.jsonl", "demo-ledger.jsonl"] {
         store
             .put(
@@ -90,7 +90,7 @@ pub(crate) fn local_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Every object under `prefix`, keys relative to it.
-fn s3_files(store: &Arc<dyn Store>, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn s3_files(store: &Arc<dyn Store>, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     store
         .list(&format!("{prefix}/"))
         .unwrap()

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, reason = "benchmarks and tests report on stdout")]
 
 mod common;
+mod deploy;
 mod emit;
 mod rebuild;
 mod redact;
