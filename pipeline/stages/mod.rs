@@ -232,6 +232,15 @@ pub struct ClipRedactionRecord {
     /// blake3 of everything this record follows from (source bytes, consent basis, settings,
     /// models, versions); a clip whose key is unchanged is not redone.
     pub key: String,
+    /// blake3 of the clip's bytes as this record's key used them (absent when the clip was never
+    /// opened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_blake3: Option<String>,
+    /// The source's size and version tag (local: mtime; S3: ETag) taken before it was read: while
+    /// the store still answers the same, a rebuild need not read the clip again to know its
+    /// blake3 (`--rehash` reads it anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_stamp: Option<String>,
     pub status: ClipStatus,
     /// For a failed or excluded clip: the class of the failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -150,11 +150,35 @@ struct Opener {
     s3: crate::storage::S3Options,
 }
 
-/// blake3 of a clip's bytes, to decide whether its record is up to date: the catalog's, unless
-/// `rehash` (or the catalog gives none), else read from its store.
-fn source_blake3(opener: &Opener, clip: &ConsentedClip, rehash: bool) -> anyhow::Result<String> {
-    if !rehash && let Some(b) = &clip.clip().blake3 {
-        return Ok(b.to_ascii_lowercase());
+/// The source's size and version tag as its store reports them (no byte read); `None` when the
+/// store cannot say.
+fn source_stamp(opener: &Opener, clip: &ConsentedClip) -> Option<String> {
+    let (store, key) = opener
+        .sources
+        .resolve(&opener.catalog_store, &clip.clip().uri, &opener.s3)
+        .ok()?;
+    let meta = store.head(&key).ok()?;
+    Some(format!("{}:{}", meta.size, meta.etag?))
+}
+
+/// blake3 of a clip's bytes, to decide whether its record is up to date: the catalog's; else the
+/// one `old` recorded while the store reports the same size and version tag; else (or with
+/// `rehash`) read from its store.
+fn source_blake3(
+    opener: &Opener,
+    clip: &ConsentedClip,
+    old: &ClipRedactionRecord,
+    rehash: bool,
+) -> anyhow::Result<String> {
+    if !rehash {
+        if let Some(b) = &clip.clip().blake3 {
+            return Ok(b.to_ascii_lowercase());
+        }
+        if let (Some(b), Some(stamp)) = (&old.source_blake3, &old.source_stamp)
+            && source_stamp(opener, clip).as_ref() == Some(stamp)
+        {
+            return Ok(b.clone());
+        }
     }
     let (store, key) =
         opener
@@ -345,7 +369,7 @@ fn up_to_date(
     if !settled || old.key.is_empty() {
         return Ok(None);
     }
-    let Ok(source) = source_blake3(opener, clip, rehash) else {
+    let Ok(source) = source_blake3(opener, clip, &old, rehash) else {
         return Ok(None);
     };
     let expected = clip_key(
@@ -408,6 +432,15 @@ fn redact_one(
         frames.push(rec);
         Ok(())
     };
+    // The source's stamp before a byte of it is read: a rewrite during the read shows next time.
+    let stamp = source_stamp(
+        &Opener {
+            catalog_store: Arc::clone(&ctx.catalog_store),
+            sources: ctx.sources.clone(),
+            s3: ctx.s3.clone(),
+        },
+        clip,
+    );
     let r = crate::engine::process_clip(ctx, clip, &work_fn, &mut consume);
     uploader
         .finish()
@@ -437,6 +470,7 @@ fn redact_one(
         .source_blake3
         .clone()
         .or_else(|| c.blake3.as_ref().map(|b| b.to_ascii_lowercase()));
+    let source_blake3 = source.clone();
     let key = source.map_or_else(String::new, |source| {
         clip_key(
             clip,
@@ -452,6 +486,8 @@ fn redact_one(
         uri: c.uri.clone(),
         consent: ConsentBasis::from(clip.basis()),
         key,
+        source_stamp: stamp.filter(|_| r.source_blake3.is_some()),
+        source_blake3,
         status,
         code,
         reason,
