@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::common::{clearframe, fixture};
 use crate::run_s3::{assert_same_dataset, assert_same_files, local_files};
+use crate::stages::emit;
 
 const AS_OF: &str = "2026-11-01T00:00:00Z";
 
@@ -98,16 +99,6 @@ fn shard(ledger: &Path, work: &Path, index: u32, count: u32) -> std::process::Ch
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     cmd.spawn().unwrap()
-}
-
-fn emit(work: &Path, out: &Path) -> assert_cmd::assert::Assert {
-    clearframe()
-        .arg("emit")
-        .arg("--work")
-        .arg(work)
-        .arg("--out")
-        .arg(out)
-        .assert()
 }
 
 #[test]

@@ -32,7 +32,7 @@ fn stderr(a: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stderr).to_string()
 }
 
-fn emit(work: &Path, out: &Path) -> assert_cmd::assert::Assert {
+pub(crate) fn emit(work: &Path, out: &Path) -> assert_cmd::assert::Assert {
     clearframe()
         .arg("emit")
         .arg("--work")

@@ -158,15 +158,7 @@ fn emit_refuses_a_folder_it_did_not_write_and_replaces_only_what_its_record_list
         }
         let listed = manifest_paths(&after["manifest.jsonl"]);
         assert_eq!(listed.len(), 1);
-        let jpgs: Vec<&String> = after
-            .keys()
-            .filter(|k| {
-                Path::new(k.as_str())
-                    .extension()
-                    .is_some_and(|e| e == "jpg")
-            })
-            .collect();
-        assert_eq!(jpgs, listed.iter().collect::<Vec<_>>(), "stale frames left");
+        assert_only_listed_frames(&after, &listed);
         assert!(!after.contains_key(".clearframe-partial.json"));
         // verify names exactly the files nobody's record lists.
         let report = clearframe::verify::verify(ds).unwrap();
@@ -357,15 +349,7 @@ fn s3_outputs_replace_only_what_clearframe_wrote_and_refuse_before_any_damage() 
         listed.len(),
         old.len()
     );
-    let jpgs: Vec<&String> = after
-        .keys()
-        .filter(|k| {
-            Path::new(k.as_str())
-                .extension()
-                .is_some_and(|e| e == "jpg")
-        })
-        .collect();
-    assert_eq!(jpgs, listed.iter().collect::<Vec<_>>(), "stale frames left");
+    assert_only_listed_frames(&after, &listed);
     assert!(!after.contains_key(".clearframe-partial.json"));
 
     // The stage commands' work folder: a refused redact keeps redact.json and the frames...
@@ -1052,4 +1036,17 @@ fn links_inside_output_and_work_folders_are_refused_never_followed() {
         assert!(err.contains("overlap"), "{}: {err}", out.display());
         assert!(!work.join("ds").exists());
     }
+}
+
+/// The dataset's JPEGs are exactly the frames its manifest lists: no stale frame left.
+fn assert_only_listed_frames(files: &BTreeMap<String, Vec<u8>>, listed: &[String]) {
+    let jpgs: Vec<&String> = files
+        .keys()
+        .filter(|k| {
+            Path::new(k.as_str())
+                .extension()
+                .is_some_and(|e| e == "jpg")
+        })
+        .collect();
+    assert_eq!(jpgs, listed.iter().collect::<Vec<_>>(), "stale frames left");
 }
