@@ -80,6 +80,18 @@ fn run_with_a_work_folder_reuses_every_clip_and_gives_the_plain_runs_bytes() {
     let changes: serde_json::Value = serde_json::from_slice(&files["changes.json"]).unwrap();
     assert_eq!(changes["previous_merkle_root"], changes["merkle_root"]);
     assert_eq!(changes["kept"].as_array().unwrap().len(), 4);
+
+    // A frame overwritten there with other bytes (the same path, the same count of files) is
+    // not taken for the dataset: it is written again (found in review: only presence was
+    // checked).
+    let other = std::fs::read(out.join("frames/v-street-bikes/000004.jpg")).unwrap();
+    std::fs::write(&frame, other).unwrap();
+    let a = run(&ledger, &["--work", s(&work), "--out", s(&out)])
+        .assert()
+        .code(1);
+    assert!(!stdout(&a).contains("nothing written"), "{}", stdout(&a));
+    assert_same_dataset(&expected, &local_files(&out));
+    clearframe().arg("verify").arg(&out).assert().success();
 }
 
 /// Shard `index` of `count` as a Kubernetes Indexed Job pod runs it: `--shard env/N` and
@@ -413,4 +425,85 @@ fn without_a_catalog_hash_an_unchanged_size_and_mtime_spare_the_read_and_rehash_
     // ...and --rehash reads every clip, sees the change and redoes it.
     let text = go(&["--rehash"]);
     assert!(text.contains("1 redone"), "{text}");
+}
+
+#[test]
+fn emit_erases_clips_the_selection_dropped_even_from_shards_that_did_not_run_again() {
+    // Found in review: only the shard owning a clip dropped it, so a revoked clip whose shard
+    // held no included clip any more (and was not rerun) stayed in the work folder.
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    let ledger = fixture("demo-ledger.jsonl");
+    let at = |as_of: &str, extra: &[&str]| {
+        let mut c = clearframe();
+        c.args(["run", "--as-of", as_of, "--fps", "4", "--catalog"])
+            .arg(fixture("demo-catalog.jsonl"))
+            .arg("--ledger")
+            .arg(&ledger)
+            .args(["--work", s(&work)])
+            .args(extra);
+        let code = c.assert().get_output().status.code();
+        assert!(matches!(code, Some(0 | 1)), "{code:?}");
+    };
+    // Before its revocation (2026-10-20) v-revoked is in; its frames go to the work folder.
+    at("2026-10-15T00:00:00Z", &["--out", s(&out)]);
+    assert!(work.join("redacted/v-revoked/clip.json").exists());
+    // After it, the shards with an included clip run again; v-revoked's shard holds none.
+    let count = 5;
+    let revoked_shard = clearframe_shard_of("v-revoked", count);
+    for i in (0..count).filter(|i| *i != revoked_shard) {
+        at(AS_OF, &["--shard", &format!("{i}/{count}")]);
+    }
+    emit(&work, &out).code(1);
+    assert_eq!(
+        mentions(&work, "v-revoked"),
+        vec![work.join("selection.jsonl")]
+    );
+    assert!(!work.join("detected/v-revoked.json").exists());
+}
+
+#[test]
+fn a_new_basis_for_the_same_clip_redoes_neither_redaction_nor_detection() {
+    // Found in review: detection was keyed on the redaction record's bytes, which hold the
+    // consent basis, so a new grant replacing a revoked one re-ran the object detector.
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    run(
+        &fixture("demo-ledger.jsonl"),
+        &["--work", s(&work), "--out", s(&out)],
+    )
+    .assert()
+    .code(1);
+    // acct-3 revokes e-4 and grants again (e-50): v-bunny-yard and v-living-room stay in, on
+    // the new grant.
+    let ledger = tmp.path().join("regranted.jsonl");
+    let mut text = std::fs::read_to_string(fixture("demo-ledger.jsonl")).unwrap();
+    let e4 = text
+        .lines()
+        .find(|l| l.contains("\"e-4\""))
+        .unwrap()
+        .to_owned();
+    text.push_str("{\"event_id\":\"r-4\",\"type\":\"consent.revoked\",\"owner_id\":\"acct-3\",\"at\":\"2026-10-01T00:00:00Z\",\"grant_id\":\"e-4\"}\n");
+    text.push_str(
+        &e4.replace("\"e-4\"", "\"e-50\"")
+            .replace("2026-03-10T12:00:00Z", "2026-10-02T00:00:00Z"),
+    );
+    text.push('\n');
+    std::fs::write(&ledger, text).unwrap();
+    let a = run(&ledger, &["--work", s(&work), "--out", s(&out)])
+        .assert()
+        .code(1);
+    let said = stdout(&a);
+    assert!(
+        said.contains("0 redone (0 frames)")
+            && said.contains("detections: 0 clips redone")
+            && said.contains("models not loaded"),
+        "{said}"
+    );
+    let manifest = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    assert!(
+        manifest.contains("\"event_id\":\"e-50\""),
+        "the new basis is recorded"
+    );
+    assert!(!manifest.contains("\"event_id\":\"e-4\""));
 }

@@ -79,6 +79,9 @@ struct PartialRecord {
 pub struct Previous {
     pub merkle_root: String,
     pub clips: std::collections::BTreeMap<String, PreviousClip>,
+    /// Its other files (annotations, report, ...) and their blake3, as its record lists them.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 /// One clip of a [`Previous`] version.
@@ -391,6 +394,7 @@ fn read_record(
     let mut previous = Previous {
         merkle_root: record.merkle_root.clone(),
         clips: std::collections::BTreeMap::new(),
+        files: record.files.clone(),
     };
     let text = String::from_utf8_lossy(&manifest);
     let mut lines = 0u64;

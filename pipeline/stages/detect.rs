@@ -85,7 +85,7 @@ fn effective_config(redact: &Config, file: Option<&std::path::Path>) -> anyhow::
     })
 }
 
-fn clip_key(redaction_blake3: &str, detect: &DetectConfig, model_blake3: &str) -> String {
+fn clip_key(redaction: &str, detect: &DetectConfig, model_blake3: &str) -> String {
     #[derive(Serialize)]
     struct Key<'a> {
         clearframe: &'a str,
@@ -96,7 +96,7 @@ fn clip_key(redaction_blake3: &str, detect: &DetectConfig, model_blake3: &str) -
     crate::hashing::hash_bytes(
         &serde_json::to_vec(&Key {
             clearframe: env!("CARGO_PKG_VERSION"),
-            redaction: redaction_blake3,
+            redaction,
             detect,
             model: model_blake3,
         })
@@ -180,10 +180,23 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
         ..DetectOutcome::default()
     };
     let mut clips = BTreeMap::new();
-    for (id, redaction_blake3, record) in &records {
+    for (id, _, record) in &records {
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
-        let key = clip_key(redaction_blake3, &config.detect, &model_blake3);
+        // Keyed by what detection sees (the redaction's key and every frame's blake3), not the
+        // record's bytes: a consent change alone rewrites the record, not the pixels.
+        let pixels = crate::hashing::hash_bytes(
+            &serde_json::to_vec(&(
+                &record.key,
+                record
+                    .frames
+                    .iter()
+                    .map(|f| (f.frame, f.blake3.as_str()))
+                    .collect::<Vec<_>>(),
+            ))
+            .expect("keys serialise"),
+        );
+        let key = clip_key(&pixels, &config.detect, &model_blake3);
         let record_key = keys::clip_detections(id);
         let old: Option<ClipDetectionsRecord> = if args.force {
             None

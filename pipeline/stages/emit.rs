@@ -62,6 +62,19 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         .collect();
     // `redact.json` and `detect.json`, or every shard's pair; refused while a clip is missing.
     let stages = super::read_stage_records(&work, &selection.blake3, &included)?;
+    // Nothing derived from a clip the selection no longer includes stays in the work folder,
+    // whichever shard had it (a shard that did not run again cannot have dropped it).
+    work.probe_write()
+        .with_context(|| format!("a probe write to {} was refused", work.location()))?;
+    let keep: std::collections::BTreeSet<&str> = included.iter().map(String::as_str).collect();
+    let mut held = super::listed_clips(&work, super::keys::REDACTED)?;
+    held.extend(super::listed_clips(&work, super::keys::DETECTED)?);
+    for gone in held.iter().filter(|id| !keep.contains(id.as_str())) {
+        tracing::info!(video_id = %gone, "the selection no longer includes this clip; its frames and records are deleted");
+        super::delete_clip_frames(&work, gone)?;
+        super::delete_if_present(&work, &super::keys::clip_redaction(gone))?;
+        super::delete_if_present(&work, &super::keys::clip_detections(gone))?;
+    }
 
     let inputs = DatasetInputs {
         catalog_blake3: selection.record.catalog.blake3.clone(),
@@ -312,6 +325,25 @@ fn unchanged(
         .with_context(|| format!("cannot read {}", out.url(crate::emit::paths::DATASET)))?;
     if crate::hashing::hash_bytes(&dataset) != prev.dataset_blake3 {
         return Ok(None);
+    }
+    // Every file must still have the bytes its record lists (a frame overwritten there, by
+    // anyone, makes the dataset be written again).
+    let Some(version) = dest.previous() else {
+        return Ok(None);
+    };
+    let listed = version
+        .clips
+        .values()
+        .flat_map(|c| c.frames.iter())
+        .chain(version.files.iter());
+    for (path, blake3) in listed {
+        match out.get(path) {
+            Ok(bytes) if crate::hashing::hash_bytes(&bytes) == *blake3 => {}
+            _ => {
+                tracing::info!(file = %out.url(path), "changed since it was written; the dataset is written again");
+                return Ok(None);
+            }
+        }
     }
     Ok(serde_json::from_slice(&dataset).ok())
 }

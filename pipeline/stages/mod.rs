@@ -295,8 +295,9 @@ pub struct FrameDetections {
 #[serde(deny_unknown_fields)]
 pub struct ClipDetectionsRecord {
     pub video_id: String,
-    /// blake3 of everything this record follows from (the clip's redaction record, the detect
-    /// settings, the model); a clip whose key is unchanged is not redone.
+    /// blake3 of everything this record follows from (the clip's redaction key and the blake3 of
+    /// every redacted frame, the detect settings, the model); a clip whose key is unchanged is
+    /// not redone.
     pub key: String,
     /// Per redacted frame, in order.
     pub frames: Vec<FrameDetections>,

@@ -346,8 +346,15 @@ pub fn run_select_store(
         (None, Some(s)) => s.path(),
         (None, None) => unreachable!("S3 output has a staging folder"),
     };
+    // Named like every temporary file ClearFrame writes (`….<owner>.<n>`), so that one a killed
+    // select left is swept by the next writer.
+    let prefix = format!(
+        "{}selection.jsonl.{}.",
+        storage::TEMP_PREFIX,
+        storage::beneath::temp_owner()
+    );
     let mut tmp = tempfile::Builder::new()
-        .prefix(storage::TEMP_PREFIX)
+        .prefix(&prefix)
         .tempfile_in(temp_dir)
         .with_context(write_err)?;
     storage::set_file_mode(tmp.as_file()).with_context(write_err)?;

@@ -203,12 +203,9 @@ impl Beneath {
         let (dirs, name) = split(rel)?;
         let dir = self.open_dirs(&dirs, true)?.expect("created folders exist");
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        // The writer's pid and pid namespace: a later command removes what a killed one left.
-        let temp = format!(
-            "{temp_prefix}{name}.{}-{}.{n}",
-            std::process::id(),
-            crate::staging::pid_namespace()
-        );
+        // The writer's pid, pid namespace and boot: a later command on this machine removes
+        // what a killed one left, never the files of a writer on another host sharing the folder.
+        let temp = format!("{temp_prefix}{name}.{}.{n}", temp_owner());
         let path = self.root.join(rel);
         let fd = rustix::fs::openat(
             &dir,
@@ -454,20 +451,44 @@ impl Beneath {
     }
 }
 
-/// Whether a temporary file's writer (`….<pid>-<pidns>.<n>`) is a process of this pid namespace
-/// that no longer exists.
+/// The owner part of this process's temporary file names: `<pid>-<pidns>-<boot>`.
+pub(crate) fn temp_owner() -> String {
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        crate::staging::pid_namespace(),
+        boot_id()
+    )
+}
+
+/// This machine's boot, as 16 hex digits of `/proc/sys/kernel/random/boot_id` (`0` when it
+/// cannot be read: then no file is ever taken for this machine's).
+fn boot_id() -> &'static str {
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().replace('-', "").chars().take(16).collect())
+            .unwrap_or_else(|_| "0".to_owned())
+    })
+}
+
+/// Whether a temporary file's writer (`….<pid>-<pidns>-<boot>.<n>`) was a process of this
+/// machine's boot and pid namespace that no longer exists.
 fn temp_owner_gone(name: &str) -> bool {
     let mut parts = name.rsplit('.');
     let (Some(_n), Some(owner)) = (parts.next(), parts.next()) else {
         return false;
     };
-    let Some((pid, ns)) = owner.split_once('-') else {
+    let mut fields = owner.splitn(3, '-');
+    let (Some(pid), Some(ns), Some(boot)) = (fields.next(), fields.next(), fields.next()) else {
         return false;
     };
     let (Ok(pid), Ok(ns)) = (pid.parse::<u32>(), ns.parse::<u64>()) else {
         return false;
     };
-    ns == crate::staging::pid_namespace()
+    boot != "0"
+        && boot == boot_id()
+        && ns == crate::staging::pid_namespace()
         && pid != std::process::id()
         && !crate::staging::process_alive(pid)
 }
@@ -487,6 +508,7 @@ mod tests {
         let root = tmp.path().join("out");
         std::fs::create_dir_all(root.join("frames/v")).unwrap();
         let ns = crate::staging::pid_namespace();
+        let boot = boot_id();
         let mut done = std::process::Command::new("true").spawn().unwrap();
         let dead = done.id();
         done.wait().unwrap();
@@ -495,10 +517,12 @@ mod tests {
             .spawn()
             .unwrap();
         let (gone, kept, other_ns) = (
-            format!("frames/v/.t.000001.jpg.{dead}-{ns}.0"),
-            format!("frames/v/.t.000002.jpg.{}-{ns}.0", live.id()),
-            format!(".t.dataset.json.{dead}-{}.3", ns + 1),
+            format!("frames/v/.t.000001.jpg.{dead}-{ns}-{boot}.0"),
+            format!("frames/v/.t.000002.jpg.{}-{ns}-{boot}.0", live.id()),
+            format!(".t.dataset.json.{dead}-{}-{boot}.3", ns + 1),
         );
+        let elsewhere = format!("frames/v/.t.000004.jpg.{dead}-{ns}-0123456789abcdef.0");
+        std::fs::write(root.join(&elsewhere), b"another host's").unwrap();
         for f in [&gone, &kept, &other_ns] {
             std::fs::write(root.join(f), b"half").unwrap();
         }
@@ -513,6 +537,10 @@ mod tests {
             "another pid namespace's file is kept"
         );
         assert!(root.join("frames/v/000003.jpg").exists());
+        assert!(
+            root.join(&elsewhere).exists(),
+            "another machine's file is kept"
+        );
     }
 
     #[test]
