@@ -466,9 +466,10 @@ pub(crate) fn temp_owner() -> String {
 fn boot_id() -> &'static str {
     static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BOOT.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().replace('-', "").chars().take(16).collect())
-            .unwrap_or_else(|_| "0".to_owned())
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map_or_else(
+            |_| "0".to_owned(),
+            |s| s.trim().replace('-', "").chars().take(16).collect(),
+        )
     })
 }
 
