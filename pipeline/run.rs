@@ -306,7 +306,10 @@ pub fn run_cli(args: &RunArgs) -> anyhow::Result<ExitCode> {
         "  stage time shares (face detection overlaps the rest): {}",
         shares.join(", ")
     );
-    println!("report: {}", out.join("report.html"));
+    println!(
+        "report: {}",
+        out.join(&o.record.path(crate::emit::paths::REPORT))
+    );
     Ok(if o.failed_clips > 0 {
         ExitCode::from(1)
     } else {
@@ -424,7 +427,10 @@ fn run_in_work_cli(args: &RunArgs, work: &str, progress: bool) -> anyhow::Result
             if e.unchanged {
                 println!("  up to date: {out} already holds this dataset; nothing written");
             }
-            println!("report: {}", out.join("report.html"));
+            println!(
+                "report: {}",
+                out.join(&e.record.path(crate::emit::paths::REPORT))
+            );
             e.failed_clips
         }
         None => {

@@ -40,6 +40,11 @@ pub(crate) fn print_dataset_summary(r: &DatasetRecord, out: &Location, failed_cl
         r.withheld.len(),
         count(failed_clips as u64, "clip"),
     );
+    println!(
+        "  version {}: annotations, manifest and report in {}",
+        r.version,
+        out.join(&r.path(""))
+    );
     for (decision, n) in &r.counts.decisions {
         println!("  {decision:<8} {}", count(*n, "clip"));
     }

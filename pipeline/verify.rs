@@ -3,14 +3,21 @@
 //!
 //! It re-hashes every file and checks, naming the file (and manifest line) of each mismatch:
 //! - `dataset.json` parses, is in canonical form and its `seal` matches (so every byte counts);
-//! - `manifest.jsonl` parses line by line and its Merkle root ([`crate::emit::merkle`]) equals
-//!   `merkle_root`, and its line count equals `frames`;
-//! - every manifest line's frame exists at `frames/<video_id>/<frame:06>.jpg` with the recorded
-//!   blake3, no frame path appears twice, and every file under `frames/` has a manifest line;
-//! - every file recorded in `files` (annotations, report, selection copy) has its blake3, and no
-//!   other file exists in the folder;
+//! - the version's `manifest.jsonl` (`versions/<version>/manifest.jsonl`) parses line by line
+//!   and its Merkle root ([`crate::emit::merkle`]) equals `merkle_root`, and its line count
+//!   equals `frames`;
+//! - every manifest line's frame exists at `frames/<video_id>/<frame:06>-<blake3:16>.jpg` with
+//!   the recorded blake3, no frame path appears twice, and every file under `frames/` has a
+//!   manifest line;
+//! - every file recorded in `files` (annotations, report, selection copy, change log) is in the
+//!   version folder and has its blake3, and no other file exists in the folder;
 //! - each entry's consent basis is the basis of an `include` line for its clip in the recorded
 //!   `selection.jsonl`.
+//!
+//! While a replacement is under way, or after one was interrupted, the folder also holds the
+//! next version's objects beside the sealed marker that vouches for them
+//! ([`crate::emit::dest`]): they are listed as `pending`, not as problems, since the version
+//! `dataset.json` names is whole and readable.
 //!
 //! A folder that cannot be read at all is an error; everything else is a [`Problem`] in the
 //! [`VerifyReport`], so one run lists every mismatch.
@@ -46,6 +53,9 @@ pub struct VerifyReport {
     pub frames: u64,
     /// Merkle root recomputed from `manifest.jsonl` (hex), when it could be read.
     pub merkle_root: Option<String>,
+    /// Objects that are not part of this version but of a replacement under way or
+    /// interrupted, vouched for by its sealed marker (the next run deletes or keeps them).
+    pub pending: Vec<String>,
     /// Every mismatch found, sorted by path.
     pub problems: Vec<Problem>,
 }
@@ -61,6 +71,13 @@ impl std::fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for p in &self.problems {
             writeln!(f, "{}: {}", p.path, p.what)?;
+        }
+        if !self.pending.is_empty() {
+            writeln!(
+                f,
+                "{} object(s) of a replacement under way or interrupted are not part of this version (the next run finishes it)",
+                self.pending.len()
+            )?;
         }
         if self.ok() {
             write!(
@@ -211,8 +228,15 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
 
     // Recorded files.
     if let Some(r) = &record {
+        let folder = r.path("");
         for (rel, want) in &r.files {
             accounted.insert(rel.clone());
+            if !rel.starts_with(&folder) || rel.ends_with(paths::MANIFEST) {
+                problem(
+                    rel,
+                    format!("dataset.json lists it, but it is not a file of {folder}"),
+                );
+            }
             match hashes.get(rel) {
                 None => problem(rel, "recorded in dataset.json but missing".into()),
                 Some(got) if got != want => {
@@ -225,13 +249,17 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
 
     // Selection.
     let mut included: BTreeMap<String, ConsentBasis> = BTreeMap::new();
-    match std::fs::read(dir.join(paths::SELECTION)) {
-        Err(e) => problem(
-            paths::SELECTION,
-            format!("cannot read the recorded selection: {e}"),
-        ),
-        Ok(bytes) => match emit::parse_selection(&bytes) {
-            Err(e) => problem(paths::SELECTION, e),
+    // Without a record there is no version folder to read (dataset.json's problem says why).
+    let selection_path = record.as_ref().map(|r| r.path(paths::SELECTION));
+    let manifest_path = record.as_ref().map(|r| r.path(paths::MANIFEST));
+    match selection_path
+        .as_deref()
+        .map(|p| (p, std::fs::read(dir.join(p))))
+    {
+        None => {}
+        Some((p, Err(e))) => problem(p, format!("cannot read the recorded selection: {e}")),
+        Some((p, Ok(bytes))) => match emit::parse_selection(&bytes) {
+            Err(e) => problem(p, e),
             Ok(lines) => {
                 for l in lines {
                     if let (true, Some(v), Some(b)) = (l.decision == "include", l.video_id, l.basis)
@@ -244,19 +272,23 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
     }
 
     // Manifest.
-    accounted.insert(paths::MANIFEST.into());
     let mut frames = 0u64;
     let mut merkle_root = None;
-    match std::fs::read(dir.join(paths::MANIFEST)) {
-        Err(e) => problem(paths::MANIFEST, format!("cannot read: {e}")),
-        Ok(bytes) => {
+    let manifest_read = manifest_path.as_deref().map(|p| {
+        accounted.insert(p.to_owned());
+        (p, std::fs::read(dir.join(p)))
+    });
+    match manifest_read {
+        None => {}
+        Some((mpath, Err(e))) => problem(mpath, format!("cannot read: {e}")),
+        Some((mpath, Ok(bytes))) => {
             match merkle::manifest_root(&bytes) {
-                Err(e) => problem(paths::MANIFEST, e),
+                Err(e) => problem(mpath, e),
                 Ok(root) => {
                     let root = hashing::hex(&root);
                     if let Some(r) = record.as_ref().filter(|r| r.merkle_root != root) {
                         problem(
-                            paths::MANIFEST,
+                            mpath,
                             format!(
                                 "Merkle root is {root}, dataset.json records {}",
                                 r.merkle_root
@@ -268,7 +300,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
             }
             let text = String::from_utf8_lossy(&bytes);
             for (i, line) in text.lines().enumerate() {
-                let at = format!("{}:{}", paths::MANIFEST, i + 1);
+                let at = format!("{mpath}:{}", i + 1);
                 frames += 1;
                 let e: ManifestEntry = match serde_json::from_str(line) {
                     Ok(e) => e,
@@ -277,7 +309,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
                         continue;
                     }
                 };
-                let expected = ManifestEntry::frame_path(&e.video_id, e.frame);
+                let expected = ManifestEntry::frame_path(&e.video_id, e.frame, &e.blake3);
                 if !emit::is_safe_video_id(&e.video_id) || e.path != expected {
                     problem(&at, format!("path {:?} is not {expected:?}", e.path));
                 }
@@ -314,17 +346,21 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
             }
             if let Some(r) = record.as_ref().filter(|r| r.frames != frames) {
                 problem(
-                    paths::MANIFEST,
+                    mpath,
                     format!("{frames} lines, dataset.json records {} frames", r.frames),
                 );
             }
         }
     }
 
-    // Anything else is not part of the dataset.
+    // Anything else is not part of the dataset, but may be part of the next version.
+    let next = crate::emit::dest::pending_objects(dir);
+    let mut pending = Vec::new();
     for (rel, regular) in &files {
         if *regular && !accounted.contains(rel) {
-            if rel.starts_with(&format!("{}/", paths::FRAMES_DIR)) {
+            if next.contains(rel) {
+                pending.push(rel.clone());
+            } else if rel.starts_with(&format!("{}/", paths::FRAMES_DIR)) {
                 problem(rel, "frame has no manifest line".into());
             } else {
                 problem(rel, "not recorded in dataset.json".into());
@@ -339,6 +375,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
         files_checked,
         frames,
         merkle_root,
+        pending,
         problems,
     })
 }
@@ -403,10 +440,18 @@ pub fn consent_check(
     let parsed = crate::consent::Ledger::parse(ledger, ledger_name)
         .context("the consent ledger is unusable")?;
     let index = parsed.index(as_of);
-    let selection = std::fs::read(dir.join(paths::SELECTION))
-        .with_context(|| format!("cannot read {}", dir.join(paths::SELECTION).display()))?;
-    let manifest = std::fs::read_to_string(dir.join(paths::MANIFEST))
-        .with_context(|| format!("cannot read {}", dir.join(paths::MANIFEST).display()))?;
+    let record_path = dir.join(paths::DATASET);
+    let record: DatasetRecord = serde_json::from_slice(
+        &std::fs::read(&record_path)
+            .with_context(|| format!("cannot read {}", record_path.display()))?,
+    )
+    .with_context(|| format!("{} is not a dataset record", record_path.display()))?;
+    let selection_path = dir.join(record.path(paths::SELECTION));
+    let selection = std::fs::read(&selection_path)
+        .with_context(|| format!("cannot read {}", selection_path.display()))?;
+    let manifest_path = dir.join(record.path(paths::MANIFEST));
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
     let mut frames: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in manifest.lines().filter(|l| !l.trim().is_empty()) {
         let e: ManifestEntry = serde_json::from_str(line).context("manifest.jsonl")?;

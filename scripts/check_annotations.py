@@ -4,6 +4,9 @@ fails (exit 1, one line per problem on stderr) when any of them rejects or misre
 
 Usage: check_annotations.py DATASET_DIR   (run with the venv of scripts/setup-consumers.sh)
 
+The annotation files and the manifest are read from the version folder that the dataset's
+dataset.json names (versions/<version>/); frames/ is at the dataset's top.
+
 - coco:          pycocotools COCO() loads annotations/coco.json; every image file exists under
                  frames/; loadRes() + COCOeval(bbox) on the annotations as detections gives AP 1.0.
 - datumaro-coco: datumaro imports the folder as COCO ("coco" format, detected) through the
@@ -35,8 +38,17 @@ def fail(check, msg):
     problems.append(f"{check}: {msg}")
 
 
+def version_dir(root):
+    """The folder of the version dataset.json names: versions/<version>/ (annotations, manifest)."""
+    with open(os.path.join(root, "dataset.json"), encoding="utf-8") as f:
+        version = json.load(f)["version"]
+    if len(version) != 16 or any(c not in "0123456789abcdef" for c in version):
+        sys.exit(f"dataset: dataset.json names the version {version!r}")
+    return os.path.join(root, "versions", version)
+
+
 def load_manifest(root):
-    with open(os.path.join(root, "manifest.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(version_dir(root), "manifest.jsonl"), encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -47,7 +59,7 @@ def check_coco(root, manifest):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    path = os.path.join(root, "annotations", "coco.json")
+    path = os.path.join(version_dir(root), "annotations", "coco.json")
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(path)
     img_ids = sorted(gt.getImgIds())
@@ -104,7 +116,7 @@ def check_datumaro_coco(root, manifest):
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "annotations"))
         os.makedirs(os.path.join(tmp, "images"))
-        os.symlink(os.path.join(os.path.abspath(root), "annotations", "coco.json"),
+        os.symlink(os.path.join(os.path.abspath(version_dir(root)), "annotations", "coco.json"),
                    os.path.join(tmp, "annotations", "instances_default.json"))
         os.symlink(os.path.join(os.path.abspath(root), "frames"), os.path.join(tmp, "images", "default"))
         detected = dm.Environment().detect_dataset(tmp)
@@ -118,7 +130,11 @@ def check_datumaro_coco(root, manifest):
             fail("datumaro-coco", f"{len(items)} items, manifest has {len(manifest)}")
         boxes = 0
         for it, entry in zip(items, manifest):
-            want_id = f"{entry['video_id']}/{entry['frame']:06d}"
+            # The image's path below frames/ without its extension:
+            # <video_id>/<frame:06>-<blake3:16>.
+            want_id = entry["path"].removeprefix("frames/").removesuffix(".jpg")
+            if not want_id.startswith(f"{entry['video_id']}/{entry['frame']:06d}-"):
+                fail("datumaro-coco", f"{entry['path']} is not a path of frame {entry['frame']}")
             if it.id != want_id:
                 fail("datumaro-coco", f"item {it.id} is not {want_id}")
             data = it.media.data if it.media is not None else None
@@ -142,7 +158,7 @@ def check_datumaro_cvat(root, manifest):
     by_clip = {}
     for e in manifest:
         by_clip.setdefault(e["video_id"], []).append(e)
-    cvat_dir = os.path.join(root, "annotations", "cvat")
+    cvat_dir = os.path.join(version_dir(root), "annotations", "cvat")
     files = sorted(os.listdir(cvat_dir)) if os.path.isdir(cvat_dir) else []
     if files != sorted(f"{v}.xml" for v in by_clip):
         fail("datumaro-cvat", f"CVAT files {files} are not one per clip {sorted(by_clip)}")
@@ -179,11 +195,11 @@ def check_datumaro_cvat(root, manifest):
 def check_labelstudio(root, manifest):
     from label_studio_sdk.label_interface import LabelInterface
 
-    with open(os.path.join(root, "annotations", "labelstudio.xml"), encoding="utf-8") as f:
+    with open(os.path.join(version_dir(root), "annotations", "labelstudio.xml"), encoding="utf-8") as f:
         config = f.read()
     li = LabelInterface(config)
     li.validate()
-    with open(os.path.join(root, "annotations", "labelstudio.json"), encoding="utf-8") as f:
+    with open(os.path.join(version_dir(root), "annotations", "labelstudio.json"), encoding="utf-8") as f:
         tasks = json.load(f)
     if not isinstance(tasks, list) or len(tasks) != len(manifest):
         fail("labelstudio", f"expected a list of {len(manifest)} tasks")

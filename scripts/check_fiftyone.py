@@ -39,7 +39,7 @@ warnings.filterwarnings("ignore")
 
 # The problem list, the manifest reader and the check runner are check_annotations.py's (next to
 # this file; it imports its consumers inside the checks, so it loads in this venv too).
-from check_annotations import fail, load_manifest, problems, run_checks  # noqa: E402
+from check_annotations import fail, load_manifest, problems, run_checks, version_dir  # noqa: E402
 
 PX = 0.01  # pixel tolerance against the manifest (coco.json and the CVAT XML keep 2 decimals)
 
@@ -108,12 +108,12 @@ def check_fiftyone_coco(root, manifest):
     import fiftyone.types as fot
 
     check = "fiftyone-coco"
-    with open(os.path.join(root, "annotations", "coco.json"), encoding="utf-8") as f:
+    with open(os.path.join(version_dir(root), "annotations", "coco.json"), encoding="utf-8") as f:
         coco = json.load(f)
     ds = fo.Dataset.from_dir(
         dataset_type=fot.COCODetectionDataset,
         data_path=os.path.join(root, "frames"),
-        labels_path=os.path.join(root, "annotations", "coco.json"),
+        labels_path=os.path.join(version_dir(root), "annotations", "coco.json"),
         include_id=True, include_annotation_id=True, extra_attrs=True)  # coco_id, detections
     if len(ds) != len(coco["images"]) or len(ds) != len(manifest):
         fail(check, f"{len(ds)} samples, coco.json has {len(coco['images'])} images, "
@@ -185,7 +185,7 @@ def check_fiftyone_cvat(root, manifest):
     by_clip = {}
     for e in manifest:
         by_clip.setdefault(e["video_id"], []).append(e)
-    cvat_dir = os.path.join(root, "annotations", "cvat")
+    cvat_dir = os.path.join(version_dir(root), "annotations", "cvat")
     files = sorted(os.listdir(cvat_dir)) if os.path.isdir(cvat_dir) else []
     if files != sorted(f"{v}.xml" for v in by_clip):
         fail(check, f"CVAT files {files} are not one per clip {sorted(by_clip)}")

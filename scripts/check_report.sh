@@ -7,8 +7,11 @@
 set -euo pipefail
 
 dir=${1:?usage: check_report.sh DATASET_DIR [SCREENSHOT.png]}
-report=$(cd "$dir" && pwd)/report.html
-out=${2:-$(cd "$dir" && pwd)/../report.png}
+dir=$(cd "$dir" && pwd)
+version=$(sed -n 's/^  "version": "\([0-9a-f]\{16\}\)",$/\1/p' "$dir/dataset.json")
+[ -n "$version" ] || { printf 'check_report: no version in %s/dataset.json\n' "$dir" >&2; exit 1; }
+report=$dir/versions/$version/report.html
+out=${2:-$dir/../report.png}
 log() { printf 'check_report: %s\n' "$*" >&2; }
 
 [ -f "$report" ] || { log "no report at $report"; exit 1; }

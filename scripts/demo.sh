@@ -18,5 +18,5 @@ set -e
 [ "$status" -le 1 ] || exit "$status"
 target/release/clearframe verify "$OUT"
 echo
-echo "demo: dataset in $OUT; open $OUT/report.html in a browser."
+echo "demo: dataset in $OUT; open $OUT/versions/*/report.html in a browser."
 [ "$status" -eq 0 ] || echo "demo: clearframe run exited $status: one demo clip (v-corrupt) is broken on purpose and was skipped."

@@ -76,3 +76,33 @@ pub fn ffmpeg(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The name of the version folder the dataset in `dir` is at (`dataset.json`'s `version`).
+pub fn version_of(dir: &std::path::Path) -> String {
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("dataset.json")).unwrap()).unwrap();
+    record["version"].as_str().unwrap().to_owned()
+}
+
+/// `versions/<version>/<name>`, the dataset-relative key of a file of the version folder of the
+/// dataset in `dir`.
+pub fn version_key(dir: &std::path::Path, name: &str) -> String {
+    format!("versions/{}/{name}", version_of(dir))
+}
+
+/// The path of a file of the version folder of the dataset in `dir`.
+pub fn version_file(dir: &std::path::Path, name: &str) -> PathBuf {
+    dir.join(version_key(dir, name))
+}
+
+/// The dataset-relative key of frame `frame` of clip `id`, as the dataset's manifest lists it
+/// (`frames/<id>/<frame:06>-<blake3:16>.jpg`).
+pub fn frame_key(dir: &std::path::Path, id: &str, frame: u64) -> String {
+    let manifest = std::fs::read_to_string(version_file(dir, "manifest.jsonl")).unwrap();
+    manifest
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["video_id"] == id && e["frame"] == frame)
+        .and_then(|e| e["path"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no frame {frame} of {id} in {}", dir.display()))
+}

@@ -19,7 +19,7 @@ use clearframe::hashing::hash_bytes;
 use clearframe::verify::{VerifyArgs, run_cli, verify};
 use clearframe::vision::{BBox, Detection, coco};
 
-use crate::common::{fixture, root};
+use crate::common::{fixture, frame_key, root, version_file};
 
 const BIKES_FRAMES: [u64; 3] = [30, 35, 40];
 
@@ -327,21 +327,36 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     let record = build(&dir, frames());
 
     let files = snapshot(&dir);
-    let expected_frames = [
-        "frames/porch-dog/000000.jpg",
-        "frames/street-bikes/000030.jpg",
-        "frames/street-bikes/000035.jpg",
-        "frames/street-bikes/000040.jpg",
-    ];
+    // Frames are named by frame number and content; everything but dataset.json is in the
+    // version folder it names, whose name is the blake3 of its files.
     let frame_files: Vec<&str> = files
         .keys()
         .filter(|k| k.starts_with("frames/"))
         .map(String::as_str)
         .collect();
+    let expected_frames: Vec<String> = [
+        ("porch-dog", 0),
+        ("street-bikes", 30),
+        ("street-bikes", 35),
+        ("street-bikes", 40),
+    ]
+    .iter()
+    .map(|(id, n)| frame_key(&dir, id, *n))
+    .collect();
     assert_eq!(frame_files, expected_frames);
+    for (key, (id, n)) in expected_frames.iter().zip([
+        ("porch-dog", 0),
+        ("street-bikes", 30),
+        ("street-bikes", 35),
+        ("street-bikes", 40),
+    ]) {
+        let short = &hash_bytes(&files[key])[..16];
+        assert_eq!(*key, format!("frames/{id}/{n:06}-{short}.jpg"));
+    }
+    assert_eq!(record.version.len(), 16);
+    let mut version_files = BTreeMap::new();
     for f in [
         "manifest.jsonl",
-        "dataset.json",
         "selection.jsonl",
         "report.html",
         "annotations/coco.json",
@@ -349,13 +364,19 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
         "annotations/labelstudio.xml",
         "annotations/cvat/street-bikes.xml",
         "annotations/cvat/porch-dog.xml",
+        "changes.json",
+        "removed.jsonl",
     ] {
+        let key = record.path(f);
         assert!(
-            files.contains_key(f),
-            "{f} missing; have {:?}",
+            files.contains_key(&key),
+            "{key} missing; have {:?}",
             files.keys()
         );
+        version_files.insert(f.to_owned(), hash_bytes(&files[&key]));
     }
+    assert_eq!(record.version, emit::version_id(&version_files));
+    assert!(files.contains_key("dataset.json"));
     assert_eq!(
         files.len(),
         expected_frames.len() + 11,
@@ -375,7 +396,7 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     assert_eq!(record.counts.clips["street-bikes"].withheld, 1);
     assert_eq!(record.counts.clips["street-bikes"].faces_masked, 3);
     assert_eq!(record.failed_clips[0].video_id, "garage-corrupt");
-    let manifest = &files["manifest.jsonl"];
+    let manifest = &files[&record.path("manifest.jsonl")];
     let leaves: Vec<blake3::Hash> = manifest
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -398,7 +419,7 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     // The dataset ships the included lines only, reduced to id, line and basis: no owner or
     // device id and no excluded clip (regression: the whole selection travelled with every
     // copy of the dataset); exclusions are counted by reason code.
-    let shipped = String::from_utf8(files["selection.jsonl"].clone()).unwrap();
+    let shipped = String::from_utf8(files[&record.path("selection.jsonl")].clone()).unwrap();
     let input = String::from_utf8(selection()).unwrap();
     let included: Vec<serde_json::Value> = input
         .lines()
@@ -431,7 +452,7 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     // Manifest lines: sorted by clip, paths and hashes set by the emitter.
     let first: ManifestEntry =
         serde_json::from_slice(manifest.split(|b| *b == b'\n').next().unwrap()).unwrap();
-    assert_eq!(first.path, "frames/porch-dog/000000.jpg");
+    assert_eq!(first.path, expected_frames[0]);
     assert_eq!(first.blake3, hash_bytes(&files[&first.path]));
     assert_eq!(
         first.detections[1].category_id, 18,
@@ -439,9 +460,13 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     );
 
     // COCO: ids from 1, [x, y, w, h] in pixels, official category ids.
-    let coco: serde_json::Value = serde_json::from_slice(&files["annotations/coco.json"]).unwrap();
+    let coco: serde_json::Value =
+        serde_json::from_slice(&files[&record.path("annotations/coco.json")]).unwrap();
     assert_eq!(coco["images"][0]["id"], 1);
-    assert_eq!(coco["images"][0]["file_name"], "porch-dog/000000.jpg");
+    assert_eq!(
+        coco["images"][0]["file_name"],
+        expected_frames[0].strip_prefix("frames/").unwrap()
+    );
     assert_eq!(coco["annotations"][0]["id"], 1);
     assert_eq!(
         coco["annotations"][0]["bbox"],
@@ -451,20 +476,21 @@ fn emitted_dataset_verifies_and_real_consumers_accept_it() {
     assert_eq!(coco["categories"].as_array().unwrap().len(), 80);
     // Label Studio: percent coordinates.
     let ls: serde_json::Value =
-        serde_json::from_slice(&files["annotations/labelstudio.json"]).unwrap();
+        serde_json::from_slice(&files[&record.path("annotations/labelstudio.json")]).unwrap();
     let r = &ls[0]["predictions"][0]["result"][0];
     assert_eq!(r["type"], "rectanglelabels");
     assert_eq!(r["value"]["x"], serde_json::json!(12.8906));
     assert_eq!(r["value"]["width"], serde_json::json!(61.849));
     // CVAT: the cyclist is one track over the three frames.
-    let cvat = String::from_utf8(files["annotations/cvat/street-bikes.xml"].clone()).unwrap();
+    let cvat = String::from_utf8(files[&record.path("annotations/cvat/street-bikes.xml")].clone())
+        .unwrap();
     assert_eq!(cvat.matches("<track ").count(), 3, "{cvat}");
     assert!(
         cvat.contains("<track id=\"0\" label=\"person\" source=\"auto\">\n    <box frame=\"0\"")
     );
     // The report shows only redacted frames, by relative path, and names the decisions.
-    let html = String::from_utf8(files["report.html"].clone()).unwrap();
-    assert!(html.contains("src=\"frames/street-bikes/000030.jpg\""));
+    let html = String::from_utf8(files[&record.path("report.html")].clone()).unwrap();
+    assert!(html.contains(&format!("src=\"../../{}\"", expected_frames[1])));
     // Exclusions by reason code only: the excluded clip and its reason are not named.
     assert!(html.contains("<code>no_basis</code>") && html.contains("<code>invalid_line</code>"));
     assert!(!html.contains("consent was revoked by the owner") && !html.contains("kitchen-cam"));
@@ -535,18 +561,14 @@ fn any_changed_byte_fails_verify_naming_the_file() {
     assert!(verify(&dir).unwrap().ok());
 
     // A removed frame, an extra file.
-    std::fs::remove_file(dir.join("frames/street-bikes/000035.jpg")).unwrap();
-    std::fs::write(dir.join("frames/street-bikes/000036.jpg"), b"x").unwrap();
+    let gone = frame_key(&dir, "street-bikes", 35);
+    std::fs::remove_file(dir.join(&gone)).unwrap();
+    let extra = format!("frames/street-bikes/000036-{}.jpg", &hash_bytes(b"x")[..16]);
+    std::fs::write(dir.join(&extra), b"x").unwrap();
     let report = verify(&dir).unwrap();
     let named: Vec<&str> = report.problems.iter().map(|p| p.path.as_str()).collect();
-    assert!(
-        named.contains(&"frames/street-bikes/000035.jpg"),
-        "{report}"
-    );
-    assert!(
-        named.contains(&"frames/street-bikes/000036.jpg"),
-        "{report}"
-    );
+    assert!(named.contains(&gone.as_str()), "{report}");
+    assert!(named.contains(&extra.as_str()), "{report}");
     assert_eq!(
         run_cli(&VerifyArgs {
             dir,
@@ -566,7 +588,8 @@ fn verify_checks_each_basis_against_the_recorded_selection() {
     build(&dir, frames());
     // Rewrite the selection as if porch-dog had been excluded, and re-seal dataset.json so that
     // only the basis check can notice.
-    let text = String::from_utf8(std::fs::read(dir.join("selection.jsonl")).unwrap()).unwrap();
+    let selection = version_file(&dir, "selection.jsonl");
+    let text = String::from_utf8(std::fs::read(&selection).unwrap()).unwrap();
     let edited: String = text
         .lines()
         .map(|l| {
@@ -578,18 +601,22 @@ fn verify_checks_each_basis_against_the_recorded_selection() {
         })
         .collect();
     assert_ne!(edited, text);
-    std::fs::write(dir.join("selection.jsonl"), &edited).unwrap();
+    std::fs::write(&selection, &edited).unwrap();
     let mut record: DatasetRecord =
         serde_json::from_slice(&std::fs::read(dir.join("dataset.json")).unwrap()).unwrap();
-    record
-        .files
-        .insert("selection.jsonl".into(), hash_bytes(edited.as_bytes()));
+    record.files.insert(
+        record.path("selection.jsonl"),
+        hash_bytes(edited.as_bytes()),
+    );
     record.seal = record.compute_seal();
     std::fs::write(dir.join("dataset.json"), record.to_bytes()).unwrap();
 
     let report = verify(&dir).unwrap();
     assert_eq!(report.problems.len(), 1, "{report}");
-    assert_eq!(report.problems[0].path, "manifest.jsonl:1");
+    assert_eq!(
+        report.problems[0].path,
+        format!("{}:1", record.path("manifest.jsonl"))
+    );
     assert!(
         report.problems[0]
             .what
@@ -674,14 +701,17 @@ fn same_inputs_give_the_same_bytes_in_any_order() {
     assert_eq!(rc.merkle_root, rc2.merkle_root);
     crate::run_s3::assert_same_dataset(&snapshot(&a), &snapshot(&c));
     let changes: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.join("changes.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(version_file(&c, "changes.json")).unwrap()).unwrap();
     assert_eq!(changes["previous_merkle_root"], rc.merkle_root.as_str());
     assert_eq!(
         changes["kept"],
         serde_json::json!(["porch-dog", "street-bikes"])
     );
     assert_eq!(changes["added"], serde_json::json!([]));
-    assert_eq!(std::fs::read(c.join("removed.jsonl")).unwrap(), b"");
+    assert_eq!(
+        std::fs::read(version_file(&c, "removed.jsonl")).unwrap(),
+        b""
+    );
     // A different frame changes the root.
     let mut changed = frames();
     changed[0].0.detections[0].score = 0.5;
@@ -736,10 +766,13 @@ fn a_dataset_with_no_frames_still_verifies() {
     let record = emitter.finish().unwrap();
     assert_eq!(record.frames, 0);
     assert_eq!(record.merkle_root, blake3::hash(b"").to_hex().to_string());
-    assert_eq!(std::fs::read(dir.join("manifest.jsonl")).unwrap(), b"");
+    assert_eq!(
+        std::fs::read(version_file(&dir, "manifest.jsonl")).unwrap(),
+        b""
+    );
     let report = verify(&dir).unwrap();
     assert!(report.ok(), "{report}");
-    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let html = std::fs::read_to_string(version_file(&dir, "report.html")).unwrap();
     assert!(html.contains("No frames were emitted"));
 }
 

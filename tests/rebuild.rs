@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::common::{clearframe, fixture};
+use crate::common::{clearframe, fixture, version_file};
 use crate::run_s3::{assert_same_dataset, assert_same_files, local_files};
 use crate::stages::emit;
 
@@ -70,21 +70,23 @@ fn run_with_a_work_folder_reuses_every_clip_and_gives_the_plain_runs_bytes() {
 
     // A frame removed from the dataset is written again: an incomplete dataset is not skipped.
     // (The same version, over the previous one: its change log says every clip was kept.)
-    let frame = out.join("frames/v-street-bikes/000000.jpg");
+    let frame = out.join(crate::common::frame_key(&out, "v-street-bikes", 0));
     std::fs::remove_file(&frame).unwrap();
     run(&ledger, &["--work", s(&work), "--out", s(&out)])
         .assert()
         .code(1);
     let files = local_files(&out);
     assert_same_dataset(&expected, &files);
-    let changes: serde_json::Value = serde_json::from_slice(&files["changes.json"]).unwrap();
+    let changes: serde_json::Value =
+        serde_json::from_slice(crate::run_s3::version_bytes(&files, "changes.json")).unwrap();
     assert_eq!(changes["previous_merkle_root"], changes["merkle_root"]);
     assert_eq!(changes["kept"].as_array().unwrap().len(), 4);
 
     // A frame overwritten there with other bytes (the same path, the same count of files) is
     // not taken for the dataset: it is written again (found in review: only presence was
     // checked).
-    let other = std::fs::read(out.join("frames/v-street-bikes/000004.jpg")).unwrap();
+    let other =
+        std::fs::read(out.join(crate::common::frame_key(&out, "v-street-bikes", 4))).unwrap();
     std::fs::write(&frame, other).unwrap();
     let a = run(&ledger, &["--work", s(&work), "--out", s(&out)])
         .assert()
@@ -224,22 +226,28 @@ fn a_revocation_erases_the_clip_from_work_and_dataset_without_redoing_vision_wor
     // decision line does (an exclusion).
     assert_eq!(
         mentions(&out, "v-car-front"),
-        vec![out.join("changes.json"), out.join("removed.jsonl")]
+        vec![
+            version_file(&out, "changes.json"),
+            version_file(&out, "removed.jsonl")
+        ]
     );
-    let removed: Vec<serde_json::Value> = std::fs::read_to_string(out.join("removed.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let removed: Vec<serde_json::Value> =
+        std::fs::read_to_string(version_file(&out, "removed.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert_eq!(removed[0]["video_id"], "v-car-front");
     assert_eq!(removed[0]["reason_code"], "revoked");
     assert_eq!(removed[0]["event_id"], "e-99");
     let paths = removed[0]["paths"].as_array().unwrap();
     assert!(
-        paths
-            .iter()
-            .any(|p| p == "annotations/cvat/v-car-front.xml")
+        paths.iter().any(|p| {
+            let p = p.as_str().unwrap();
+            p.starts_with("versions/") && p.ends_with("/annotations/cvat/v-car-front.xml")
+        }),
+        "{paths:?}"
     );
     assert_eq!(
         paths
@@ -250,7 +258,8 @@ fn a_revocation_erases_the_clip_from_work_and_dataset_without_redoing_vision_wor
     );
     assert!(!removed[0].to_string().contains("acct-1"), "no owner id");
     let changes: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("changes.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(version_file(&out, "changes.json")).unwrap())
+            .unwrap();
     assert_eq!(changes["removed"], serde_json::json!(["v-car-front"]));
     assert_eq!(changes["kept"].as_array().unwrap().len(), 3);
     assert_eq!(
@@ -500,7 +509,7 @@ fn a_new_basis_for_the_same_clip_redoes_neither_redaction_nor_detection() {
             && said.contains("models not loaded"),
         "{said}"
     );
-    let manifest = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    let manifest = std::fs::read_to_string(version_file(&out, "manifest.jsonl")).unwrap();
     assert!(
         manifest.contains("\"event_id\":\"e-50\""),
         "the new basis is recorded"

@@ -123,33 +123,57 @@ pub(crate) fn assert_same_files(
 
 /// The same dataset version, built over a different previous version: every file byte for byte
 /// but the change log against the previous version (`changes.json`, `removed.jsonl`), and
-/// `dataset.json` the same but for those two files' hashes and its seal.
+/// `dataset.json` the same but for those two files' hashes, the version folder's name (the
+/// blake3 of its files, the change log included) and its seal.
 pub(crate) fn assert_same_dataset(
     expected: &BTreeMap<String, Vec<u8>>,
     actual: &BTreeMap<String, Vec<u8>>,
 ) {
     const HISTORY: [&str; 2] = ["changes.json", "removed.jsonl"];
+    let version = |files: &BTreeMap<String, Vec<u8>>| -> String {
+        let r: serde_json::Value = serde_json::from_slice(&files["dataset.json"]).unwrap();
+        format!("versions/{}/", r["version"].as_str().unwrap())
+    };
+    // Files keyed by name inside the version folder (`version/...`), the change log left out.
     let strip = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
+        let folder = version(files);
         files
             .iter()
-            .filter(|(k, _)| !HISTORY.contains(&k.as_str()) && *k != "dataset.json")
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(k, _)| *k != "dataset.json")
+            .filter_map(|(k, v)| match k.strip_prefix(&folder) {
+                Some(name) if HISTORY.contains(&name) => None,
+                Some(name) => Some((format!("version/{name}"), v.clone())),
+                None => Some((k.clone(), v.clone())),
+            })
             .collect()
     };
     assert_same_files(&strip(expected), &strip(actual));
     let record = |files: &BTreeMap<String, Vec<u8>>| -> serde_json::Value {
+        let folder = version(files);
         let mut r: serde_json::Value = serde_json::from_slice(&files["dataset.json"]).unwrap();
+        let listed = std::mem::take(r["files"].as_object_mut().unwrap());
+        for (k, v) in listed {
+            let name = k
+                .strip_prefix(&folder)
+                .expect("files are in the version folder");
+            if !HISTORY.contains(&name) {
+                r["files"][format!("version/{name}")] = v;
+            }
+        }
         for h in HISTORY {
-            assert!(r["files"].get(h).is_some(), "dataset.json lists {h}");
-            r["files"].as_object_mut().unwrap().remove(h);
+            assert!(files.contains_key(&format!("{folder}{h}")), "{h} missing");
         }
         r.as_object_mut().unwrap().remove("seal");
+        r.as_object_mut().unwrap().remove("version");
         r
     };
     assert_eq!(record(expected), record(actual));
-    for h in HISTORY {
-        assert!(actual.contains_key(h), "{h} missing");
-    }
+}
+
+/// A file of the version folder of a dataset given as its files.
+pub(crate) fn version_bytes<'a>(files: &'a BTreeMap<String, Vec<u8>>, name: &str) -> &'a [u8] {
+    let r: serde_json::Value = serde_json::from_slice(&files["dataset.json"]).unwrap();
+    &files[&format!("versions/{}/{name}", r["version"].as_str().unwrap())]
 }
 
 #[test]
@@ -178,7 +202,8 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
     let earlier = dir.path().join("earlier");
     crate::emit::build(&earlier, crate::emit::frames());
     let earlier_files = local_files(&earlier);
-    assert!(earlier_files.contains_key("frames/porch-dog/000000.jpg"));
+    let earlier_frame = crate::common::frame_key(&earlier, "porch-dog", 0);
+    assert!(earlier_files.contains_key(&earlier_frame));
     for (k, v) in &earlier_files {
         store
             .put(&format!("datasets/demo/{k}"), Bytes::from(v.clone()))
@@ -211,10 +236,11 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
         local_files.keys()
     );
     assert!(local_files.contains_key("dataset.json"));
-    assert!(!remote_files.contains_key("frames/porch-dog/000000.jpg"));
+    assert!(!remote_files.contains_key(&earlier_frame));
     // The same version; its change log names what the earlier one had and this one does not.
     assert_same_dataset(&local_files, &remote_files);
-    let removed = String::from_utf8(remote_files["removed.jsonl"].clone()).unwrap();
+    let removed =
+        String::from_utf8(version_bytes(&remote_files, "removed.jsonl").to_vec()).unwrap();
     let gone: Vec<serde_json::Value> = removed
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -231,7 +257,7 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p == "frames/porch-dog/000000.jpg")
+            .any(|p| *p == earlier_frame)
     );
 
     // The stages one at a time, with the work folder and the dataset in S3: the same bytes.

@@ -238,7 +238,11 @@ fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
             )
         })
         .collect();
-    let manifest = std::fs::read_to_string(dir.join("out/manifest.jsonl")).unwrap();
+    let manifest = std::fs::read_to_string(crate::common::version_file(
+        &dir.join("out"),
+        "manifest.jsonl",
+    ))
+    .unwrap();
     let mut sizes: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for l in manifest.lines() {
         let e: Value = serde_json::from_str(l).unwrap();
@@ -278,7 +282,8 @@ fn the_bad_input_corpus_is_decoded_or_reported_never_lost() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // No failure record carries container metadata (title, comment, GPS location).
     let text = std::fs::read_to_string(dir.join("out/dataset.json")).unwrap()
-        + &std::fs::read_to_string(dir.join("out/report.html")).unwrap();
+        + &std::fs::read_to_string(crate::common::version_file(&dir.join("out"), "report.html"))
+            .unwrap();
     for secret in ["Secret", "51.5007", "0.1246", "320x544"] {
         assert!(!text.contains(secret), "{secret} leaked into the dataset");
         assert!(!stderr.contains(secret), "{secret} leaked into the log");

@@ -156,7 +156,7 @@ fn emit_refuses_a_folder_it_did_not_write_and_replaces_only_what_its_record_list
         for (rel, bytes) in &theirs {
             assert_eq!(after.get(*rel).map(Vec::as_slice), Some(*bytes), "{rel}");
         }
-        let listed = manifest_paths(&after["manifest.jsonl"]);
+        let listed = manifest_paths(crate::run_s3::version_bytes(&after, "manifest.jsonl"));
         assert_eq!(listed.len(), 1);
         assert_only_listed_frames(&after, &listed);
         assert!(!after.contains_key(".clearframe-partial.json"));
@@ -174,7 +174,7 @@ fn emit_refuses_a_folder_it_did_not_write_and_replaces_only_what_its_record_list
     check_replaced(&ds);
 
     // A dataset changed after ClearFrame wrote it: its record no longer vouches for its files.
-    let manifest = ds.join("manifest.jsonl");
+    let manifest = crate::common::version_file(&ds, "manifest.jsonl");
     let original = std::fs::read(&manifest).unwrap();
     let mut edited = original.clone();
     edited[10] ^= 1;
@@ -198,8 +198,25 @@ fn emit_refuses_a_folder_it_did_not_write_and_replaces_only_what_its_record_list
             half.add_frame(entry, &jpeg).unwrap();
         }
         drop(half);
+        // The earlier version stays whole and readable meanwhile: verify passes but for the
+        // others' files, and names the interrupted run's objects as pending.
+        let report = clearframe::verify::verify(&ds).unwrap();
+        let mut named: Vec<&str> = report.problems.iter().map(|p| p.path.as_str()).collect();
+        named.dedup();
+        assert_eq!(
+            named,
+            theirs.keys().copied().collect::<Vec<_>>(),
+            "{report}"
+        );
+        assert!(
+            report
+                .pending
+                .contains(&".clearframe-partial.json".to_owned())
+                && report.pending.iter().any(|p| p.starts_with("frames/")),
+            "{report}"
+        );
     }
-    assert!(!ds.join("dataset.json").exists());
+    assert!(ds.join("dataset.json").exists());
     assert!(ds.join(".clearframe-partial.json").exists());
     build(&ds, fewer);
     check_replaced(&ds);
@@ -341,8 +358,8 @@ fn s3_outputs_replace_only_what_clearframe_wrote_and_refuse_before_any_damage() 
     for (k, v) in &theirs {
         assert_eq!(after.get(k), Some(v), "{k} was changed or deleted");
     }
-    let listed = manifest_paths(&after["manifest.jsonl"]);
-    let old = manifest_paths(&first["manifest.jsonl"]);
+    let listed = manifest_paths(crate::run_s3::version_bytes(&after, "manifest.jsonl"));
+    let old = manifest_paths(crate::run_s3::version_bytes(&first, "manifest.jsonl"));
     assert!(
         listed.len() < old.len(),
         "{} vs {}",
@@ -913,8 +930,8 @@ fn links_inside_output_and_work_folders_are_refused_never_followed() {
     untouched("emit over frames/<id> -> victim");
     std::fs::remove_file(&real).unwrap();
     std::fs::rename(tmp.path().join("moved"), &real).unwrap();
-    // `annotations/cvat -> ..`: the folder's parent.
-    let cvat = ds.join("annotations/cvat");
+    // `versions/<version>/annotations/cvat -> ..`: the folder's parent.
+    let cvat = crate::common::version_file(&ds, "annotations/cvat");
     if cvat.exists() {
         std::fs::remove_dir_all(&cvat).unwrap();
     }
@@ -926,7 +943,7 @@ fn links_inside_output_and_work_folders_are_refused_never_followed() {
         text.contains("annotations/cvat is a symbolic link"),
         "{text}"
     );
-    assert!(!ds.join("annotations/annotations.xml").exists());
+    assert!(!cvat.parent().unwrap().join("annotations.xml").exists());
     // A folder that holds only a link is not empty, and not ours.
     let fresh = tmp.path().join("fresh");
     std::fs::create_dir(&fresh).unwrap();

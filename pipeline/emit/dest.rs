@@ -6,11 +6,12 @@
 //! - **an earlier dataset**: a `dataset.json` in canonical form whose seal checks, whose `files`
 //!   are dataset files, and whose `manifest.jsonl` has the recorded Merkle root and frame count.
 //!   What ClearFrame may delete is exactly what that record vouches for: its `files`, the frame
-//!   paths of its manifest, `manifest.jsonl` and `dataset.json`;
-//! - **an interrupted replacement**: no `dataset.json` but the sealed marker [`PARTIAL`] that a
-//!   replacement writes before it deletes anything. It lists the earlier dataset's objects and
-//!   the clips the interrupted run was writing (whose objects are `frames/<id>/<frame>.jpg` and
-//!   `annotations/cvat/<id>.xml`, beside the dataset's fixed files);
+//!   paths of its manifest, its `manifest.jsonl` and `dataset.json`;
+//! - **an interrupted replacement**: the sealed marker [`PARTIAL`] that a replacement writes
+//!   before it writes anything else, beside the earlier `dataset.json` (or none, for a first
+//!   dataset). It lists the earlier dataset's objects and the clips the interrupted run was
+//!   writing, whose objects are `frames/<id>/<frame:06>-<blake3:16>.jpg`, beside the files of a
+//!   version folder `versions/<version>/…`;
 //! - **anything else is refused**, naming what was found, and nothing is deleted or written.
 //!
 //! Objects no record vouches for are left alone and named in a warning; one that the new dataset
@@ -19,9 +20,13 @@
 //! SSE) stop the run before the earlier dataset is touched.
 //!
 //! The replacement itself ([`Destination::begin`], [`Destination::commit`]): write the marker,
-//! delete `dataset.json` (from here on the destination is not a complete dataset), write the new
-//! dataset, delete the earlier dataset's objects that it did not rewrite, write `dataset.json`,
-//! delete the marker. The same on local folders and on S3.
+//! write the new frames and version folder beside the earlier dataset (no object it lists is
+//! overwritten with other bytes: frames are named by their blake3 and a version folder by the
+//! blake3 of its files), replace `dataset.json` in one atomic write, delete the earlier
+//! dataset's objects that the new one does not list, delete the marker. Until `dataset.json` is
+//! replaced, the earlier version is whole and readable; a run killed at any point leaves either
+//! the earlier version or the new one, plus objects the marker vouches for, which the next run
+//! deletes. The same on local folders and on S3.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -39,10 +44,9 @@ pub const PARTIAL: &str = ".clearframe-partial.json";
 /// Format id of the marker.
 pub const PARTIAL_FORMAT: &str = "clearframe-partial/1";
 
-/// Files of a dataset other than frames and CVAT files.
-const FIXED: [&str; 9] = [
+/// Files of a version folder other than CVAT files.
+const FIXED: [&str; 8] = [
     paths::MANIFEST,
-    paths::DATASET,
     paths::SELECTION,
     paths::REPORT,
     paths::COCO,
@@ -53,6 +57,7 @@ const FIXED: [&str; 9] = [
 ];
 
 const HINT_FOREIGN: &str = "choose an empty folder or prefix, or one that holds a dataset ClearFrame wrote; ClearFrame replaces only what the dataset.json it wrote there lists";
+const HINT_FORMAT: &str = "it was written by a ClearFrame with another dataset layout: move it away or choose another destination (this version replaces only datasets of its own layout)";
 const HINT_CHANGED: &str = "the dataset was changed after ClearFrame wrote it: restore it (clearframe verify names what differs), or choose another destination";
 
 /// The marker: what ClearFrame owns in a destination while a replacement is under way.
@@ -110,33 +115,50 @@ impl PartialRecord {
     }
 }
 
-/// `frames/<id>/<frame>.jpg` with a safe id and at least six digits.
+/// `frames/<id>/<frame:06>-<blake3:16>.jpg` with a safe id: the clip's id.
 fn frame_clip(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(paths::FRAMES_DIR)?.strip_prefix('/')?;
     let (id, name) = rest.split_once('/')?;
-    let digits = name.strip_suffix(".jpg")?;
-    (is_safe_video_id(id) && digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then_some(id)
+    let (digits, hash) = name.strip_suffix(".jpg")?.split_once('-')?;
+    (is_safe_video_id(id)
+        && digits.len() >= 6
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && is_name_hash(hash))
+    .then_some(id)
 }
 
-/// `annotations/cvat/<id>.xml` with a safe id.
-fn cvat_clip(key: &str) -> Option<&str> {
-    let rest = key.strip_prefix(paths::CVAT_DIR)?.strip_prefix('/')?;
+/// [`paths::NAME_HASH_LEN`] lowercase hex digits.
+fn is_name_hash(s: &str) -> bool {
+    s.len() == paths::NAME_HASH_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `versions/<version>/<name>` where `name` is a file of a version folder: the version and the
+/// name.
+fn version_file(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(paths::VERSIONS_DIR)?.strip_prefix('/')?;
+    let (version, name) = rest.split_once('/')?;
+    (is_name_hash(version) && (FIXED.contains(&name) || cvat_clip(name).is_some()))
+        .then_some((version, name))
+}
+
+/// `annotations/cvat/<id>.xml` (a name inside a version folder) with a safe id.
+fn cvat_clip(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(paths::CVAT_DIR)?.strip_prefix('/')?;
     let id = rest.strip_suffix(".xml")?;
     is_safe_video_id(id).then_some(id)
 }
 
-/// A file a dataset record may list in `files`.
-fn is_dataset_file(key: &str) -> bool {
-    (FIXED.contains(&key) && key != paths::MANIFEST && key != paths::DATASET)
-        || cvat_clip(key).is_some()
+/// A file a dataset record of `version` may list in `files`.
+fn is_dataset_file(key: &str, version: &str) -> bool {
+    version_file(key).is_some_and(|(v, name)| v == version && name != paths::MANIFEST)
 }
 
-/// A key a dataset of `clips` writes.
+/// An object a replacement may have written: `dataset.json`, a file of a version folder, or a
+/// frame of one of `clips`.
 fn would_write(key: &str, clips: &BTreeSet<String>) -> bool {
-    FIXED.contains(&key)
+    key == paths::DATASET
+        || version_file(key).is_some()
         || frame_clip(key).is_some_and(|id| clips.contains(id))
-        || cvat_clip(key).is_some_and(|id| clips.contains(id))
 }
 
 /// `N objects (a, b, c, …)` for messages.
@@ -194,7 +216,7 @@ impl Destination {
             };
             if present.contains(paths::DATASET) {
                 let (owned, prev) =
-                    read_record(&*store)?.map_err(|why| refuse(why, HINT_CHANGED))?;
+                    read_record(&*store)?.map_err(|(why, hint)| refuse(why, hint))?;
                 listed = owned;
                 previous = Some(prev);
                 complete = partial.is_none() && listed.iter().all(|k| present.contains(k));
@@ -292,17 +314,19 @@ impl Destination {
         };
         marker.seal = marker.compute_seal();
         self.store.put_record(PARTIAL, marker.to_bytes().into())?;
-        self.store.delete(paths::DATASET)?;
         Ok(())
     }
 
-    /// Finishes the replacement: deletes the earlier dataset's objects that are not in `written`,
-    /// writes `dataset_json` as `dataset.json`, and deletes the marker.
+    /// Finishes the replacement: writes `dataset_json` as `dataset.json` (one atomic write: the
+    /// new version replaces the earlier one for every reader at once), deletes the earlier
+    /// dataset's objects and the interrupted runs' leftovers that are not in `written`, and
+    /// deletes the marker.
     pub fn commit(
         &self,
         written: &BTreeSet<String>,
         dataset_json: Vec<u8>,
     ) -> Result<(), EmitError> {
+        self.store.put_record(paths::DATASET, dataset_json.into())?;
         for key in &self.owned {
             if key == paths::DATASET || key == PARTIAL || written.contains(key) {
                 continue;
@@ -312,9 +336,25 @@ impl Destination {
                 prune_empty_parents(root, key);
             }
         }
-        self.store.put_record(paths::DATASET, dataset_json.into())?;
         self.store.delete(PARTIAL)?;
         Ok(())
+    }
+}
+
+/// The objects of the local dataset folder `dir` that a sealed replacement marker vouches for
+/// (the marker itself, the next version's objects): none without a valid marker.
+pub(crate) fn pending_objects(dir: &std::path::Path) -> BTreeSet<String> {
+    let store = crate::storage::LocalStore::new(dir.to_path_buf());
+    let Ok(list) = store.list("") else {
+        return BTreeSet::new();
+    };
+    let present: BTreeSet<String> = list.into_iter().map(|m| m.key).collect();
+    if !present.contains(PARTIAL) {
+        return BTreeSet::new();
+    }
+    match read_partial(&store, &present) {
+        Ok(Ok((owned, _))) => owned,
+        _ => BTreeSet::new(),
     }
 }
 
@@ -329,66 +369,100 @@ fn prune_empty_parents(root: &std::path::Path, key: &str) {
 /// What a marker vouches for (objects ClearFrame may delete) and the version it was replacing.
 type Vouched = (BTreeSet<String>, Option<Previous>);
 
+/// Why a destination is refused, and what to do.
+type Refused = (String, &'static str);
+
 /// What an earlier dataset's record vouches for, or why it is not a record ClearFrame wrote.
 /// (The outer error is the store's.)
 fn read_record(
     store: &dyn Store,
-) -> Result<Result<(BTreeSet<String>, Previous), String>, EmitError> {
+) -> Result<Result<(BTreeSet<String>, Previous), Refused>, EmitError> {
     let bytes = store.get(paths::DATASET)?;
+    // Another layout's record is named as such before its fields are checked.
+    #[derive(Deserialize)]
+    struct Format {
+        format: String,
+    }
+    if let Ok(Format { format }) = serde_json::from_slice::<Format>(&bytes)
+        && format != DATASET_FORMAT
+        && format.starts_with("clearframe-dataset/")
+    {
+        return Ok(Err((
+            format!("its dataset.json has format {format:?}, not {DATASET_FORMAT:?}"),
+            HINT_FORMAT,
+        )));
+    }
     let record: DatasetRecord = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            return Ok(Err(format!(
-                "its dataset.json is not a dataset record ({e})"
+            return Ok(Err((
+                format!("its dataset.json is not a dataset record ({e})"),
+                HINT_CHANGED,
             )));
         }
     };
     if record.to_bytes() != bytes[..] {
-        return Ok(Err(
+        return Ok(Err((
             "its dataset.json is not in the form ClearFrame writes (it was edited)".to_owned(),
-        ));
-    }
-    if record.compute_seal() != record.seal {
-        return Ok(Err(
-            "the seal of its dataset.json does not match the record's content".to_owned(),
-        ));
-    }
-    if record.format != DATASET_FORMAT || record.merkle != merkle::CONSTRUCTION {
-        return Ok(Err(format!(
-            "its dataset.json has format {:?} / Merkle construction {:?}, not {DATASET_FORMAT:?} / {:?}",
-            record.format,
-            record.merkle,
-            merkle::CONSTRUCTION
+            HINT_CHANGED,
         )));
     }
-    let mut owned: BTreeSet<String> = [paths::DATASET, paths::MANIFEST]
+    if record.compute_seal() != record.seal {
+        return Ok(Err((
+            "the seal of its dataset.json does not match the record's content".to_owned(),
+            HINT_CHANGED,
+        )));
+    }
+    if record.format != DATASET_FORMAT || record.merkle != merkle::CONSTRUCTION {
+        return Ok(Err((
+            format!(
+                "its dataset.json has format {:?} / Merkle construction {:?}, not {DATASET_FORMAT:?} / {:?}",
+                record.format,
+                record.merkle,
+                merkle::CONSTRUCTION
+            ),
+            HINT_FORMAT,
+        )));
+    }
+    if !is_name_hash(&record.version) {
+        return Ok(Err((
+            format!("its dataset.json names the version {:?}", record.version),
+            HINT_CHANGED,
+        )));
+    }
+    let manifest_key = record.path(paths::MANIFEST);
+    let mut owned: BTreeSet<String> = [paths::DATASET.to_owned(), manifest_key.clone()]
         .into_iter()
-        .map(str::to_owned)
         .collect();
     for key in record.files.keys() {
-        if !is_dataset_file(key) {
-            return Ok(Err(format!(
-                "its dataset.json lists {key:?}, which is not a file of a ClearFrame dataset"
+        if !is_dataset_file(key, &record.version) {
+            return Ok(Err((
+                format!(
+                    "its dataset.json lists {key:?}, which is not a file of a ClearFrame dataset"
+                ),
+                HINT_CHANGED,
             )));
         }
         owned.insert(key.clone());
     }
-    let manifest = match store.get(paths::MANIFEST) {
+    let manifest = match store.get(&manifest_key) {
         Ok(m) => m,
         Err(e) if e.is_not_found() => {
-            return Ok(Err(
-                "its dataset.json has no manifest.jsonl beside it".to_owned()
-            ));
+            return Ok(Err((
+                "its dataset.json has no manifest.jsonl beside it".to_owned(),
+                HINT_CHANGED,
+            )));
         }
         Err(e) => return Err(e.into()),
     };
     match merkle::manifest_root(&manifest) {
         Ok(root) if crate::hashing::hex(&root) == record.merkle_root => {}
         _ => {
-            return Ok(Err(
+            return Ok(Err((
                 "its manifest.jsonl does not have the Merkle root its dataset.json records"
                     .to_owned(),
-            ));
+                HINT_CHANGED,
+            )));
         }
     }
     let mut previous = Previous {
@@ -402,15 +476,23 @@ fn read_record(
         lines += 1;
         let entry: ManifestEntry = match serde_json::from_str(line) {
             Ok(e) => e,
-            Err(e) => return Ok(Err(format!("manifest.jsonl line {}: {e}", i + 1))),
+            Err(e) => {
+                return Ok(Err((
+                    format!("manifest.jsonl line {}: {e}", i + 1),
+                    HINT_CHANGED,
+                )));
+            }
         };
         if !is_safe_video_id(&entry.video_id)
-            || entry.path != ManifestEntry::frame_path(&entry.video_id, entry.frame)
+            || entry.path != ManifestEntry::frame_path(&entry.video_id, entry.frame, &entry.blake3)
         {
-            return Ok(Err(format!(
-                "manifest.jsonl line {} names {:?}, which is not a frame path",
-                i + 1,
-                entry.path
+            return Ok(Err((
+                format!(
+                    "manifest.jsonl line {} names {:?}, which is not a frame path",
+                    i + 1,
+                    entry.path
+                ),
+                HINT_CHANGED,
             )));
         }
         previous
@@ -422,7 +504,7 @@ fn read_record(
         owned.insert(entry.path);
     }
     for key in record.files.keys() {
-        if let Some(id) = cvat_clip(key) {
+        if let Some(id) = version_file(key).and_then(|(_, name)| cvat_clip(name)) {
             previous
                 .clips
                 .entry(id.to_owned())
@@ -432,7 +514,7 @@ fn read_record(
         }
     }
     // The basis each clip was shipped on (an unreadable copy leaves it unknown: verify names it).
-    if let Ok(shipped) = store.get(paths::SELECTION) {
+    if let Ok(shipped) = store.get(&record.path(paths::SELECTION)) {
         for line in shipped.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             if let Ok(l) = serde_json::from_slice::<super::ShippedSelectionLine>(line)
                 && let Some(c) = previous.clips.get_mut(&l.video_id)
@@ -442,9 +524,12 @@ fn read_record(
         }
     }
     if lines != record.frames {
-        return Ok(Err(format!(
-            "its manifest.jsonl has {lines} lines, its dataset.json records {} frames",
-            record.frames
+        return Ok(Err((
+            format!(
+                "its manifest.jsonl has {lines} lines, its dataset.json records {} frames",
+                record.frames
+            ),
+            HINT_CHANGED,
         )));
     }
     Ok(Ok((owned, previous)))
@@ -478,8 +563,8 @@ fn read_partial(
         return Ok(Err(format!("its {PARTIAL} names the clip {bad:?}")));
     }
     if let Some(bad) = marker.owned.iter().find(|k| {
-        !(FIXED.contains(&k.as_str())
-            || is_dataset_file(k)
+        !(k.as_str() == paths::DATASET
+            || version_file(k).is_some()
             || frame_clip(k).is_some()
             || k.as_str() == PARTIAL)
     }) {
@@ -499,16 +584,41 @@ mod tests {
 
     #[test]
     fn key_shapes() {
-        assert_eq!(frame_clip("frames/v-1/000012.jpg"), Some("v-1"));
-        assert_eq!(frame_clip("frames/v-1/12.jpg"), None);
+        let h = "0123456789abcdef";
+        assert_eq!(
+            frame_clip(&format!("frames/v-1/000012-{h}.jpg")),
+            Some("v-1")
+        );
+        assert_eq!(frame_clip("frames/v-1/000012.jpg"), None);
+        assert_eq!(frame_clip(&format!("frames/v-1/12-{h}.jpg")), None);
+        assert_eq!(frame_clip("frames/v-1/000012-0123456789ABCDEF.jpg"), None);
+        assert_eq!(frame_clip("frames/v-1/000012-0123.jpg"), None);
         assert_eq!(frame_clip("frames/v-1/notes.txt"), None);
-        assert_eq!(frame_clip("frames/../000001.jpg"), None);
+        assert_eq!(frame_clip(&format!("frames/../000001-{h}.jpg")), None);
         assert_eq!(cvat_clip("annotations/cvat/v-1.xml"), Some("v-1"));
-        assert!(is_dataset_file("annotations/coco.json"));
-        assert!(!is_dataset_file("annotations/mine.json"));
+        assert_eq!(
+            version_file(&format!("versions/{h}/annotations/cvat/v-1.xml")),
+            Some((h, "annotations/cvat/v-1.xml"))
+        );
+        assert!(is_dataset_file(
+            &format!("versions/{h}/annotations/coco.json"),
+            h
+        ));
+        assert!(!is_dataset_file(&format!("versions/{h}/manifest.jsonl"), h));
+        assert!(!is_dataset_file(
+            "versions/fedcba9876543210/annotations/coco.json",
+            h
+        ));
+        assert!(!is_dataset_file(
+            &format!("versions/{h}/annotations/mine.json"),
+            h
+        ));
+        assert!(!is_dataset_file("annotations/coco.json", h));
         let clips = BTreeSet::from(["a".to_owned()]);
-        assert!(would_write("frames/a/000000.jpg", &clips));
-        assert!(!would_write("frames/b/000000.jpg", &clips));
-        assert!(would_write("report.html", &clips));
+        assert!(would_write(&format!("frames/a/000000-{h}.jpg"), &clips));
+        assert!(!would_write(&format!("frames/b/000000-{h}.jpg"), &clips));
+        assert!(would_write(&format!("versions/{h}/report.html"), &clips));
+        assert!(!would_write("report.html", &clips));
+        assert!(!would_write("versions/notes.txt", &clips));
     }
 }

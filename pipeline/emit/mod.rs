@@ -5,16 +5,22 @@
 //!
 //! | path | what |
 //! | --- | --- |
-//! | `frames/<video_id>/<frame:06>.jpg` | the redacted frames, as given (see [`encode_jpeg`]) |
-//! | `manifest.jsonl` | one [`ManifestEntry`] per frame, sorted by `(video_id, frame)` |
-//! | `selection.jsonl` | a byte copy of the selection the run used |
-//! | `annotations/coco.json` | COCO 1.0 detection ([`coco`]) |
-//! | `annotations/labelstudio.json`, `annotations/labelstudio.xml` | Label Studio tasks and labelling config ([`labelstudio`]) |
-//! | `annotations/cvat/<video_id>.xml` | CVAT for video 1.1, one per clip, with tracks ([`cvat`]) |
-//! | `report.html` | a self-contained page for people ([`report`]) |
-//! | `changes.json` | the [`ChangesRecord`] against the version this one replaces |
-//! | `removed.jsonl` | one [`RemovedClip`] per clip whose data the replaced version had and this one lacks |
-//! | `dataset.json` | the [`DatasetRecord`]: Merkle root, inputs, counts, file hashes; written last, atomically |
+//! | `dataset.json` | the [`DatasetRecord`]: Merkle root, version, inputs, counts, file hashes; written last, atomically |
+//! | `frames/<video_id>/<frame:06>-<blake3:16>.jpg` | the redacted frames, as given (see [`encode_jpeg`]), named by content |
+//! | `versions/<version>/manifest.jsonl` | one [`ManifestEntry`] per frame, sorted by `(video_id, frame)` |
+//! | `versions/<version>/selection.jsonl` | the included lines of the selection the run used |
+//! | `versions/<version>/annotations/coco.json` | COCO 1.0 detection ([`coco`]) |
+//! | `versions/<version>/annotations/labelstudio.json`, `….xml` | Label Studio tasks and labelling config ([`labelstudio`]) |
+//! | `versions/<version>/annotations/cvat/<video_id>.xml` | CVAT for video 1.1, one per clip, with tracks ([`cvat`]) |
+//! | `versions/<version>/report.html` | a self-contained page for people ([`report`]) |
+//! | `versions/<version>/changes.json` | the [`ChangesRecord`] against the version this one replaces |
+//! | `versions/<version>/removed.jsonl` | one [`RemovedClip`] per clip whose data the replaced version had and this one lacks |
+//!
+//! Nothing but `dataset.json` is ever overwritten with other bytes: a frame's name carries its
+//! blake3 and a version folder's name is the blake3 of its files ([`version_id`]). So a reader
+//! who read `dataset.json` finds every file it lists, unchanged, while the next version is
+//! written beside it; once the new `dataset.json` is in place, what only the old one listed is
+//! deleted.
 //!
 //! Every file is written to a temporary file in its folder and renamed into place, with mode
 //! `0640` (folders `0750`). An earlier dataset in the folder is replaced following [`dest`]: only
@@ -42,13 +48,22 @@ use std::path::{Path, PathBuf};
 use crate::vision::coco as coco_names;
 
 /// Version of the dataset layout, recorded in `dataset.json` as `format`.
-pub const DATASET_FORMAT: &str = "clearframe-dataset/1";
+pub const DATASET_FORMAT: &str = "clearframe-dataset/2";
 
 /// JPEG quality used by [`encode_jpeg`]; fixed so that encoding is reproducible.
 pub const JPEG_QUALITY: u8 = 90;
 
-/// File names inside the dataset folder.
+/// File names inside the dataset folder. `dataset.json` and `frames/` are at its top; every
+/// other name is relative to the version folder `versions/<version>/` ([`in_version`]).
 pub mod paths {
+    /// The folder of the version folders.
+    pub const VERSIONS_DIR: &str = "versions";
+    /// Hex digits of a blake3 that name a frame or a version folder.
+    pub const NAME_HASH_LEN: usize = 16;
+    /// `versions/<version>/<name>`.
+    pub fn in_version(version: &str, name: &str) -> String {
+        format!("{VERSIONS_DIR}/{version}/{name}")
+    }
     /// The manifest, one JSON object per line.
     pub const MANIFEST: &str = "manifest.jsonl";
     /// The dataset record, written last.
@@ -273,9 +288,9 @@ pub struct Emitter {
 
 impl Emitter {
     /// Prepares the folder `root` for a new dataset ([`dest`]): a missing or empty folder is
-    /// used as is; an earlier dataset there is replaced (its `dataset.json` is removed first, so
-    /// a half-written folder never looks complete, and at the end exactly the objects it listed
-    /// that the new one lacks are deleted); anything else is refused ([`EmitError::NotOurs`]).
+    /// used as is; an earlier dataset there is replaced (it stays whole until the new
+    /// `dataset.json` replaces its own, then exactly the objects it listed that the new one lacks
+    /// are deleted); anything else is refused ([`EmitError::NotOurs`]).
     /// `inputs.selection_jsonl` must parse as selection lines.
     pub fn create(
         root: &Path,
@@ -550,8 +565,8 @@ impl Emitter {
                 ));
             }
         }
-        entry.path = ManifestEntry::frame_path(&entry.video_id, entry.frame);
         entry.blake3 = crate::hashing::hash_bytes(jpeg);
+        entry.path = ManifestEntry::frame_path(&entry.video_id, entry.frame, &entry.blake3);
         write_beneath(&self.root, &entry.path, jpeg, false)?;
         Ok(self.entries.entry(key).or_insert(entry))
     }
@@ -566,18 +581,14 @@ impl Emitter {
         self.failed.insert(failure);
     }
 
-    /// Writes the manifest, the selection copy, the annotations and the report, then
-    /// `dataset.json`, and returns the record.
+    /// Writes the version folder (manifest, selection copy, annotations, report, change log),
+    /// then `dataset.json`, and returns the record. Against an earlier dataset, `dataset.json` is
+    /// replaced in one atomic write and only then is what the new version lacks deleted
+    /// ([`dest::Destination::commit`]): until that write, the earlier version is whole.
     pub fn finish(self) -> Result<DatasetRecord, EmitError> {
         let entries: Vec<&ManifestEntry> = self.entries.values().collect();
-        let mut written: BTreeSet<String> = entries.iter().map(|e| e.path.clone()).collect();
-        written.insert(paths::MANIFEST.to_owned());
-        let mut files = BTreeMap::new();
-        let mut put = |rel: &str, bytes: &[u8]| -> Result<(), EmitError> {
-            write_beneath(&self.root, rel, bytes, true)?;
-            files.insert(rel.to_string(), crate::hashing::hash_bytes(bytes));
-            Ok(())
-        };
+        // The version's files, by name inside the version folder.
+        let mut version_files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
 
         // Manifest and its root.
         let mut manifest = Vec::new();
@@ -588,35 +599,34 @@ impl Emitter {
             manifest.extend_from_slice(&line);
             manifest.push(b'\n');
         }
-        write_beneath(&self.root, paths::MANIFEST, &manifest, true)?;
+        version_files.insert(paths::MANIFEST.to_owned(), manifest);
         let root_hash = merkle::root(&leaves);
 
-        put(paths::SELECTION, &self.shipped)?;
+        version_files.insert(paths::SELECTION.to_owned(), self.shipped.clone());
         let (removed, changes) = self.history(&entries, &crate::hashing::hex(&root_hash));
-        put(paths::REMOVED, &removed)?;
-        put(paths::CHANGES, &changes)?;
+        version_files.insert(paths::REMOVED.to_owned(), removed);
+        version_files.insert(paths::CHANGES.to_owned(), changes);
 
         let counts = self.counts();
         let labels = used_classes(&entries);
-        put(paths::COCO, &coco::render(&entries))?;
-        put(
-            paths::LABELSTUDIO,
-            &labelstudio::render(&entries, &self.options),
-        )?;
-        put(
-            paths::LABELSTUDIO_CONFIG,
-            labelstudio::config(&labels).as_bytes(),
-        )?;
+        version_files.insert(paths::COCO.to_owned(), coco::render(&entries));
+        version_files.insert(
+            paths::LABELSTUDIO.to_owned(),
+            labelstudio::render(&entries, &self.options),
+        );
+        version_files.insert(
+            paths::LABELSTUDIO_CONFIG.to_owned(),
+            labelstudio::config(&labels).into_bytes(),
+        );
         let mut by_clip: BTreeMap<&str, Vec<&ManifestEntry>> = BTreeMap::new();
         for e in &entries {
             by_clip.entry(e.video_id.as_str()).or_default().push(e);
         }
         for (video_id, clip) in &by_clip {
-            let rel = format!("{}/{video_id}.xml", paths::CVAT_DIR);
-            put(
-                &rel,
-                cvat::render(video_id, clip, &labels, self.options.track_iou).as_bytes(),
-            )?;
+            version_files.insert(
+                format!("{}/{video_id}.xml", paths::CVAT_DIR),
+                cvat::render(video_id, clip, &labels, self.options.track_iou).into_bytes(),
+            );
         }
 
         let mut record = DatasetRecord {
@@ -624,6 +634,7 @@ impl Emitter {
             clearframe_version: env!("CARGO_PKG_VERSION").into(),
             merkle: merkle::CONSTRUCTION.into(),
             merkle_root: crate::hashing::hex(&root_hash),
+            version: String::new(),
             frames: entries.len() as u64,
             catalog_blake3: self.inputs.catalog_blake3.clone(),
             ledger_blake3: self.inputs.ledger_blake3.clone(),
@@ -640,15 +651,25 @@ impl Emitter {
             selection: &self.selection,
             frames_per_clip: self.options.report_frames_per_clip,
         });
-        put(paths::REPORT, html.as_bytes())?;
+        version_files.insert(paths::REPORT.to_owned(), html.into_bytes());
 
-        record.files = files;
+        let hashes: BTreeMap<String, String> = version_files
+            .iter()
+            .map(|(name, bytes)| (name.clone(), crate::hashing::hash_bytes(bytes)))
+            .collect();
+        record.version = version_id(&hashes);
+        let mut written: BTreeSet<String> = entries.iter().map(|e| e.path.clone()).collect();
+        for (name, bytes) in &version_files {
+            let rel = record.path(name);
+            write_beneath(&self.root, &rel, bytes, true)?;
+            written.insert(rel.clone());
+            if name != paths::MANIFEST {
+                record.files.insert(rel, hashes[name].clone());
+            }
+        }
         record.seal = record.compute_seal();
         match &self.dest {
-            Some(dest) => {
-                written.extend(record.files.keys().cloned());
-                dest.commit(&written, record.to_bytes())?;
-            }
+            Some(dest) => dest.commit(&written, record.to_bytes())?,
             None => write_beneath(&self.root, paths::DATASET, &record.to_bytes(), true)?,
         }
         Ok(record)
@@ -674,6 +695,17 @@ impl Emitter {
         }
         c
     }
+}
+
+/// The name of a version folder: the first [`paths::NAME_HASH_LEN`] hex digits of the blake3 of
+/// the version's files, given as name (inside the version folder) -> blake3 (hex), serialised as
+/// one JSON object with sorted keys. The same files give the same name, so writing a version
+/// never changes a file of another.
+pub fn version_id(files: &BTreeMap<String, String>) -> String {
+    let json = serde_json::to_vec(files).expect("a map of strings serialises");
+    let mut id = crate::hashing::hash_bytes(&json);
+    id.truncate(paths::NAME_HASH_LEN);
+    id
 }
 
 /// Classes used by the entries, in COCO order (the label set of the Label Studio and CVAT files;

@@ -123,7 +123,8 @@ pub struct ManifestEntry {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
-    /// Path relative to the dataset root: `frames/<video_id>/<frame:06>.jpg`. Set by the emitter.
+    /// Path relative to the dataset root: `frames/<video_id>/<frame:06>-<blake3:16>.jpg` (the
+    /// name carries the content, so a path never holds other bytes). Set by the emitter.
     pub path: String,
     /// blake3 (hex) of the JPEG file. Set by the emitter.
     pub blake3: String,
@@ -136,9 +137,13 @@ pub struct ManifestEntry {
 }
 
 impl ManifestEntry {
-    /// The dataset-relative path of a frame: `frames/<video_id>/<frame:06>.jpg`.
-    pub fn frame_path(video_id: &str, frame: u64) -> String {
-        format!("{}/{video_id}/{frame:06}.jpg", paths::FRAMES_DIR)
+    /// The dataset-relative path of a frame whose JPEG has the blake3 (hex) `blake3`:
+    /// `frames/<video_id>/<frame:06>-<first 16 hex digits of blake3>.jpg`. Content-named, so
+    /// that a path holds the same bytes in every dataset version that lists it, and a new
+    /// version never overwrites a frame of the one readers still use.
+    pub fn frame_path(video_id: &str, frame: u64, blake3: &str) -> String {
+        let short = blake3.get(..paths::NAME_HASH_LEN).unwrap_or(blake3);
+        format!("{}/{video_id}/{frame:06}-{short}.jpg", paths::FRAMES_DIR)
     }
 }
 
@@ -291,9 +296,10 @@ pub struct DatasetInputs {
 
 /// `dataset.json`: the dataset version.
 ///
-/// `merkle_root` is computed as documented in [`merkle`]. `files` holds the blake3 of every
-/// file other than frames, `manifest.jsonl` (both covered by the root) and `dataset.json`
-/// itself. `seal` is the blake3 of this record serialised as in the file (pretty JSON, two-space
+/// `merkle_root` is computed as documented in [`merkle`]. `version` names the folder
+/// `versions/<version>/` that holds this version's manifest, annotations, report and change log.
+/// `files` holds the blake3 of every file other than frames, `manifest.jsonl` (both covered by
+/// the root) and `dataset.json` itself, by dataset-relative path. `seal` is the blake3 of this record serialised as in the file (pretty JSON, two-space
 /// indent, trailing newline) with `seal` set to the empty string; it makes every byte of
 /// `dataset.json` checkable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -306,6 +312,9 @@ pub struct DatasetRecord {
     pub merkle: String,
     /// Merkle root (hex) over `manifest.jsonl` lines.
     pub merkle_root: String,
+    /// The version folder's name: the first 16 hex digits of the blake3 of the version's files
+    /// (see [`crate::emit::version_id`]). Its files are at `versions/<version>/…`.
+    pub version: String,
     /// Number of frames (= manifest lines).
     pub frames: u64,
     /// blake3 (hex) of the catalog.
@@ -327,6 +336,12 @@ pub struct DatasetRecord {
 }
 
 impl DatasetRecord {
+    /// The dataset-relative path of the version file `name` (one of [`paths`]' version files,
+    /// e.g. [`paths::COCO`]): `versions/<version>/<name>`.
+    pub fn path(&self, name: &str) -> String {
+        paths::in_version(&self.version, name)
+    }
+
     /// The canonical bytes of the record as written to `dataset.json`.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).expect("DatasetRecord serialises");

@@ -1,7 +1,7 @@
 //! `report.html`: one self-contained page (inline CSS, no scripts, no network) that a person can
 //! read at a glance: counts, per-clip decisions and reasons, the redaction verifier's results and
 //! a contact sheet of the redacted frames with detections drawn as SVG boxes over them. Images are
-//! referenced by their relative path (`frames/...`), so only redacted frames can appear, and the
+//! referenced by their relative path (`../../frames/...`, from the version folder), so only redacted frames can appear, and the
 //! page opens straight from the dataset folder.
 
 use std::collections::BTreeMap;
@@ -237,7 +237,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
             let _ = write!(
                 s,
                 "<figure><div class=\"frame\"><img src=\"{}\" width=\"{}\" height=\"{}\" alt=\"{} frame {}\"><svg viewBox=\"0 0 {} {}\" preserveAspectRatio=\"none\">",
-                esc(&e.path),
+                esc(&format!("../../{}", e.path)),
                 e.width,
                 e.height,
                 esc(clip),

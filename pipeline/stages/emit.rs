@@ -358,7 +358,10 @@ pub fn run_cli(args: &EmitArgs) -> anyhow::Result<ExitCode> {
         println!("  up to date: {out} already holds this dataset; nothing written");
     }
     println!("  {:.1} s", started.elapsed().as_secs_f64());
-    println!("report: {}", out.join("report.html"));
+    println!(
+        "report: {}",
+        out.join(&o.record.path(crate::emit::paths::REPORT))
+    );
     Ok(if o.failed_clips > 0 {
         ExitCode::from(1)
     } else {
