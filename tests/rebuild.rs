@@ -381,6 +381,167 @@ fn runs_killed_at_random_points_leave_the_next_run_the_uninterrupted_dataset_and
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
+/// The objects of a dataset location hold one whole version: the one its `dataset.json` names,
+/// with its manifest (and Merkle root), every frame the manifest lists and every file the record
+/// lists, each with its recorded blake3, whatever else lies beside them. Returns the root.
+fn assert_whole(files: &BTreeMap<String, Vec<u8>>, what: &str) -> String {
+    let record: clearframe::emit::DatasetRecord =
+        serde_json::from_slice(&files["dataset.json"]).unwrap();
+    assert_eq!(record.seal, record.compute_seal(), "{what}");
+    let manifest = &files
+        .get(&record.path("manifest.jsonl"))
+        .unwrap_or_else(|| {
+            panic!("{what}: the manifest of the version dataset.json names is gone")
+        });
+    let root = clearframe::emit::merkle::manifest_root(manifest).unwrap();
+    assert_eq!(
+        blake3::Hash::to_hex(&root).to_string(),
+        record.merkle_root,
+        "{what}"
+    );
+    let mut frames = 0;
+    for line in String::from_utf8_lossy(manifest).lines() {
+        let e: clearframe::emit::ManifestEntry = serde_json::from_str(line).unwrap();
+        let bytes = files
+            .get(&e.path)
+            .unwrap_or_else(|| panic!("{what}: {} is gone", e.path));
+        assert_eq!(
+            clearframe::hashing::hash_bytes(bytes),
+            e.blake3,
+            "{what}: {}",
+            e.path
+        );
+        frames += 1;
+    }
+    assert_eq!(frames, record.frames, "{what}");
+    for (key, blake3) in &record.files {
+        let bytes = files
+            .get(key)
+            .unwrap_or_else(|| panic!("{what}: {key} is gone"));
+        assert_eq!(
+            &clearframe::hashing::hash_bytes(bytes),
+            blake3,
+            "{what}: {key}"
+        );
+    }
+    record.merkle_root
+}
+
+/// Readers never see a half-built version, and the previous one stays whole until the new
+/// `dataset.json` replaces it: runs that alternate between two ledgers (two versions) are
+/// SIGKILLed at seeded points over the length of a run, into a local folder and into an S3
+/// prefix; after each kill the location holds one whole version, the earlier or the new one.
+/// (Before, `dataset.json` was deleted first and files were overwritten in place: a kill left
+/// no readable version.)
+#[test]
+fn a_version_stays_whole_while_the_next_is_written_even_when_the_writer_is_killed() {
+    use crate::storage::server::{ACCESS_KEY, S3sServer, SECRET_KEY};
+    let tmp = tempfile::tempdir().unwrap();
+    let first = fixture("demo-ledger.jsonl");
+    // acct-1 revokes the grant v-car-front rests on: another version.
+    let second = tmp.path().join("revoked.jsonl");
+    let mut text = std::fs::read_to_string(&first).unwrap();
+    text.push_str("{\"event_id\":\"e-99\",\"type\":\"consent.revoked\",\"owner_id\":\"acct-1\",\"at\":\"2026-10-30T00:00:00Z\",\"grant_id\":\"e-1\"}\n");
+    std::fs::write(&second, text).unwrap();
+    let expected = reference(tmp.path(), &first);
+    let server = S3sServer::start();
+    let store = server.store(crate::run_s3::BUCKET, "");
+    let prefix = "kill/ds";
+    let mut seed = 0x0DD_u64;
+    let mut next = || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for remote in [false, true] {
+        let work = tmp.path().join(format!("work-{remote}"));
+        let out = tmp.path().join("out");
+        let dest = if remote {
+            format!("s3://{}/{prefix}", crate::run_s3::BUCKET)
+        } else {
+            s(&out).to_owned()
+        };
+        let snapshot = || {
+            if remote {
+                crate::run_s3::s3_files(&store, prefix)
+            } else {
+                local_files(&out)
+            }
+        };
+        let command = |ledger: &Path| {
+            let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("clearframe"));
+            c.args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
+                .arg(fixture("demo-catalog.jsonl"))
+                .arg("--ledger")
+                .arg(ledger)
+                .args(["--work", s(&work), "--out", &dest])
+                .args(["--s3-endpoint", &server.endpoint])
+                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                .env("AWS_REGION", "us-east-1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            c
+        };
+        // The two versions, and how long a run that replaces one with the other takes each way
+        // (back to the first redoes the vision work of the clip the second erased).
+        let timed = |ledger: &Path| {
+            let started = std::time::Instant::now();
+            assert!(matches!(
+                command(ledger).status().unwrap().code(),
+                Some(0 | 1)
+            ));
+            started.elapsed().as_millis() as u64
+        };
+        timed(&first);
+        let root_first = assert_whole(&snapshot(), "first version");
+        let to_second = timed(&second);
+        let root_second = assert_whole(&snapshot(), "second version");
+        let to_first = timed(&first);
+        assert_ne!(root_first, root_second);
+        let (mut killed, mut interrupted) = (0, 0);
+        let mut root = root_first.clone();
+        for round in 0..8 {
+            // Always towards the other version, killed somewhere over such a run's length.
+            let (ledger, span) = if root == root_first {
+                (&second, to_second)
+            } else {
+                (&first, to_first)
+            };
+            let mut child = command(ledger).spawn().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(next() % (span + 1)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                killed += 1;
+            }
+            child.wait().unwrap();
+            let files = snapshot();
+            let what = format!("{} round {round}", if remote { "S3" } else { "local" });
+            root = assert_whole(&files, &what);
+            assert!(root == root_first || root == root_second, "{what}: {root}");
+            interrupted += usize::from(files.contains_key(".clearframe-partial.json"));
+            if !remote {
+                let report = clearframe::verify::verify(&out).unwrap();
+                assert!(report.ok(), "{what}: {report}");
+            }
+        }
+        println!(
+            "{}: {killed} of 8 runs killed, {interrupted} mid-replacement; runs take {to_second} and {to_first} ms",
+            if remote { "S3" } else { "local" }
+        );
+        // (The kill points span whole runs, most of which is the replacement: with none
+        // inside it, this test would not test what it says.)
+        assert!(interrupted >= 1, "no run was killed mid-replacement");
+        // The next run finishes the interrupted one: the uninterrupted dataset, no orphan.
+        assert!(matches!(command(&first).status().unwrap().code(), Some(1)));
+        let files = snapshot();
+        assert_same_dataset(&expected, &files);
+        assert!(!files.contains_key(".clearframe-partial.json"));
+    }
+}
+
 #[test]
 fn without_a_catalog_hash_an_unchanged_size_and_mtime_spare_the_read_and_rehash_reads_anyway() {
     let tmp = tempfile::tempdir().unwrap();
