@@ -57,10 +57,13 @@ timed() { # name, command...
   t1=$(secs)
   awk -v a="$t0" -v b="$t1" -v n="$name" 'BEGIN { printf "%s %.3f\n", n, b - a }' >>"$T/times"
 }
-# The same dataset version: every file but the change log against the previous version
-# (changes.json, removed.jsonl, and dataset.json which lists their hashes), and the same root.
+# The same dataset version: the same frames, the same version files but the change log against
+# the previous version (changes.json, removed.jsonl: they name the version folder and are listed
+# in dataset.json), and the same root.
+version() { sed -n 's/^  "version": "\([0-9a-f]\{16\}\)",$/\1/p' "$1/dataset.json"; }
 same() {
-  diff -r -x changes.json -x removed.jsonl -x dataset.json "$1" "$2" >/dev/null \
+  diff -r "$1/frames" "$2/frames" >/dev/null \
+    && diff -r -x changes.json -x removed.jsonl "$1/versions/$(version "$1")" "$2/versions/$(version "$2")" >/dev/null \
     && [ "$(grep '"merkle_root"' "$1/dataset.json")" = "$(grep '"merkle_root"' "$2/dataset.json")" ] \
     || { echo "rebuild: $2 differs from $1" >&2; exit 1; }
 }
