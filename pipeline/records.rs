@@ -203,6 +203,11 @@ pub struct CatalogClip {
     /// Privacy zones as normalized polygons; filled solid in every output frame.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub privacy_zones: Vec<Polygon>,
+    /// The clip is end-to-end encrypted: only its owner's devices hold the key. Such a clip is
+    /// never decoded, whatever the consent says: `select` excludes it
+    /// (`end_to_end_encrypted`) before any byte of it is read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub e2ee: bool,
 }
 
 impl CatalogClip {
@@ -510,6 +515,9 @@ pub enum ReasonCode {
     /// The clip's URI points outside the allowed source locations (the catalog's own folder or
     /// prefix, and `--sources`).
     SourceNotAllowed,
+    /// The catalog marks the clip end-to-end encrypted (`"e2ee": true`): never decoded, whatever
+    /// the consent says.
+    EndToEndEncrypted,
 }
 
 impl ReasonCode {
@@ -522,6 +530,7 @@ impl ReasonCode {
             ReasonCode::AccountDeleted => "account_deleted",
             ReasonCode::NoBasis => "no_basis",
             ReasonCode::SourceNotAllowed => "source_not_allowed",
+            ReasonCode::EndToEndEncrypted => "end_to_end_encrypted",
         }
     }
 }

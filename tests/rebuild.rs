@@ -315,6 +315,17 @@ fn expected_work_files(work: &Path) -> std::collections::BTreeSet<String> {
     keys
 }
 
+/// SplitMix64 from `seed`: the same kill points on every run of a test.
+fn seeded(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
 #[test]
 fn runs_killed_at_random_points_leave_the_next_run_the_uninterrupted_dataset_and_no_orphans() {
     let tmp = tempfile::tempdir().unwrap();
@@ -326,15 +337,7 @@ fn runs_killed_at_random_points_leave_the_next_run_the_uninterrupted_dataset_and
     std::fs::create_dir(&scratch).unwrap();
     let ledger = fixture("demo-ledger.jsonl");
     let expected = reference(tmp.path(), &ledger);
-    // SplitMix64: the same kill points on every run of the test.
-    let mut seed = 0x5EED_u64;
-    let mut next = || {
-        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = seeded(0x5EED);
     let (mut killed, mut finished) = (0, 0);
     for _ in 0..8 {
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("clearframe"))
@@ -447,14 +450,7 @@ fn a_version_stays_whole_while_the_next_is_written_even_when_the_writer_is_kille
     let server = S3sServer::start();
     let store = server.store(crate::run_s3::BUCKET, "");
     let prefix = "kill/ds";
-    let mut seed = 0x0DD_u64;
-    let mut next = || {
-        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = seeded(0x0DD);
     for remote in [false, true] {
         let work = tmp.path().join(format!("work-{remote}"));
         let out = tmp.path().join("out");

@@ -653,6 +653,28 @@ fn duplicate_video_id_excludes_every_copy() {
 }
 
 #[test]
+fn an_end_to_end_encrypted_clip_is_excluded_whatever_the_consent_says() {
+    let sealed = with(with(clip(), "video_id", json!("v-2")), "e2ee", json!(true));
+    let plain = with(clip(), "e2ee", json!(false));
+    let share = share("n-1", "acct-1", "v-2", "2026-02-01T00:00:00Z", "public");
+    let grant = with(
+        grant("e-1", "acct-1", "2026-01-05T10:00:00Z"),
+        "devices",
+        json!(["*"]),
+    );
+    let lines = select_lines(&format!("{plain}\n{sealed}\n"), &[grant, share]);
+    assert_eq!(lines[0].decision, Decision::Include, "the control clip");
+    assert_eq!(lines[1].decision, Decision::Exclude);
+    assert_eq!(lines[1].reason_codes, vec![ReasonCode::EndToEndEncrypted]);
+    assert!(lines[1].reasons[0].contains("end-to-end encrypted"));
+    assert!(lines[1].basis.is_none() && lines[1].clip.is_none());
+    // Anything but a boolean is not a catalog line (and so excluded too).
+    let odd = with(clip(), "e2ee", json!("yes"));
+    let lines = select_lines(&format!("{odd}\n"), &[]);
+    assert_eq!(lines[0].reason_codes, vec![ReasonCode::InvalidLine]);
+}
+
+#[test]
 fn unreadable_line_has_null_video_id_and_lines_are_numbered_from_one() {
     let lines = select_lines(&format!("garbage\n{}\n", clip()), &[]);
     assert_eq!(lines[0].video_id, None);

@@ -105,6 +105,23 @@ fn manifest_paths(manifest: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// `verify` of the dataset in `ds` names exactly the files of `theirs` (nobody's record lists
+/// them), and nothing else.
+fn verify_names_only(
+    ds: &Path,
+    theirs: &BTreeMap<&str, &[u8]>,
+) -> clearframe::verify::VerifyReport {
+    let report = clearframe::verify::verify(ds).unwrap();
+    let mut named: Vec<&str> = report.problems.iter().map(|p| p.path.as_str()).collect();
+    named.dedup();
+    assert_eq!(
+        named,
+        theirs.keys().copied().collect::<Vec<_>>(),
+        "{report}"
+    );
+    report
+}
+
 /// Regression: `Emitter::create` wiped any folder holding `frames/`, `annotations/` or
 /// `report.html`, with no check that it ever held a dataset, and replaced an earlier dataset by
 /// deleting everything under those names.
@@ -161,14 +178,7 @@ fn emit_refuses_a_folder_it_did_not_write_and_replaces_only_what_its_record_list
         assert_only_listed_frames(&after, &listed);
         assert!(!after.contains_key(".clearframe-partial.json"));
         // verify names exactly the files nobody's record lists.
-        let report = clearframe::verify::verify(ds).unwrap();
-        let mut named: Vec<&str> = report.problems.iter().map(|p| p.path.as_str()).collect();
-        named.dedup();
-        assert_eq!(
-            named,
-            theirs.keys().copied().collect::<Vec<_>>(),
-            "{report}"
-        );
+        verify_names_only(ds, &theirs);
     };
     build(&ds, fewer.clone());
     check_replaced(&ds);
@@ -200,14 +210,7 @@ fn emit_refuses_a_folder_it_did_not_write_and_replaces_only_what_its_record_list
         drop(half);
         // The earlier version stays whole and readable meanwhile: verify passes but for the
         // others' files, and names the interrupted run's objects as pending.
-        let report = clearframe::verify::verify(&ds).unwrap();
-        let mut named: Vec<&str> = report.problems.iter().map(|p| p.path.as_str()).collect();
-        named.dedup();
-        assert_eq!(
-            named,
-            theirs.keys().copied().collect::<Vec<_>>(),
-            "{report}"
-        );
+        let report = verify_names_only(&ds, &theirs);
         assert!(
             report
                 .pending
@@ -804,6 +807,55 @@ pub(crate) fn assert_modes(root: &Path) {
     let mut bad = Vec::new();
     walk(root, &mut bad);
     assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// A clip the catalog marks end-to-end encrypted is never decoded, though its owner's grant
+/// covers it: `select` excludes it with its own reason code and no stage opens it (the same
+/// line without the mark is included and decoded).
+#[test]
+fn an_end_to_end_encrypted_clip_never_reaches_a_decoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = mini_catalog(tmp.path());
+    let mut sealed: serde_json::Value =
+        serde_json::from_str(&bunny_line("v-sealed", "media/bigbuckbunny.mp4")).unwrap();
+    sealed["e2ee"] = true.into();
+    let mut text = std::fs::read_to_string(&catalog).unwrap();
+    text.push_str(&format!("{sealed}\n"));
+    std::fs::write(&catalog, text).unwrap();
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    let a = clearframe()
+        .args(["run", "--as-of", AS_OF, "--fps", "1", "--catalog"])
+        .arg(&catalog)
+        .arg("--ledger")
+        .arg(fixture("demo-ledger.jsonl"))
+        .arg("--work")
+        .arg(&work)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    let selection = std::fs::read_to_string(work.join("selection.jsonl")).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(selection.lines().find(|l| l.contains("v-sealed")).unwrap()).unwrap();
+    assert_eq!(line["decision"], "exclude", "{line}");
+    assert_eq!(
+        line["reason_codes"],
+        serde_json::json!(["end_to_end_encrypted"])
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(
+        record["counts"]["excluded_by_reason"]["end_to_end_encrypted"],
+        1
+    );
+    assert!(
+        record["counts"]["clips"].get("v-bunny-yard").is_some(),
+        "the control clip"
+    );
+    assert!(record["counts"]["clips"].get("v-sealed").is_none());
+    assert!(!work.join("redacted/v-sealed").exists() && !out.join("frames/v-sealed").exists());
+    assert!(!stdout.contains("v-sealed"), "{stdout}");
 }
 
 /// Regression: `select` let through `s3://` clip URIs with `..`, `.` or empty segments or an

@@ -183,6 +183,19 @@ impl ParsedCatalog {
                 format!("video_id {id:?} appears on more than one catalog line"),
             ));
         }
+        // An end-to-end encrypted clip is out whatever the consent says: its bytes are the
+        // owner's alone (decided here, so no later stage ever opens it).
+        if let Ok(clip) = clip.as_ref()
+            && clip.e2ee
+        {
+            reasons.push((
+                ReasonCode::EndToEndEncrypted,
+                format!(
+                    "clip {} is end-to-end encrypted: ClearFrame never decodes it, whatever the consent says",
+                    clip.video_id
+                ),
+            ));
+        }
         if let (Ok(clip), Some((base, sources))) = (clip, &self.sources)
             && let Err(e) = sources.check_uri(base, &clip.uri)
         {
