@@ -296,6 +296,7 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
     Redactor::new(redact_opts.clone()).context("invalid redaction settings")?;
     let interactive = std::io::stderr().is_terminal();
     for job in &jobs {
+        crate::audit::note_clip_read(&job.path().display().to_string());
         let result = match &ctx {
             Ctx::Count(verifier) => count_faces(job, verifier).map(|line| {
                 println!("{line}");
@@ -314,6 +315,7 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
                     ),
                 });
                 r.map(|s| {
+                    crate::audit::note_written(dest.display().to_string());
                     tracing::info!(
                         input = %job.path().display(),
                         output = %dest.display(),

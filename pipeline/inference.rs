@@ -437,6 +437,7 @@ impl Model {
                 actual,
             });
         }
+        crate::audit::note_model(&entry.file, &actual);
         let rt = runtime()?;
         let session_err = |source: ort::Error| InferenceError::Session {
             name: name.to_owned(),

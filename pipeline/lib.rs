@@ -30,6 +30,7 @@
 //!   kill), [`hashing`] (blake3), `fault` (fault injection in debug builds).
 
 pub mod anonymize;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod consent;

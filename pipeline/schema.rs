@@ -25,6 +25,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("dataset", s::<crate::emit::DatasetRecord>()),
         ("removed-clip", s::<crate::emit::RemovedClip>()),
         ("changes", s::<crate::emit::ChangesRecord>()),
+        ("audit-record", s::<crate::audit::AuditRecord>()),
         ("redaction-report", s::<crate::redact::RedactionReport>()),
         ("run-config", s::<crate::config::Config>()),
         ("redact-record", s::<crate::stages::RedactStageRecord>()),

@@ -14,6 +14,10 @@ eval "export $(scripts/setup.sh)"
 # Tests that load ONNX Runtime through the library (not the CLI, which sets it itself) must not
 # leave its telemetry files in the user's cache either.
 export ORT_DISABLE_TELEMETRY=1
+# The audit log of every command the tests run: a folder of this run's, not the user's own.
+audit_dir=$(mktemp -d)
+trap 'rm -rf "$audit_dir"' EXIT
+export CLEARFRAME_AUDIT_LOG="$audit_dir/audit"
 export CLEARFRAME_S3S_BIN="$(scripts/install-s3s.sh)"
 export CLEARFRAME_CONSUMERS_PYTHON="$(scripts/setup-consumers.sh)"
 export CLEARFRAME_FIFTYONE_PYTHON="$(scripts/setup-consumers.sh fiftyone)"

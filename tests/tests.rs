@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stdout, reason = "benchmarks and tests report on stdout")]
 
+mod audit;
 mod common;
 mod deploy;
 mod emit;

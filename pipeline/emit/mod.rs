@@ -488,6 +488,9 @@ impl Emitter {
                 changes.added.push((*id).to_owned());
             }
         }
+        for id in &changes.removed {
+            crate::audit::note_erased(id, "dataset");
+        }
         let mut lines = Vec::new();
         for r in &removed {
             lines.extend(serde_json::to_vec(r).expect("serialises"));

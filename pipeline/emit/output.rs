@@ -22,6 +22,9 @@ use crate::storage::{Location, UploadStats, UploadWatch, Uploader};
 /// what it writes ([`RemoteOut`]). `run` and `emit` write through this one type.
 pub(crate) struct DatasetWriter {
     emitter: Emitter,
+    /// Where the dataset goes, and the clips it includes (for the audit record).
+    location: String,
+    clips: BTreeSet<String>,
     remote: Option<RemoteOut>,
     /// Frames to upload as they are emitted (S3 only; bounded: the emitter waits for uploads).
     upload: Option<crossbeam_channel::Sender<(String, bytes::Bytes)>>,
@@ -37,6 +40,7 @@ impl DatasetWriter {
         removal: BTreeMap<String, RemovalReason>,
     ) -> anyhow::Result<DatasetWriter> {
         let previous = dest.previous().cloned();
+        let location = dest.store().location().to_string();
         let (remote, mut emitter) = match dest.store().location() {
             Location::Local(_) => (
                 None,
@@ -53,6 +57,8 @@ impl DatasetWriter {
         let upload = remote.as_ref().map(|r| r.frames.clone());
         Ok(DatasetWriter {
             emitter,
+            location,
+            clips: clips.clone(),
             remote,
             upload,
         })
@@ -99,6 +105,14 @@ impl DatasetWriter {
         if let Some(remote) = self.remote {
             remote.finish()?;
         }
+        crate::audit::note_selection(
+            &record.counts.decisions,
+            self.clips.iter().map(String::as_str),
+        );
+        crate::audit::note_written(format!(
+            "{} version {} (Merkle root {})",
+            self.location, record.version, record.merkle_root
+        ));
         Ok(record)
     }
 }

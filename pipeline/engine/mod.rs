@@ -211,6 +211,7 @@ pub(crate) struct Ctx<'a> {
 /// blake3 is over exactly the bytes decoded; messages name the clip by its catalog URI, so a
 /// failure reads the same whatever store it came from.
 pub(crate) fn open_clip(ctx: &Ctx<'_>, clip: &ConsentedClip) -> Result<SourceFile, ClipError> {
+    crate::audit::note_clip_read(&clip.clip().video_id);
     let uri = &clip.clip().uri;
     let max = ctx.config.limits.max_clip_bytes;
     let (store, key) = ctx

@@ -74,6 +74,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         super::delete_clip_frames(&work, gone)?;
         super::delete_if_present(&work, &super::keys::clip_redaction(gone))?;
         super::delete_if_present(&work, &super::keys::clip_detections(gone))?;
+        crate::audit::note_erased(gone, &work.location().to_string());
     }
 
     let inputs = DatasetInputs {

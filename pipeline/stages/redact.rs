@@ -229,11 +229,21 @@ pub fn redact(args: &RedactArgs, progress: bool) -> anyhow::Result<RedactOutcome
         .iter()
         .map(|c| c.clip().video_id.as_str())
         .collect();
+    crate::audit::note_input("catalog", &selection.record.catalog.blake3);
+    crate::audit::note_input("ledger", &selection.record.ledger.blake3);
+    crate::audit::note_selection(
+        &std::collections::BTreeMap::from([
+            ("include".to_owned(), selection.record.included),
+            ("exclude".to_owned(), selection.record.excluded),
+        ]),
+        included.iter().copied(),
+    );
     for gone in super::listed_clips(&work, keys::REDACTED)? {
         if !included.contains(gone.as_str()) && Shard::owns(shard, &gone) {
             tracing::info!(video_id = %gone, "the selection no longer includes this clip; its frames are deleted");
             super::delete_clip_frames(&work, &gone)?;
             super::delete_if_present(&work, &keys::clip_redaction(&gone))?;
+            crate::audit::note_erased(&gone, &work.location().to_string());
             outcome.dropped += 1;
         }
     }

@@ -406,6 +406,8 @@ pub fn run_select_store(
     }
 
     let total = clips.len() as u64;
+    crate::audit::note_input("catalog", &catalog_hash);
+    crate::audit::note_input("ledger", &ledger_hash);
     let record = SelectRecord {
         clearframe_version: env!("CARGO_PKG_VERSION").to_string(),
         as_of,

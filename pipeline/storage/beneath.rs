@@ -200,6 +200,28 @@ impl Beneath {
         durable: bool,
         fill: impl FnOnce(&mut File) -> io::Result<u64>,
     ) -> io::Result<u64> {
+        self.write_as(rel, temp_prefix, durable, false, fill)
+    }
+
+    /// [`Beneath::write`], durably, but only when `rel` does not exist: the rename refuses to
+    /// replace (`RENAME_NOREPLACE`), so of two writers one gets `AlreadyExists`.
+    pub fn write_new(
+        &self,
+        rel: &str,
+        temp_prefix: &str,
+        fill: impl FnOnce(&mut File) -> io::Result<u64>,
+    ) -> io::Result<u64> {
+        self.write_as(rel, temp_prefix, true, true, fill)
+    }
+
+    fn write_as(
+        &self,
+        rel: &str,
+        temp_prefix: &str,
+        durable: bool,
+        no_replace: bool,
+        fill: impl FnOnce(&mut File) -> io::Result<u64>,
+    ) -> io::Result<u64> {
         let (dirs, name) = split(rel)?;
         let dir = self.open_dirs(&dirs, true)?.expect("created folders exist");
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -222,7 +244,18 @@ impl Beneath {
                 file.sync_all()?;
             }
             drop(file);
-            rustix::fs::renameat(&dir, temp.as_str(), &dir, name).map_err(errno)?;
+            if no_replace {
+                rustix::fs::renameat_with(
+                    &dir,
+                    temp.as_str(),
+                    &dir,
+                    name,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .map_err(errno)?;
+            } else {
+                rustix::fs::renameat(&dir, temp.as_str(), &dir, name).map_err(errno)?;
+            }
             Ok(written)
         })();
         if result.is_err() {

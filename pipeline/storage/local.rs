@@ -144,6 +144,17 @@ impl Store for LocalStore {
         .map(drop)
     }
 
+    fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {
+        let path = self.path(key)?;
+        match self.beneath.write_new(key, TEMP_PREFIX, |f| {
+            f.write_all(&data).map(|()| data.len() as u64)
+        }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err("write", &path, e)),
+        }
+    }
+
     fn head(&self, key: &str) -> Result<ObjectMeta> {
         let file = self.open(key)?;
         let meta = file

@@ -321,6 +321,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// fsync the temp file and the folder around the rename; S3 PUTs are atomic and durable.
     fn put_record(&self, key: &str, data: Bytes) -> Result<()>;
 
+    /// Writes a record like [`Store::put_record`], but only if no object `key` exists: `false`
+    /// when one does (nothing written). Two writers racing for one key cannot both succeed
+    /// (local: a no-replace rename; S3: `If-None-Match: *`).
+    fn put_new(&self, key: &str, data: Bytes) -> Result<bool>;
+
     /// Size and version tag of an object.
     fn head(&self, key: &str) -> Result<ObjectMeta>;
 

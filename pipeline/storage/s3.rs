@@ -654,6 +654,37 @@ impl Store for S3Store {
         self.put(key, data)
     }
 
+    fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {
+        let full_key = self.full_key(key)?;
+        let url = self.object_url(&full_key);
+        let sse = self.sse_for_write(&url)?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .if_none_match("*")
+            .set_server_side_encryption(sse.map(Sse::algorithm))
+            .set_ssekms_key_id(sse.and_then(Sse::kms_key_id))
+            .body(ByteStream::from(data));
+        match block_on(request.send()) {
+            Ok(out) => {
+                self.confirm_sse(&url, &full_key, out.server_side_encryption())?;
+                Ok(true)
+            }
+            // 412: the object exists; 409: another conditional write to it is in flight.
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 409)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("PutObject", &url, &self.bucket, e)),
+        }
+    }
+
     fn head(&self, key: &str) -> Result<ObjectMeta> {
         let full_key = self.full_key(key)?;
         let url = self.object_url(&full_key);
