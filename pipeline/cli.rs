@@ -118,7 +118,7 @@ pub fn main() -> ExitCode {
         };
         match crate::audit::finish(outcome) {
             Ok(Some((seq, log))) => {
-                tracing::info!(record = seq, log = %log, "audit record written")
+                tracing::info!(record = seq, log = %log, "audit record written");
             }
             Ok(None) => {}
             Err(err) => {

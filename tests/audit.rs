@@ -236,7 +236,7 @@ fn audit_verify_names_the_first_edited_removed_inserted_or_reordered_record() {
     );
     // Removed from the middle.
     let text = case("removed", &|d| {
-        std::fs::remove_file(d.join(record_key(1))).unwrap()
+        std::fs::remove_file(d.join(record_key(1))).unwrap();
     });
     assert!(text.contains("record 1 is missing"), "{text}");
     // A forged record inserted after record 1, with a correct prev and seal; the later records
@@ -275,7 +275,7 @@ fn audit_verify_names_the_first_edited_removed_inserted_or_reordered_record() {
     );
     // The last record cut off: only a pinned head can tell.
     let text = case("truncated", &|d| {
-        std::fs::remove_file(d.join(record_key(4))).unwrap()
+        std::fs::remove_file(d.join(record_key(4))).unwrap();
     });
     assert!(text.contains("cut off the end"), "{text}");
     let copy = tmp.path().join("truncated");
@@ -286,7 +286,7 @@ fn audit_verify_names_the_first_edited_removed_inserted_or_reordered_record() {
     );
     // Something else in the log's folder.
     let text = case("foreign", &|d| {
-        std::fs::write(d.join("notes.txt"), b"x").unwrap()
+        std::fs::write(d.join("notes.txt"), b"x").unwrap();
     });
     assert!(text.contains("notes.txt is not a record"), "{text}");
 }
