@@ -214,9 +214,16 @@ impl AuditLog {
             record.seq = seq;
             record.prev = prev;
             record.seal = record.compute_seal();
+            let bytes = record.to_bytes();
+            if self.store.put_new(&record_key(seq), bytes.clone().into())? {
+                return Ok(record);
+            }
+            // Taken: by another writer, or by this very write when its answer was lost and the
+            // retry found the record in place (then it holds exactly these bytes).
             if self
                 .store
-                .put_new(&record_key(seq), record.to_bytes().into())?
+                .get(&record_key(seq))
+                .is_ok_and(|there| there[..] == bytes[..])
             {
                 return Ok(record);
             }

@@ -385,3 +385,60 @@ fn select_reads_and_writes_s3() {
         .stderr(predicates::str::contains("missing.jsonl"));
     assert!(store.list("sel2/").unwrap().is_empty());
 }
+
+/// Faults of the object store (`tests/storage/faults.rs`: a proxy on loopback in front of the
+/// real test server that answers 10% of requests with 500, 503 SlowDown, a reset before or after
+/// the server did the work, half a body, or a pause): the whole pipeline through it, with the
+/// catalog, ledger, clips, work folder and dataset all in S3, gives the fault-free dataset, and
+/// a rebuild through it too.
+#[test]
+fn a_build_through_injected_store_faults_gives_the_fault_free_dataset() {
+    let server = S3sServer::start();
+    let store = server.store(BUCKET, "");
+    upload_demo(&store);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    clearframe()
+        .args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
+        .arg(fixture("demo-catalog.jsonl"))
+        .arg("--ledger")
+        .arg(fixture("demo-ledger.jsonl"))
+        .arg("--out")
+        .arg(&local)
+        .assert()
+        .code(1);
+    let proxy = crate::storage::faults::FaultProxy::start(&server.endpoint, 0.10, 0xFA_017);
+    let s3 = |k: &str| format!("s3://{BUCKET}/{k}");
+    let run = |out: &str| {
+        clearframe()
+            .args(["run", "--as-of", AS_OF, "--fps", "4"])
+            .args(["--catalog", &s3("input/demo-catalog.jsonl")])
+            .args(["--ledger", &s3("input/demo-ledger.jsonl")])
+            .args(["--work", &s3("faults/work"), "--out", &s3(out)])
+            .args(["--s3-endpoint", &proxy.endpoint])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .assert()
+            .code(1)
+    };
+    let a = run("faults/ds");
+    let said = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    assert!(said.contains("not in dataset: v-corrupt"), "{said}");
+    assert_same_dataset(&local_files(&local), &s3_files(&store, "faults/ds"));
+    // A rebuild into another prefix through the same faults: the work folder is read back.
+    run("faults/ds2");
+    assert_same_dataset(&local_files(&local), &s3_files(&store, "faults/ds2"));
+    let injected = proxy.injected();
+    println!(
+        "store faults: {} requests, {} injected: {injected:?}",
+        proxy.requests(),
+        injected.values().sum::<u64>()
+    );
+    assert!(
+        injected.len() >= 5,
+        "too few kinds of fault were injected: {injected:?}"
+    );
+}

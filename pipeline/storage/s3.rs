@@ -535,33 +535,72 @@ impl Store for S3Store {
         let out =
             block_on(request.send()).map_err(|e| sdk_error("GetObject", &url, &self.bucket, e))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_CHANNEL_CHUNKS);
+        // A body that breaks after the headers (a reset, a truncated answer) is resumed where it
+        // broke: a ranged GET of the rest, of the same object version (`If-Match` on its ETag),
+        // up to `max_attempts` times in all.
+        let resume = Resume {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: full_key,
+            etag: out.e_tag().map(str::to_owned),
+            length: out.content_length().and_then(|l| u64::try_from(l).ok()),
+            attempts: self.options.max_attempts,
+        };
         let mut body = out.body;
         let stall = self.options.attempt_timeout;
         runtime().spawn(async move {
+            let mut received = 0u64;
+            let mut attempt = 1;
             loop {
-                let item = match tokio::time::timeout(stall, body.try_next()).await {
-                    Ok(Ok(Some(chunk))) => Ok(chunk),
-                    Ok(Ok(None)) => break,
+                let broke = match tokio::time::timeout(stall, body.try_next()).await {
+                    Ok(Ok(Some(chunk))) => {
+                        received += chunk.len() as u64;
+                        // A closed channel means the reader was dropped: stop downloading.
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Ok(Ok(None)) if resume.length.is_none_or(|l| received >= l) => break,
+                    Ok(Ok(None)) => format!(
+                        "the body ended after {received} of {} bytes",
+                        resume.length.unwrap_or_default()
+                    ),
                     Ok(Err(e)) => {
                         tracing::debug!(object = %url, error = %DisplayErrorContext(&e), "download failed");
-                        Err(io::Error::other(format!(
-                            "reading {url}: the download failed: {}",
-                            error_chain(&e)
-                        )))
+                        format!("the download failed: {}", error_chain(&e))
                     }
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "reading {url}: the download received nothing for {:.1} s",
-                            stall.as_secs_f64()
-                        ),
-                    )),
+                    Err(_) => format!(
+                        "the download received nothing for {:.1} s",
+                        stall.as_secs_f64()
+                    ),
                 };
-                let failed = item.is_err();
-                // A closed channel means the reader was dropped: stop downloading.
-                if tx.send(item).await.is_err() || failed {
-                    break;
+                if attempt < resume.attempts && resume.etag.is_some() {
+                    attempt += 1;
+                    tracing::debug!(object = %url, attempt, received, why = %broke, "resuming a broken download");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    match resume.rest(received).await {
+                        Ok(rest) => {
+                            body = rest;
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(io::Error::other(format!("reading {url}: {e}"))))
+                                .await;
+                            break;
+                        }
+                    }
                 }
+                let kind = if broke.starts_with("the download received nothing") {
+                    io::ErrorKind::TimedOut
+                } else {
+                    io::ErrorKind::Other
+                };
+                let _ = tx
+                    .send(Err(io::Error::new(kind, format!("reading {url}: {broke}"))))
+                    .await;
+                break;
             }
         });
         Ok(Box::new(ChannelReader {
@@ -803,6 +842,38 @@ impl Store for S3Store {
                 other => Err(other),
             },
         }
+    }
+}
+
+/// What resuming a broken download needs: the object, its version and length.
+struct Resume {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    etag: Option<String>,
+    length: Option<u64>,
+    attempts: u32,
+}
+
+impl Resume {
+    /// The object's bytes from `from` on, if it is still the same version.
+    async fn rest(&self, from: u64) -> std::result::Result<ByteStream, String> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(format!("bytes={from}-"))
+            .set_if_match(self.etag.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "resuming the download at byte {from} failed: {}",
+                    error_chain(&e)
+                )
+            })?;
+        Ok(out.body)
     }
 }
 

@@ -2,6 +2,7 @@
 //! S3-compatible server (`s3s-fs` on loopback, see [`server`]), plus S3-only checks: rejected
 //! credentials, `require_sse`, what the server does with SSE headers, unreachable endpoints.
 
+pub(crate) mod faults;
 pub(crate) mod server;
 
 use std::io::{self, Read};
