@@ -3,34 +3,16 @@
 //! first bad record; concurrent writers never fork the chain; a log that cannot be written stops
 //! the command before it reads anything.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clearframe::audit::{self, AuditEvent, AuditLog, AuditRecord, record_key};
 use clearframe::storage::S3Options;
 
 use crate::common::{clearframe, fixture};
 use crate::storage::server::S3sServer;
+use crate::trust_out::mini_catalog;
 
 const AS_OF: &str = "2026-11-01T00:00:00Z";
-
-/// A one-clip catalog (v-bunny-yard, owned by acct-3 on grant e-4) beside its clip.
-fn catalog(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir.join("media")).unwrap();
-    std::fs::copy(
-        fixture("media/bigbuckbunny.mp4"),
-        dir.join("media/bigbuckbunny.mp4"),
-    )
-    .unwrap();
-    let line = std::fs::read_to_string(fixture("demo-catalog.jsonl"))
-        .unwrap()
-        .lines()
-        .find(|l| l.contains("\"v-bunny-yard\""))
-        .unwrap()
-        .to_owned();
-    let catalog = dir.join("catalog.jsonl");
-    std::fs::write(&catalog, line + "\n").unwrap();
-    catalog
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -65,7 +47,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn audited_commands_record_who_read_what_and_what_was_written_and_erased() {
     let tmp = tempfile::tempdir().unwrap();
-    let catalog = catalog(tmp.path());
+    let catalog = mini_catalog(tmp.path());
     let (work, out, log) = (
         tmp.path().join("work"),
         tmp.path().join("out"),
@@ -370,7 +352,7 @@ fn concurrent_writers_take_turns_and_never_fork_the_chain() {
 #[test]
 fn a_log_that_cannot_be_written_stops_the_command_before_it_reads_a_clip() {
     let tmp = tempfile::tempdir().unwrap();
-    let catalog = catalog(tmp.path());
+    let catalog = mini_catalog(tmp.path());
     // The log's folder would be below a regular file.
     let blocker = tmp.path().join("file");
     std::fs::write(&blocker, b"not a folder").unwrap();

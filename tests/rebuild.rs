@@ -176,6 +176,16 @@ fn mentions(root: &Path, id: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The demo ledger in `dir` plus `e-99`: acct-1 revokes the grant v-car-front (and the corrupt
+/// clip) rest on.
+fn revoked_ledger(dir: &Path) -> PathBuf {
+    let ledger = dir.join("revoked.jsonl");
+    let mut text = std::fs::read_to_string(fixture("demo-ledger.jsonl")).unwrap();
+    text.push_str("{\"event_id\":\"e-99\",\"type\":\"consent.revoked\",\"owner_id\":\"acct-1\",\"at\":\"2026-10-30T00:00:00Z\",\"grant_id\":\"e-1\"}\n");
+    std::fs::write(&ledger, text).unwrap();
+    ledger
+}
+
 #[test]
 fn a_revocation_erases_the_clip_from_work_and_dataset_without_redoing_vision_work() {
     let tmp = tempfile::tempdir().unwrap();
@@ -188,11 +198,7 @@ fn a_revocation_erases_the_clip_from_work_and_dataset_without_redoing_vision_wor
     .code(1);
     assert!(!mentions(&out, "v-car-front").is_empty());
 
-    // acct-1 revokes the grant v-car-front (and the corrupt clip) rest on.
-    let ledger = tmp.path().join("revoked.jsonl");
-    let mut text = std::fs::read_to_string(fixture("demo-ledger.jsonl")).unwrap();
-    text.push_str("{\"event_id\":\"e-99\",\"type\":\"consent.revoked\",\"owner_id\":\"acct-1\",\"at\":\"2026-10-30T00:00:00Z\",\"grant_id\":\"e-1\"}\n");
-    std::fs::write(&ledger, text).unwrap();
+    let ledger = revoked_ledger(tmp.path());
     // The dataset as it stands: `verify --ledger` lists the clips it no longer allows, with the
     // event, and fails; at an instant before the revocation it allows them all.
     let a = clearframe()
@@ -441,11 +447,8 @@ fn a_version_stays_whole_while_the_next_is_written_even_when_the_writer_is_kille
     use crate::storage::server::{ACCESS_KEY, S3sServer, SECRET_KEY};
     let tmp = tempfile::tempdir().unwrap();
     let first = fixture("demo-ledger.jsonl");
-    // acct-1 revokes the grant v-car-front rests on: another version.
-    let second = tmp.path().join("revoked.jsonl");
-    let mut text = std::fs::read_to_string(&first).unwrap();
-    text.push_str("{\"event_id\":\"e-99\",\"type\":\"consent.revoked\",\"owner_id\":\"acct-1\",\"at\":\"2026-10-30T00:00:00Z\",\"grant_id\":\"e-1\"}\n");
-    std::fs::write(&second, text).unwrap();
+    // Another version: without v-car-front.
+    let second = revoked_ledger(tmp.path());
     let expected = reference(tmp.path(), &first);
     let server = S3sServer::start();
     let store = server.store(crate::run_s3::BUCKET, "");

@@ -176,6 +176,19 @@ pub(crate) fn version_bytes<'a>(files: &'a BTreeMap<String, Vec<u8>>, name: &str
     &files[&format!("versions/{}/{name}", r["version"].as_str().unwrap())]
 }
 
+/// The demo as a plain local run into `out` (exit 1: v-corrupt is broken on purpose).
+fn local_demo(out: &Path) {
+    clearframe()
+        .args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
+        .arg(fixture("demo-catalog.jsonl"))
+        .arg("--ledger")
+        .arg(fixture("demo-ledger.jsonl"))
+        .arg("--out")
+        .arg(out)
+        .assert()
+        .code(1);
+}
+
 #[test]
 fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte() {
     let server = S3sServer::start();
@@ -186,15 +199,7 @@ fn run_with_catalog_clips_and_output_in_s3_matches_the_local_run_byte_for_byte()
     // Local run.
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("local");
-    clearframe()
-        .args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
-        .arg(fixture("demo-catalog.jsonl"))
-        .arg("--ledger")
-        .arg(fixture("demo-ledger.jsonl"))
-        .arg("--out")
-        .arg(&local)
-        .assert()
-        .code(1);
+    local_demo(&local);
 
     // The same run on S3, over an earlier dataset ClearFrame wrote there (other clips): its
     // objects must be gone afterwards. (Only a dataset.json ClearFrame wrote makes a prefix
@@ -398,15 +403,7 @@ fn a_build_through_injected_store_faults_gives_the_fault_free_dataset() {
     upload_demo(&store);
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("local");
-    clearframe()
-        .args(["run", "--as-of", AS_OF, "--fps", "4", "--catalog"])
-        .arg(fixture("demo-catalog.jsonl"))
-        .arg("--ledger")
-        .arg(fixture("demo-ledger.jsonl"))
-        .arg("--out")
-        .arg(&local)
-        .assert()
-        .code(1);
+    local_demo(&local);
     let proxy = crate::storage::faults::FaultProxy::start(&server.endpoint, 0.10, 0xFA_017);
     let s3 = |k: &str| format!("s3://{BUCKET}/{k}");
     let run = |out: &str| {

@@ -62,7 +62,7 @@ fn bunny_line(video_id: &str, uri: &str) -> String {
 }
 
 /// A one-clip catalog (the Big Buck Bunny negative) beside its clip, in `dir`.
-fn mini_catalog(dir: &Path) -> PathBuf {
+pub(crate) fn mini_catalog(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("media")).unwrap();
     std::fs::copy(
         fixture("media/bigbuckbunny.mp4"),
