@@ -302,10 +302,10 @@ pub fn run_select(
 }
 
 /// The whole stage on any store: read catalog and ledger, check the ledger, decide, write
-/// `selection.jsonl` then `select.json` into `out`. A bad ledger returns an error before anything
-/// is written, and so does an `out` that is neither empty nor a work folder ClearFrame wrote
-/// ([`super::check_work_folder`]) or that refuses a probe write (S3). Clips outside
-/// `sources` are excluded. Lines are decided and streamed out in batches (through a temporary
+/// `select.json` then `selection.jsonl` into `out` (the record first: see below). A bad
+/// ledger returns an error before anything is written, and so does an `out` that is neither
+/// empty nor a work folder ClearFrame wrote ([`super::check_work_folder`]) or that refuses a
+/// probe write (S3). Clips outside `sources` are excluded. Lines are decided and streamed out in batches (through a temporary
 /// file beside the output for local folders, in a private staging folder for S3; the selection
 /// holds no media); they are returned only when there are at most `keep_lines`.
 pub fn run_select_store(
@@ -389,22 +389,6 @@ pub fn run_select_store(
             kept.extend(lines);
         }
     }
-    match &local_root {
-        Some(root) => {
-            tmp.as_file().sync_all().with_context(write_err)?;
-            tmp.persist(root.join("selection.jsonl"))
-                .map_err(|e| e.error)
-                .with_context(write_err)?;
-        }
-        None => {
-            tmp.as_file_mut()
-                .seek(SeekFrom::Start(0))
-                .with_context(write_err)?;
-            out.put_reader("selection.jsonl", tmp.as_file_mut())
-                .with_context(write_err)?;
-        }
-    }
-
     let total = clips.len() as u64;
     crate::audit::note_input("catalog", &catalog_hash);
     crate::audit::note_input("ledger", &ledger_hash);
@@ -432,8 +416,32 @@ pub fn run_select_store(
     };
     let mut rec = serde_json::to_vec_pretty(&record)?;
     rec.push(b'\n');
+    // The record goes first: from the first object a select writes, the folder holds the
+    // record that makes it a work folder, so that a shard selecting beside this one (into the
+    // same, empty folder) never finds ClearFrame's selection without its record and refuses.
+    // A reader checks the selection against the record's blake3, so one killed between the two
+    // writes leaves a folder that the stages refuse and the next select rewrites.
     out.put_record("select.json", rec.into())
         .with_context(|| format!("cannot write {}", out.url("select.json")))?;
+    match &local_root {
+        Some(root) => {
+            tmp.as_file().sync_all().with_context(write_err)?;
+            tmp.persist(root.join("selection.jsonl"))
+                .map_err(|e| e.error)
+                .with_context(write_err)?;
+            std::fs::File::open(root)
+                .and_then(|d| d.sync_all())
+                .with_context(write_err)?;
+        }
+        None => {
+            tmp.as_file_mut()
+                .seek(SeekFrom::Start(0))
+                .with_context(write_err)?;
+            out.put_reader("selection.jsonl", tmp.as_file_mut())
+                .with_context(write_err)?;
+        }
+    }
+
     Ok(SelectOutcome {
         record,
         lines: kept,
@@ -511,4 +519,107 @@ pub fn run_cli(args: &SelectArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{LocalStore, ObjectMeta, Result as StoreResult};
+    use std::sync::Mutex;
+
+    /// A local work folder that, before every write, records whether the folder as it stands
+    /// would pass [`super::super::check_work_folder`], the check a shard selecting beside
+    /// another makes.
+    #[derive(Debug)]
+    struct Watched {
+        inner: Arc<dyn Store>,
+        refused_before: Mutex<Vec<String>>,
+    }
+
+    impl Watched {
+        fn check(&self, key: &str) {
+            if super::super::check_work_folder(&self.inner).is_err() {
+                self.refused_before.lock().unwrap().push(key.to_owned());
+            }
+        }
+    }
+
+    impl Store for Watched {
+        fn location(&self) -> &Location {
+            self.inner.location()
+        }
+        fn get(&self, key: &str) -> StoreResult<bytes::Bytes> {
+            self.inner.get(key)
+        }
+        fn reader(&self, key: &str) -> StoreResult<Box<dyn std::io::Read + Send>> {
+            self.inner.reader(key)
+        }
+        fn put(&self, key: &str, data: bytes::Bytes) -> StoreResult<()> {
+            self.check(key);
+            self.inner.put(key, data)
+        }
+        fn put_reader(&self, key: &str, reader: &mut dyn std::io::Read) -> StoreResult<u64> {
+            self.check(key);
+            self.inner.put_reader(key, reader)
+        }
+        fn put_record(&self, key: &str, data: bytes::Bytes) -> StoreResult<()> {
+            self.check(key);
+            self.inner.put_record(key, data)
+        }
+        fn put_new(&self, key: &str, data: bytes::Bytes) -> StoreResult<bool> {
+            self.check(key);
+            self.inner.put_new(key, data)
+        }
+        fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+            self.inner.head(key)
+        }
+        fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> StoreResult<()> {
+            self.inner.delete(key)
+        }
+    }
+
+    /// Shards select into one work folder at once: whatever a select has written so far, a
+    /// second select's check must find a work folder ClearFrame wrote, never refuse it. (The old
+    /// order, selection then record, left `selection.jsonl` alone for a moment, and a shard that
+    /// looked then refused to run.)
+    #[test]
+    fn a_folder_a_select_is_writing_is_always_a_work_folder() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let dir = tempfile::tempdir().unwrap();
+        let work = Arc::new(Watched {
+            inner: Arc::new(LocalStore::new(dir.path().join("work"))),
+            refused_before: Mutex::new(Vec::new()),
+        });
+        let out: Arc<dyn Store> = work.clone();
+        let open = |name: &str| {
+            ObjectRef::open(fixtures.join(name).to_str().unwrap(), &Default::default()).unwrap()
+        };
+        let catalog = open("demo-catalog.jsonl");
+        let sources = Sources::new(catalog.store.location(), &[]).unwrap();
+        let as_of: Timestamp = "2026-06-01T00:00:00Z".parse().unwrap();
+        for _ in 0..2 {
+            run_select_store(
+                &catalog,
+                &open("demo-ledger.jsonl"),
+                as_of,
+                &out,
+                0,
+                &sources,
+            )
+            .unwrap();
+            // The S3 path writes both objects through the store; the local path renames the
+            // selection into place, so look once more after it.
+            work.check("(after)");
+        }
+        assert_eq!(
+            work.refused_before.lock().unwrap().as_slice(),
+            [] as [String; 0]
+        );
+        for key in ["select.json", "selection.jsonl"] {
+            assert!(dir.path().join("work").join(key).is_file(), "{key}");
+        }
+    }
 }
