@@ -260,7 +260,7 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot create output folder {}", out.display()))?;
     }
     for (p, e) in &failures {
-        eprintln!("error: {}: {e:#}", p.display());
+        eprintln!("error: {}: {}", p.display(), crate::storage::error_chain(e));
     }
     let opts = ModelOptions::default();
     let ctx = if args.count_faces {
@@ -332,7 +332,11 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
             }
         };
         if let Err(e) = result {
-            eprintln!("error: {}: {e:#}", job.path().display());
+            eprintln!(
+                "error: {}: {}",
+                job.path().display(),
+                crate::storage::error_chain(&e)
+            );
             failures.push((job.path().to_path_buf(), e));
         }
     }

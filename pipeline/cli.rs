@@ -114,7 +114,10 @@ pub fn main() -> ExitCode {
         let outcome = match &result {
             Ok(code) if *code == ExitCode::SUCCESS => "ok".to_owned(),
             Ok(_) => "exit 1 (finished; some clips failed or were withheld)".to_owned(),
-            Err(err) => format!("error: {}", crate::audit::one_line(&format!("{err:#}"))),
+            Err(err) => format!(
+                "error: {}",
+                crate::audit::one_line(&crate::storage::error_chain(err))
+            ),
         };
         match crate::audit::finish(outcome) {
             Ok(Some((seq, log))) => {
@@ -137,11 +140,22 @@ pub fn main() -> ExitCode {
 
 /// Prints an error and its causes; exit 2.
 fn report_error(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {err}");
-    for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
-    }
+    eprint!("{}", error_text(err));
     ExitCode::from(2)
+}
+
+/// `error: …` and a `caused by: …` line for each cause that the lines above do not already
+/// say (an error whose message quotes its source would otherwise print it twice), as
+/// [`crate::storage::error_chain`] does on one line.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = format!("error: {err}\n");
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(&format!("  caused by: {cause}\n"));
+        }
+    }
+    text
 }
 
 fn init_tracing(verbose: u8) {

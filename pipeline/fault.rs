@@ -15,3 +15,21 @@ pub(crate) fn point(name: &str, n: u64) {
     #[cfg(not(debug_assertions))]
     let _ = (name, n);
 }
+
+/// Sends SIGKILL to process `pid` when `CLEARFRAME_FAULT` is `<point>=<n>` (debug builds only):
+/// a real kill of a real child (ffmpeg), as the out-of-memory killer would.
+#[inline]
+pub(crate) fn kill_point(name: &str, n: u64, pid: u32) {
+    #[cfg(debug_assertions)]
+    if let Ok(spec) = std::env::var("CLEARFRAME_FAULT")
+        && spec.split_once('=') == Some((name, n.to_string().as_str()))
+        && let Ok(pid) = i32::try_from(pid)
+    {
+        // SAFETY: kill(2) with a pid of our own child; no memory is touched.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (name, n, pid);
+}

@@ -584,6 +584,9 @@ pub enum FailureCode {
     LimitZones,
     /// An indoor clip left out by the indoor policy `exclude` (not counted as a failure).
     IndoorExcluded,
+    /// ffmpeg was stopped from outside part-way (the out-of-memory killer, an operator): not the
+    /// clip's fault; frames before it may be emitted, and the next run tries the clip again.
+    DecoderKilled,
     /// A model failed on the clip's frames.
     Model,
     /// Anything else (a bug: a thread that panicked, an output that could not be written).
@@ -613,6 +616,7 @@ impl FailureCode {
             FailureCode::LimitBytes => "limit_bytes",
             FailureCode::LimitZones => "limit_zones",
             FailureCode::IndoorExcluded => "indoor_excluded",
+            FailureCode::DecoderKilled => "decoder_killed",
             FailureCode::Model => "model",
             FailureCode::Internal => "internal",
         }
@@ -663,6 +667,7 @@ impl FailureCode {
             }
             C::IndoorExcluded => FailureClass::Policy,
             C::Model => FailureClass::Model,
+            C::DecoderKilled => FailureClass::Internal,
             C::Internal => FailureClass::Internal,
         }
     }

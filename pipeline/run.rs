@@ -213,6 +213,9 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         let id = clip.clip().video_id.clone();
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
+        // A frame the dataset cannot take (a full disk, a read-only folder) is the output's
+        // failure, not the clip's: it stops the run, and the earlier version stays whole.
+        let mut output_failed: Option<String> = None;
         let mut consume = |times: &mut StageTimes,
                            (entry, jpeg, detect_time, encode_time): (
             ManifestEntry,
@@ -222,12 +225,20 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         )|
          -> anyhow::Result<()> {
             let t = Instant::now();
-            dataset.add_frame(entry, jpeg)?;
+            if let Err(e) = dataset.add_frame(entry, jpeg) {
+                output_failed = Some(storage::error_chain(&e));
+                return Err(e);
+            }
             times.object_detect += detect_time;
             times.emit += encode_time + t.elapsed();
             Ok(())
         };
         let r = process_clip(&mut ctx, clip, &work, &mut consume);
+        if let Some(e) = output_failed {
+            anyhow::bail!(
+                "{e}\nnothing was replaced: the dataset's earlier version, if any, is whole, and the next run finishes or clears what this one wrote"
+            );
+        }
         frames += r.frames;
         for w in r.withheld {
             dataset.withhold(w);

@@ -7,6 +7,7 @@ mod audit;
 mod common;
 mod deploy;
 mod emit;
+mod faults;
 mod fuzz;
 mod rebuild;
 mod redact;

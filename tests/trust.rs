@@ -12,14 +12,14 @@ use crate::common::{clearframe, ffmpeg, fixture};
 
 const AS_OF: &str = "2026-11-01T00:00:00Z";
 
-fn grant_line() -> String {
+pub(crate) fn grant_line() -> String {
     json!({"event_id":"g-1","type":"consent.granted","owner_id":"acct-1","at":"2026-01-01T00:00:00Z",
         "scope":["ml_training"],"devices":["*"],"placements":["outdoor","indoor"],
         "document":{"uri":"consent-docs/acct-1.txt","blake3":"11cf89380cb0190f2ec9705aea3fc2f44f2f9982d53584cae92341e2373b88c8"}})
     .to_string()
 }
 
-fn clip_line(id: &str, uri: &str) -> Value {
+pub(crate) fn clip_line(id: &str, uri: &str) -> Value {
     json!({"video_id": id, "uri": uri, "owner_id": "acct-1", "device_id": "dev-1",
         "placement": "outdoor", "captured_at": "2026-06-01T00:00:00Z"})
 }

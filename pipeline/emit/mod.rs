@@ -101,7 +101,7 @@ pub enum EmitError {
         reason: String,
     },
     /// Reading or writing a file failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}", crate::storage::path_and_cause(path, source))]
     Io {
         /// The file or folder.
         path: PathBuf,

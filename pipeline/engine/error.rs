@@ -27,10 +27,10 @@ impl ClipError {
     }
     /// A failure of ClearFrame's own machinery (an output that could not be written, a thread).
     pub(crate) fn internal(e: anyhow::Error) -> Self {
-        Self::failed(FailureCode::Internal, format!("{e:#}"))
+        Self::failed(FailureCode::Internal, crate::storage::error_chain(&e))
     }
     pub(crate) fn model(e: anyhow::Error) -> Self {
-        Self::failed(FailureCode::Model, format!("{e:#}"))
+        Self::failed(FailureCode::Model, crate::storage::error_chain(&e))
     }
     pub(crate) fn code(&self) -> FailureCode {
         match self {
@@ -69,6 +69,7 @@ impl From<MediaError> for ClipError {
             MediaError::Source(s) => source_code(s),
             MediaError::Decode { .. } => FailureCode::NotAVideo,
             MediaError::Truncated { .. } => FailureCode::Truncated,
+            MediaError::Killed { .. } => FailureCode::DecoderKilled,
             MediaError::NoVideo { .. } => FailureCode::NoVideoStream,
             MediaError::NoFrames { .. } => FailureCode::NoFrames,
             MediaError::Stream { .. } => FailureCode::StreamInconsistent,

@@ -51,6 +51,8 @@ pub struct Decoder {
     read: u64,
     last_source: Option<u64>,
     done: bool,
+    /// The signal that stopped ffmpeg from outside, once it has exited.
+    stopped_by: Option<&'static str>,
 }
 
 impl Decoder {
@@ -171,6 +173,7 @@ impl Decoder {
             read: 0,
             last_source: None,
             done: false,
+            stopped_by: None,
         })
     }
 
@@ -192,13 +195,29 @@ impl Decoder {
     /// Waits for the child and the stderr thread; returns the exit status as text.
     fn finish_child(&mut self) -> String {
         let status = match self.child.wait() {
-            Ok(s) => s.to_string(),
+            Ok(s) => {
+                self.stopped_by = stopped_from_outside(&s);
+                s.to_string()
+            }
             Err(e) => format!("wait failed: {e}"),
         };
         if let Some(t) = self.stderr_thread.take() {
             let _ = t.join();
         }
         status
+    }
+
+    /// Once ffmpeg's log has ended: the signal that stopped it from outside, if it did (waits up
+    /// to a second for the exit to be reaped; an ffmpeg still running was not stopped).
+    fn stopped_from_outside(&mut self) -> Option<&'static str> {
+        for _ in 0..100 {
+            match self.child.as_inner_mut().try_wait() {
+                Ok(Some(status)) => return stopped_from_outside(&status),
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     fn stop(&mut self) {
@@ -238,7 +257,16 @@ impl Decoder {
                 return self.end_of_stream(filled);
             }
             self.read += 1;
+            crate::fault::kill_point("ffmpeg_kill", self.read, self.child.as_inner().id());
             let Ok(out) = self.frames_rx.recv() else {
+                if let Some(signal) = self.stopped_from_outside() {
+                    self.stop();
+                    return Err(MediaError::Killed {
+                        name: self.name.clone(),
+                        frames: self.next_index,
+                        signal,
+                    });
+                }
                 self.stop();
                 return Err(MediaError::Stream {
                     name: self.name.clone(),
@@ -294,6 +322,13 @@ impl Decoder {
         let ok = status.ends_with(": 0") && !self.tail.had_error();
         let stderr_tail = self.tail.text();
         let name = self.name.clone();
+        if let Some(signal) = self.stopped_by {
+            return Err(MediaError::Killed {
+                name,
+                frames: self.next_index,
+                signal,
+            });
+        }
         if let Some(detail) = self.tail.inconsistency() {
             return Err(MediaError::Stream { name, detail });
         }
@@ -330,6 +365,20 @@ impl Decoder {
             status,
             stderr_tail,
         })
+    }
+}
+
+/// The signal, when ffmpeg was stopped the way the out-of-memory killer or an operator stops a
+/// process. A crash (SIGSEGV, SIGABRT, SIGFPE, SIGBUS, SIGILL) is not in it: hostile bytes can
+/// cause one, and then the clip is at fault.
+fn stopped_from_outside(status: &std::process::ExitStatus) -> Option<&'static str> {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal()? {
+        libc::SIGKILL => Some("SIGKILL"),
+        libc::SIGTERM => Some("SIGTERM"),
+        libc::SIGINT => Some("SIGINT"),
+        libc::SIGHUP => Some("SIGHUP"),
+        _ => None,
     }
 }
 

@@ -106,6 +106,20 @@ pub enum MediaError {
         /// ffmpeg's error lines.
         stderr_tail: String,
     },
+    /// ffmpeg was stopped from outside (SIGKILL, SIGTERM, SIGINT, SIGHUP: the out-of-memory
+    /// killer, an operator) part-way through the clip: not the clip's fault, so not a truncated
+    /// clip; the next run tries it again.
+    #[error(
+        "{name}: ffmpeg was stopped by {signal} after {frames} frames (out of memory, or stopped from outside); the clip is not at fault and the next run tries it again"
+    )]
+    Killed {
+        /// The clip concerned.
+        name: String,
+        /// Frames decoded before ffmpeg stopped.
+        frames: u64,
+        /// The signal, by name (`SIGKILL`).
+        signal: &'static str,
+    },
     /// The input has no video stream (an audio file, a subtitle track).
     #[error("{name}: has no video stream")]
     NoVideo {

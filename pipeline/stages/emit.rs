@@ -114,7 +114,7 @@ pub fn emit(args: &EmitArgs, progress: bool) -> anyhow::Result<EmitOutcome> {
         )?,
         Err(e) => {
             if dest.previous().is_some() {
-                tracing::warn!(error = %format!("{e:#}"), "removed.jsonl gives selection reason codes only, no ledger events");
+                tracing::warn!(error = %crate::storage::error_chain(&e), "removed.jsonl gives selection reason codes only, no ledger events");
             }
             std::collections::BTreeMap::new()
         }

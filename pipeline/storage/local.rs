@@ -5,6 +5,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -15,6 +16,9 @@ use super::{Location, ObjectMeta, Result, StorageError, Store, check_key, check_
 
 /// Temp files start with this; [`Store::list`] skips them.
 pub(crate) const TEMP_PREFIX: &str = ".cf-tmp.";
+
+/// The pause between the two reads of [`Store::get_settled`].
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A store in a local folder (created on first write). Nothing below the root is reached through
 /// a link ([`Beneath`]): a link, FIFO, device or socket inside it is an error naming it. Only a
@@ -114,12 +118,76 @@ impl Store for LocalStore {
             .map_err(|e| io_err("sweep", &self.root, e))
     }
 
+    /// Reads the whole file, and refuses what was not one state of it: a file rewritten in place
+    /// while read (a ledger edited by another process) could otherwise give a prefix of its new
+    /// text that ends on a line boundary, a ledger that never was (a revocation cut off).
     fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.root.join(key);
         let mut file = self.open(key)?;
-        let mut buf = Vec::new();
+        let stamp = |file: &File| {
+            file.metadata()
+                .map(|m| {
+                    (
+                        m.len(),
+                        m.modified().ok(),
+                        m.ino(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                    )
+                })
+                .map_err(|e| io_err("stat", &path, e))
+        };
+        let before = stamp(&file)?;
+        let mut buf = Vec::with_capacity(usize::try_from(before.0).unwrap_or(0));
         file.read_to_end(&mut buf)
-            .map_err(|e| io_err("read", &self.root.join(key), e))?;
-        Ok(Bytes::from(buf))
+            .map_err(|e| io_err("read", &path, e))?;
+        let after = stamp(&file)?;
+        let detail = if before != after {
+            Some("its size or modification time changed".to_owned())
+        } else if buf.len() as u64 != after.0 {
+            Some(format!(
+                "{} bytes read from a file of {} bytes",
+                buf.len(),
+                after.0
+            ))
+        } else {
+            None
+        };
+        match detail {
+            Some(detail) => Err(StorageError::ChangedWhileRead {
+                url: self.url(key),
+                detail,
+            }),
+            None => Ok(Bytes::from(buf)),
+        }
+    }
+
+    fn get_settled(&self, key: &str) -> Result<Bytes> {
+        const TRIES: usize = 5;
+        let mut last = None;
+        for _ in 0..TRIES {
+            let first = match self.get(key) {
+                Err(e @ StorageError::ChangedWhileRead { .. }) => {
+                    last = Some(e);
+                    std::thread::sleep(SETTLE);
+                    continue;
+                }
+                other => other?,
+            };
+            std::thread::sleep(SETTLE);
+            match self.get(key) {
+                Ok(second) if second == first => return Ok(first),
+                Ok(_) => {
+                    last = Some(StorageError::ChangedWhileRead {
+                        url: self.url(key),
+                        detail: "two reads a moment apart differ".to_owned(),
+                    })
+                }
+                Err(e @ StorageError::ChangedWhileRead { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one try"))
     }
 
     fn reader(&self, key: &str) -> Result<Box<dyn Read + Send>> {
@@ -218,6 +286,77 @@ fn etag(mtime_ns: u128, size: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that does not give its size in bytes is no state of itself that can be trusted:
+    /// `/proc` files say 0 bytes and give more (a file rewritten in place while read gives
+    /// other than its size too, or moves its size and time). The old `get` returned the bytes.
+    #[test]
+    fn a_file_that_gives_other_than_its_size_is_refused() {
+        let store = LocalStore::reading_named_file("/proc/self");
+        match store.get("status") {
+            Err(StorageError::ChangedWhileRead { url, detail }) => {
+                assert!(url.ends_with("/proc/self/status"), "{url}");
+                assert!(
+                    detail.contains("bytes read from a file of 0 bytes"),
+                    "{detail}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("ledger.jsonl"), b"{}\n").unwrap();
+        let store = LocalStore::reading_named_file(dir.path());
+        assert_eq!(&store.get("ledger.jsonl").unwrap()[..], b"{}\n");
+    }
+
+    /// A writer that rewrites the file in place while it is read: every settled read is refused
+    /// or gives one whole state the writer wrote, never a mix or a cut. (One read and a check of
+    /// the file's size and times is not enough: it let a half-written state through.)
+    #[test]
+    fn reads_racing_an_in_place_writer_give_a_whole_state_or_a_refusal() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let states: Vec<Vec<u8>> = (0..4)
+            .map(|n| {
+                format!("{{\"state\":{n}}}\n")
+                    .repeat(2000 + n * 700)
+                    .into_bytes()
+            })
+            .collect();
+        fs::write(&path, &states[0]).unwrap();
+        let stop = AtomicBool::new(false);
+        let store = LocalStore::reading_named_file(dir.path());
+        let results: Vec<Result<Bytes>> = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n = (n + 1) % states.len();
+                    // In place: truncate, then write (what an editor or `>` does).
+                    let mut f = File::create(&path).unwrap();
+                    f.write_all(&states[n]).unwrap();
+                }
+            });
+            let results = (0..100)
+                .map(|_| store.get_settled("ledger.jsonl"))
+                .collect();
+            stop.store(true, Ordering::Relaxed);
+            results
+        });
+        let (mut whole, mut refused) = (0, 0);
+        for r in results {
+            match r {
+                // Empty is a state too: the moment between truncate and write.
+                Ok(bytes) if bytes.is_empty() || states.iter().any(|s| s[..] == bytes[..]) => {
+                    whole += 1
+                }
+                Ok(bytes) => panic!("a read gave {} bytes that no state has", bytes.len()),
+                Err(StorageError::ChangedWhileRead { .. }) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(whole + refused, 100);
+    }
 
     #[test]
     fn temp_files_are_invisible_and_cleaned_up() {

@@ -85,6 +85,18 @@ pub enum StorageError {
         /// The object's full URL.
         url: String,
     },
+    /// A local file changed while it was read (its size or modification time moved, or it gave
+    /// other than its size in bytes): written in place by another process, or not a plain file
+    /// on disk. Nothing read from it is used.
+    #[error(
+        "{url} changed while it was read ({detail}); nothing read from it was used\nhint: have its writer replace it whole (write a temporary file, then rename it over), and run again"
+    )]
+    ChangedWhileRead {
+        /// The object's full URL.
+        url: String,
+        /// What moved.
+        detail: String,
+    },
     /// The S3 bucket does not exist.
     #[error("s3://{bucket}: no such bucket\nhint: create the bucket or check the store URL")]
     NoSuchBucket {
@@ -170,7 +182,7 @@ pub enum StorageError {
         message: String,
     },
     /// A local filesystem error (or an error from a reader given to [`Store::put_reader`]).
-    #[error("{operation} {}: {source}", path.display())]
+    #[error("{operation} {}", path_and_cause(path, source))]
     Io {
         /// What was being done (`write`, `rename`, …).
         operation: &'static str,
@@ -304,6 +316,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Reads a whole object into memory.
     fn get(&self, key: &str) -> Result<Bytes>;
 
+    /// Reads a whole object that another process may be rewriting (a catalog, a consent ledger):
+    /// one state of it, never a mix or a cut. An S3 GET is one version already; a local file is
+    /// read twice, a moment apart, and given only when both reads agree with each other and
+    /// with the file's size and time (a few tries; then [`StorageError::ChangedWhileRead`]).
+    fn get_settled(&self, key: &str) -> Result<Bytes> {
+        self.get(key)
+    }
+
     /// Opens an object for streaming: S3 bodies arrive through a bounded channel as they are
     /// received, never buffered whole and never written to local disk.
     fn reader(&self, key: &str) -> Result<Box<dyn Read + Send>>;
@@ -343,6 +363,31 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn probe_write(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// `path: cause`, or the cause alone when it starts with the path already ([`beneath`]'s errors
+/// name their path), so that a message names a path once.
+pub(crate) fn path_and_cause(path: &std::path::Path, cause: &std::io::Error) -> String {
+    let (path, cause) = (path.display().to_string(), cause.to_string());
+    if cause.starts_with(&path) {
+        cause
+    } else {
+        format!("{path}: {cause}")
+    }
+}
+
+/// An error and its causes on one line, each cause only where the text before does not already
+/// say it (an error whose message quotes its source would otherwise say it twice).
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 #[cfg(test)]

@@ -47,8 +47,9 @@ impl ObjectRef {
         })
     }
 
-    /// Reads the whole object.
+    /// Reads the whole object, one state of it even while another process rewrites it
+    /// ([`Store::get_settled`]).
     pub fn get(&self) -> anyhow::Result<bytes::Bytes> {
-        Ok(self.store.get(&self.key)?)
+        Ok(self.store.get_settled(&self.key)?)
     }
 }
