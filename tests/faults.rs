@@ -317,3 +317,110 @@ snap ro "$MNT/d"
     assert!(!r.join("from-ro-work/dataset.json").exists());
     assert_eq!(local_files(&r.join("ro")), roomy);
 }
+
+/// Runs clearframe with `args` under a hard address-space limit of `limit_mib` MiB (RLIMIT_AS,
+/// set in the child before it starts; ffmpeg inherits it). Returns the exit code and the peak
+/// resident memory in KiB (`wait4`'s `ru_maxrss`: the process and the children it waited for).
+fn run_limited(args: &[String], limit_mib: u64, log: &Path) -> (i32, u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = limit_mib * 1024 * 1024;
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("clearframe"));
+    cmd.args(args)
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rl = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &rl) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let (mut status, mut usage) = (0i32, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child; status and usage are plain out-parameters.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "{}", std::io::Error::last_os_error());
+    assert!(libc::WIFEXITED(status), "killed by a signal: {status}");
+    (libc::WEXITSTATUS(status), usage.ru_maxrss as u64)
+}
+
+#[test]
+fn under_a_hard_memory_limit_a_six_times_longer_clip_needs_no_more_memory() {
+    // bikes.mp4 (640x272, 25 fps) made 100 and 600 frames long; every frame processed. A
+    // pipeline that held its frames would need 500 x 522 KB = 261 MB more for the long one.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("media")).unwrap();
+    let bikes = fixture("media/bikes.mp4");
+    let mut lines = Vec::new();
+    for frames in [100u32, 600] {
+        let name = format!("media/bikes-{frames}.mp4");
+        crate::common::ffmpeg(&[
+            "-stream_loop",
+            "2",
+            "-i",
+            bikes.to_str().unwrap(),
+            "-frames:v",
+            &frames.to_string(),
+            "-an",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            dir.join(&name).to_str().unwrap(),
+        ]);
+        lines.push((frames, clip_line(&format!("b{frames}"), &name).to_string()));
+    }
+    std::fs::write(dir.join("ledger.jsonl"), grant_line() + "\n").unwrap();
+    let mut peaks = Vec::new();
+    for (frames, line) in &lines {
+        let catalog = dir.join(format!("catalog-{frames}.jsonl"));
+        std::fs::write(&catalog, format!("{line}\n")).unwrap();
+        let out = dir.join(format!("out-{frames}"));
+        let args: Vec<String> = [
+            "run",
+            "--as-of",
+            AS_OF,
+            "--fps",
+            "25",
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--ledger",
+            dir.join("ledger.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        // 1 GiB of address space for everything (models, threads' stacks, ffmpeg): about four
+        // times what the pipeline maps on this machine's two cores.
+        let log = dir.join(format!("run-{frames}.log"));
+        let (code, peak_kib) = run_limited(&args, 1024, &log);
+        let err = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(code, 0, "{err}");
+        let r = record(&out);
+        let done = r["frames"].as_u64().unwrap() + r["withheld"].as_array().unwrap().len() as u64;
+        assert_eq!(done, u64::from(*frames), "{r}");
+        println!(
+            "{frames} frames: peak RSS {:.1} MiB",
+            peak_kib as f64 / 1024.0
+        );
+        peaks.push(peak_kib);
+    }
+    let growth_kib = peaks[1].saturating_sub(peaks[0]);
+    let held_kib = 500 * 640 * 272 * 3 / 1024;
+    assert!(
+        growth_kib * 10 < held_kib,
+        "peak RSS grew {growth_kib} KiB from 100 to 600 frames: a tenth of holding the 500 frames ({held_kib} KiB) is the bound"
+    );
+}
