@@ -235,8 +235,13 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         };
         let r = process_clip(&mut ctx, clip, &work, &mut consume);
         if let Some(e) = output_failed {
+            // A refused upload's own error says more than the channel that stopped.
+            let cause = match dataset.failed().then(|| dataset.finish()) {
+                Some(Err(upload)) => storage::error_chain(&upload),
+                _ => e,
+            };
             anyhow::bail!(
-                "{e}\nnothing was replaced: the dataset's earlier version, if any, is whole, and the next run finishes or clears what this one wrote"
+                "{cause}\nnothing was replaced: the dataset's earlier version, if any, is whole, and the next run finishes or clears what this one wrote"
             );
         }
         frames += r.frames;
