@@ -321,6 +321,10 @@ snap ro "$MNT/d"
 /// Runs clearframe with `args` under a hard address-space limit of `limit_mib` MiB (RLIMIT_AS,
 /// set in the child before it starts; ffmpeg inherits it). Returns the exit code and the peak
 /// resident memory in KiB (`wait4`'s `ru_maxrss`: the process and the children it waited for).
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4 below, which also gives its rusage"
+)]
 fn run_limited(args: &[String], limit_mib: u64, log: &Path) -> (i32, u64) {
     use std::os::unix::process::CommandExt;
     let limit = limit_mib * 1024 * 1024;

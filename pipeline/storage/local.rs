@@ -181,7 +181,7 @@ impl Store for LocalStore {
                     last = Some(StorageError::ChangedWhileRead {
                         url: self.url(key),
                         detail: "two reads a moment apart differ".to_owned(),
-                    })
+                    });
                 }
                 Err(e @ StorageError::ChangedWhileRead { .. }) => last = Some(e),
                 Err(e) => return Err(e),
@@ -348,7 +348,7 @@ mod tests {
             match r {
                 // Empty is a state too: the moment between truncate and write.
                 Ok(bytes) if bytes.is_empty() || states.iter().any(|s| s[..] == bytes[..]) => {
-                    whole += 1
+                    whole += 1;
                 }
                 Ok(bytes) => panic!("a read gave {} bytes that no state has", bytes.len()),
                 Err(StorageError::ChangedWhileRead { .. }) => refused += 1,

@@ -207,6 +207,9 @@ fn closing(head: &str) -> String {
     out
 }
 
+/// A policy and the log of its decisions.
+type Gate = (Arc<Policy>, Arc<Mutex<Vec<Decision>>>);
+
 fn serve(
     mut client: TcpStream,
     upstream: &str,
@@ -214,7 +217,7 @@ fn serve(
     rng: &Mutex<u64>,
     counts: &Mutex<BTreeMap<&'static str, u64>>,
     requests: &AtomicU64,
-    gate: Option<(Arc<Policy>, Arc<Mutex<Vec<Decision>>>)>,
+    gate: Option<Gate>,
 ) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     let (head, mut body) = read_head(&mut client)?;
