@@ -16,10 +16,11 @@ pub(crate) fn point(name: &str, n: u64) {
     let _ = (name, n);
 }
 
-/// Sends SIGKILL to process `pid` when `CLEARFRAME_FAULT` is `<point>=<n>` (debug builds only):
-/// a real kill of a real child (ffmpeg), as the out-of-memory killer would.
+/// Sends `signal` to process `pid` when `CLEARFRAME_FAULT` is `<point>=<n>` (debug builds only):
+/// a real signal to a real child (ffmpeg), as the out-of-memory killer (SIGKILL) or an operator
+/// (SIGTERM) would send it.
 #[inline]
-pub(crate) fn kill_point(name: &str, n: u64, pid: u32) {
+pub(crate) fn signal_point(name: &str, n: u64, pid: u32, signal: i32) {
     #[cfg(debug_assertions)]
     if let Ok(spec) = std::env::var("CLEARFRAME_FAULT")
         && spec.split_once('=') == Some((name, n.to_string().as_str()))
@@ -27,9 +28,9 @@ pub(crate) fn kill_point(name: &str, n: u64, pid: u32) {
     {
         // SAFETY: kill(2) with a pid of our own child; no memory is touched.
         unsafe {
-            libc::kill(pid, libc::SIGKILL);
+            libc::kill(pid, signal);
         }
     }
     #[cfg(not(debug_assertions))]
-    let _ = (name, n, pid);
+    let _ = (name, n, pid, signal);
 }

@@ -213,8 +213,9 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
         let id = clip.clip().video_id.clone();
         bar.set_message(id.clone());
         let _span = tracing::info_span!("clip", video_id = %id).entered();
-        // A frame the dataset cannot take (a full disk, a read-only folder) is the output's
-        // failure, not the clip's: it stops the run, and the earlier version stays whole.
+        // A frame the dataset cannot store (a full disk, a read-only folder, a refused upload) is
+        // the output's failure, not the clip's: it stops the run; the earlier version stays
+        // whole.
         let mut output_failed: Option<String> = None;
         let mut consume = |times: &mut StageTimes,
                            (entry, jpeg, detect_time, encode_time): (
@@ -226,7 +227,14 @@ pub fn run(args: &RunArgs, progress: bool) -> anyhow::Result<RunOutcome> {
          -> anyhow::Result<()> {
             let t = Instant::now();
             if let Err(e) = dataset.add_frame(entry, jpeg) {
-                output_failed = Some(storage::error_chain(&e));
+                // A frame the emitter refuses as input (given twice, not selected) is the clip's
+                // failure; anything else is the output's.
+                if !matches!(
+                    e.downcast_ref::<crate::emit::EmitError>(),
+                    Some(crate::emit::EmitError::Input { .. })
+                ) {
+                    output_failed = Some(storage::error_chain(&e));
+                }
                 return Err(e);
             }
             times.object_detect += detect_time;

@@ -107,6 +107,61 @@ fn ffmpeg_killed_mid_clip_fails_that_clip_only_and_the_next_run_redoes_it() {
     let accounted = bikes["frames"].as_u64().unwrap() + bikes["withheld"].as_u64().unwrap();
     assert!((1..=20).contains(&accounted), "{r}");
 
+    // SIGTERM, as an operator sends it: ffmpeg (which starts with no signal blocked) catches
+    // it and exits 255; the clip fails the same way. (ffmpeg used to inherit ClearFrame's
+    // blocked SIGTERM and ignore it.)
+    let term = dir.join("term");
+    clearframe()
+        .env("CLEARFRAME_FAULT", "ffmpeg_term=20")
+        .args(&args)
+        .arg("--out")
+        .arg(&term)
+        .assert()
+        .code(1);
+    let r = record(&term);
+    let failed = r["failed_clips"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{r}");
+    assert_eq!(failed[0]["code"], "decoder_killed", "{r}");
+    assert!(
+        failed[0]["reason"].as_str().unwrap().contains("exited 255"),
+        "{r}"
+    );
+
+    // ffmpeg gone from under a running batch (the shell's exit 127, as when its libraries
+    // cannot be mapped for want of memory): not the clips' fault either. It used to be
+    // `truncated`, and a rebuild never tried those clips again.
+    let gone = dir.join("gone-bin");
+    std::fs::create_dir(&gone).unwrap();
+    let wrapper = gone.join("ffmpeg");
+    std::fs::write(&wrapper, "#!/bin/sh\nexec /nonexistent/ffmpeg \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", gone.display(), std::env::var("PATH").unwrap());
+    let no_ffmpeg = dir.join("no-ffmpeg");
+    clearframe()
+        .env("PATH", path)
+        .args(&args)
+        .arg("--out")
+        .arg(&no_ffmpeg)
+        .assert()
+        .code(1);
+    let r = record(&no_ffmpeg);
+    let failed = r["failed_clips"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{r}");
+    for f in failed {
+        assert_eq!(f["code"], "decoder_killed", "{r}");
+        assert!(
+            f["reason"]
+                .as_str()
+                .unwrap()
+                .contains("could not be loaded"),
+            "{r}"
+        );
+    }
+
     // The next run (nothing killed) redoes bikes only and gives the undisturbed dataset.
     let a = clearframe()
         .args(&args)

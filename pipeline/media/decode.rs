@@ -257,14 +257,16 @@ impl Decoder {
                 return self.end_of_stream(filled);
             }
             self.read += 1;
-            crate::fault::kill_point("ffmpeg_kill", self.read, self.child.as_inner().id());
+            let pid = self.child.as_inner().id();
+            crate::fault::signal_point("ffmpeg_kill", self.read, pid, libc::SIGKILL);
+            crate::fault::signal_point("ffmpeg_term", self.read, pid, libc::SIGTERM);
             let Ok(out) = self.frames_rx.recv() else {
-                if let Some(signal) = self.stopped_from_outside() {
+                if let Some(cause) = self.stopped_from_outside() {
                     self.stop();
                     return Err(MediaError::Killed {
                         name: self.name.clone(),
                         frames: self.next_index,
-                        signal,
+                        cause,
                     });
                 }
                 self.stop();
@@ -322,11 +324,17 @@ impl Decoder {
         let ok = status.ends_with(": 0") && !self.tail.had_error();
         let stderr_tail = self.tail.text();
         let name = self.name.clone();
-        if let Some(signal) = self.stopped_by {
+        // Out of memory is the machine's state, not the clip's: tried again next time.
+        let cause = self.stopped_by.or_else(|| {
+            stderr_tail
+                .contains("Cannot allocate memory")
+                .then_some("an out-of-memory error (Cannot allocate memory)")
+        });
+        if let Some(cause) = cause {
             return Err(MediaError::Killed {
                 name,
                 frames: self.next_index,
-                signal,
+                cause,
             });
         }
         if let Some(detail) = self.tail.inconsistency() {
@@ -368,11 +376,23 @@ impl Decoder {
     }
 }
 
-/// The signal, when ffmpeg was stopped the way the out-of-memory killer or an operator stops a
-/// process. A crash (SIGSEGV, SIGABRT, SIGFPE, SIGBUS, SIGILL) is not in it: hostile bytes can
-/// cause one, and then the clip is at fault.
+/// What stopped ffmpeg, when it was stopped the way the out-of-memory killer or an operator
+/// stops a process, or could not start. A crash (SIGSEGV, SIGABRT, SIGFPE, SIGBUS, SIGILL) is not
+/// in it: hostile bytes can cause one, and then the clip is at fault.
 fn stopped_from_outside(status: &std::process::ExitStatus) -> Option<&'static str> {
     use std::os::unix::process::ExitStatusExt;
+    // ffmpeg catches SIGTERM, SIGINT and SIGHUP itself and exits 255 ("received signal"); no
+    // other failure of its exits 255. 126 and 127 are not ffmpeg's at all: the program or its
+    // libraries could not be loaded (gone, or no memory to map them).
+    match status.code() {
+        Some(255) => return Some("SIGTERM, SIGINT or SIGHUP (ffmpeg exited 255)"),
+        Some(126 | 127) => {
+            return Some(
+                "a failed start (exit 126 or 127: ffmpeg or its libraries could not be loaded)",
+            );
+        }
+        _ => {}
+    }
     match status.signal()? {
         libc::SIGKILL => Some("SIGKILL"),
         libc::SIGTERM => Some("SIGTERM"),

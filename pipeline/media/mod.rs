@@ -106,19 +106,19 @@ pub enum MediaError {
         /// ffmpeg's error lines.
         stderr_tail: String,
     },
-    /// ffmpeg was stopped from outside (SIGKILL, SIGTERM, SIGINT, SIGHUP: the out-of-memory
-    /// killer, an operator) part-way through the clip: not the clip's fault, so not a truncated
-    /// clip; the next run tries it again.
+    /// ffmpeg was stopped part-way through the clip from outside (SIGKILL, SIGTERM, SIGINT,
+    /// SIGHUP: the out-of-memory killer, an operator) or ran out of memory: not the clip's
+    /// fault, so not a truncated clip; the next run tries it again.
     #[error(
-        "{name}: ffmpeg was stopped by {signal} after {frames} frames (out of memory, or stopped from outside); the clip is not at fault and the next run tries it again"
+        "{name}: ffmpeg was stopped by {cause} after {frames} frames (out of memory, or stopped from outside); the clip is not at fault and the next run tries it again"
     )]
     Killed {
         /// The clip concerned.
         name: String,
         /// Frames decoded before ffmpeg stopped.
         frames: u64,
-        /// The signal, by name (`SIGKILL`).
-        signal: &'static str,
+        /// What stopped it (`SIGKILL`, `an out-of-memory error`).
+        cause: &'static str,
     },
     /// The input has no video stream (an audio file, a subtitle track).
     #[error("{name}: has no video stream")]
@@ -371,6 +371,20 @@ pub(crate) fn ffmpeg_command(ffmpeg: Option<&Path>) -> FfmpegCommand {
         None => FfmpegCommand::new(),
     };
     cmd.hide_banner().arg("-nostats");
+    // ffmpeg starts with no signal blocked: this process blocks SIGINT, SIGTERM and SIGHUP in
+    // every thread (they are taken on a thread of their own, see `staging`), and a child would
+    // inherit that mask and ignore an operator's `kill`.
+    // SAFETY: only async-signal-safe calls (sigemptyset, pthread_sigmask) between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd.as_inner_mut(), || {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            match libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) {
+                0 => Ok(()),
+                e => Err(std::io::Error::from_raw_os_error(e)),
+            }
+        });
+    }
     cmd
 }
 

@@ -316,10 +316,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Reads a whole object into memory.
     fn get(&self, key: &str) -> Result<Bytes>;
 
-    /// Reads a whole object that another process may be rewriting (a catalog, a consent ledger):
-    /// one state of it, never a mix or a cut. An S3 GET is one version already; a local file is
-    /// read twice, a moment apart, and given only when both reads agree with each other and
-    /// with the file's size and time (a few tries; then [`StorageError::ChangedWhileRead`]).
+    /// Reads a whole object that another process may be writing (a catalog, a consent ledger)
+    /// as one state of it. An S3 GET is one version already. A local file is read twice, a
+    /// moment apart, each read checked against the file's size and times, and given when the
+    /// two agree, or when the second only adds whole lines to the first (an append-only
+    /// writer); else it tries again (a few times; then [`StorageError::ChangedWhileRead`]). A
+    /// file rewritten in place that pauses mid-write cannot be told from a finished one by any
+    /// reader: such files must be replaced whole (rename) instead.
     fn get_settled(&self, key: &str) -> Result<Bytes> {
         self.get(key)
     }
