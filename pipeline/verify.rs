@@ -353,12 +353,18 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
         }
     }
 
-    // Anything else is not part of the dataset, but may be part of the next version.
+    // Anything else is not part of the dataset, but may be part of the next version, or be a
+    // temporary file a killed writer left (the next writer sweeps those).
     let next = crate::emit::dest::pending_objects(dir);
+    let temporary = |rel: &str| {
+        rel.rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with(crate::storage::TEMP_PREFIX))
+    };
     let mut pending = Vec::new();
     for (rel, regular) in &files {
         if *regular && !accounted.contains(rel) {
-            if next.contains(rel) {
+            if next.contains(rel) || temporary(rel) {
                 pending.push(rel.clone());
             } else if rel.starts_with(&format!("{}/", paths::FRAMES_DIR)) {
                 problem(rel, "frame has no manifest line".into());

@@ -528,6 +528,26 @@ fn every_command_works_under_exactly_the_permissions_deploy_iam_documents() {
         );
     }
     used(&shard, "run --shard (deploy/iam/shard.json)");
+    // A multipart upload (CreateMultipartUpload, UploadPart, CompleteMultipartUpload, as the
+    // objects over the threshold go up) needs s3:PutObject and nothing more.
+    shard.clear();
+    let options = clearframe::storage::S3Options {
+        endpoint: Some(shard.endpoint.clone()),
+        multipart_threshold: 5 * 1024 * 1024,
+        part_size: 5 * 1024 * 1024,
+        ..server.options()
+    };
+    let work = clearframe::storage::S3Store::open("clearframe-work", "nightly", &options).unwrap();
+    work.put("big.bin", Bytes::from(vec![7u8; 11 * 1024 * 1024]))
+        .unwrap();
+    let parts = shard
+        .decisions()
+        .iter()
+        .filter(|d| d.resource.ends_with("/nightly/big.bin"))
+        .count();
+    assert!(parts >= 5, "create, 3 parts and complete: {parts} requests");
+    assert!(shard.denied().is_empty(), "{:#?}", shard.denied());
+    work.delete("big.bin").unwrap();
 
     let emit = role("emit");
     as_role(&emit, &["emit"])

@@ -126,15 +126,9 @@ impl Store for LocalStore {
         let mut file = self.open(key)?;
         let stamp = |file: &File| {
             file.metadata()
-                .map(|m| {
-                    (
-                        m.len(),
-                        m.modified().ok(),
-                        m.ino(),
-                        m.ctime(),
-                        m.ctime_nsec(),
-                    )
-                })
+                // Not the change time: a file replaced by rename while it is read (the safe way)
+                // changes the old inode's link count, and so its ctime, not its bytes.
+                .map(|m| (m.len(), m.modified().ok(), m.ino()))
                 .map_err(|e| io_err("stat", &path, e))
         };
         let before = stamp(&file)?;
