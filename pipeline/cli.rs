@@ -144,16 +144,13 @@ fn report_error(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `error: …` and a `caused by: …` line for each cause that the lines above do not already
-/// say (an error whose message quotes its source would otherwise print it twice), as
-/// [`crate::storage::error_chain`] does on one line.
+/// `error: …` and a `caused by: …` line for each cause the lines above do not already say
+/// ([`crate::storage::error_parts`]).
 fn error_text(err: &anyhow::Error) -> String {
-    let mut text = format!("error: {err}\n");
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(&format!("  caused by: {cause}\n"));
-        }
+    let parts = crate::storage::error_parts(err);
+    let mut text = format!("error: {}\n", parts[0]);
+    for cause in &parts[1..] {
+        text.push_str(&format!("  caused by: {cause}\n"));
     }
     text
 }

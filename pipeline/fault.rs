@@ -3,17 +3,21 @@
 //! thread does (the clip fails; nothing is reported done). Release builds compile this to
 //! nothing and read no variable.
 
+/// Whether `CLEARFRAME_FAULT` is `<name>=<n>` (debug builds only: release builds never read
+/// the variable).
+#[inline]
+fn armed(name: &str, n: u64) -> bool {
+    cfg!(debug_assertions)
+        && std::env::var("CLEARFRAME_FAULT")
+            .is_ok_and(|spec| spec.split_once('=') == Some((name, n.to_string().as_str())))
+}
+
 /// Panics when `CLEARFRAME_FAULT` is `<point>=<n>` (debug builds only).
 #[inline]
 pub(crate) fn point(name: &str, n: u64) {
-    #[cfg(debug_assertions)]
-    if let Ok(spec) = std::env::var("CLEARFRAME_FAULT")
-        && spec.split_once('=') == Some((name, n.to_string().as_str()))
-    {
+    if armed(name, n) {
         panic!("injected fault: {name} at {n}");
     }
-    #[cfg(not(debug_assertions))]
-    let _ = (name, n);
 }
 
 /// Sends `signal` to process `pid` when `CLEARFRAME_FAULT` is `<point>=<n>` (debug builds only):
@@ -21,9 +25,7 @@ pub(crate) fn point(name: &str, n: u64) {
 /// (SIGTERM) would send it.
 #[inline]
 pub(crate) fn signal_point(name: &str, n: u64, pid: u32, signal: i32) {
-    #[cfg(debug_assertions)]
-    if let Ok(spec) = std::env::var("CLEARFRAME_FAULT")
-        && spec.split_once('=') == Some((name, n.to_string().as_str()))
+    if armed(name, n)
         && let Ok(pid) = i32::try_from(pid)
     {
         // SAFETY: kill(2) with a pid of our own child; no memory is touched.
@@ -31,6 +33,4 @@ pub(crate) fn signal_point(name: &str, n: u64, pid: u32, signal: i32) {
             libc::kill(pid, signal);
         }
     }
-    #[cfg(not(debug_assertions))]
-    let _ = (name, n, pid, signal);
 }

@@ -61,6 +61,13 @@ fn record(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("dataset.json")).unwrap()).unwrap()
 }
 
+/// The dataset record in `dir` and its failed clips.
+fn failures(dir: &Path) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let r = record(dir);
+    let failed = r["failed_clips"].as_array().unwrap().clone();
+    (r, failed)
+}
+
 #[test]
 fn ffmpeg_killed_mid_clip_fails_that_clip_only_and_the_next_run_redoes_it() {
     let tmp = two_clips();
@@ -85,8 +92,7 @@ fn ffmpeg_killed_mid_clip_fails_that_clip_only_and_the_next_run_redoes_it() {
         .arg(&out)
         .assert()
         .code(1);
-    let r = record(&out);
-    let failed = r["failed_clips"].as_array().unwrap();
+    let (r, failed) = failures(&out);
     assert_eq!(failed.len(), 1, "{r}");
     assert_eq!(failed[0]["video_id"], "bikes");
     // Not `truncated`: that would blame the clip, and a rebuild would never try it again.
@@ -118,8 +124,7 @@ fn ffmpeg_killed_mid_clip_fails_that_clip_only_and_the_next_run_redoes_it() {
         .arg(&term)
         .assert()
         .code(1);
-    let r = record(&term);
-    let failed = r["failed_clips"].as_array().unwrap();
+    let (r, failed) = failures(&term);
     assert_eq!(failed.len(), 1, "{r}");
     assert_eq!(failed[0]["code"], "decoder_killed", "{r}");
     assert!(
@@ -148,10 +153,9 @@ fn ffmpeg_killed_mid_clip_fails_that_clip_only_and_the_next_run_redoes_it() {
         .arg(&no_ffmpeg)
         .assert()
         .code(1);
-    let r = record(&no_ffmpeg);
-    let failed = r["failed_clips"].as_array().unwrap();
+    let (r, failed) = failures(&no_ffmpeg);
     assert_eq!(failed.len(), 2, "{r}");
-    for f in failed {
+    for f in &failed {
         assert_eq!(f["code"], "decoder_killed", "{r}");
         assert!(
             f["reason"]

@@ -51,7 +51,7 @@ pub struct Decoder {
     read: u64,
     last_source: Option<u64>,
     done: bool,
-    /// The signal that stopped ffmpeg from outside, once it has exited.
+    /// What stopped ffmpeg from outside ([`stopped_from_outside`]), once it has exited.
     stopped_by: Option<&'static str>,
 }
 
@@ -207,9 +207,9 @@ impl Decoder {
         status
     }
 
-    /// Once ffmpeg's log has ended: the signal that stopped it from outside, if it did (waits up
-    /// to a second for the exit to be reaped; an ffmpeg still running was not stopped).
-    fn stopped_from_outside(&mut self) -> Option<&'static str> {
+    /// Once ffmpeg's log has ended: what stopped it from outside, if anything did (waits up to a
+    /// second for the exit to be reaped; an ffmpeg still running was not stopped).
+    fn outside_stop_once_exited(&mut self) -> Option<&'static str> {
         for _ in 0..100 {
             match self.child.as_inner_mut().try_wait() {
                 Ok(Some(status)) => return stopped_from_outside(&status),
@@ -261,7 +261,7 @@ impl Decoder {
             crate::fault::signal_point("ffmpeg_kill", self.read, pid, libc::SIGKILL);
             crate::fault::signal_point("ffmpeg_term", self.read, pid, libc::SIGTERM);
             let Ok(out) = self.frames_rx.recv() else {
-                if let Some(cause) = self.stopped_from_outside() {
+                if let Some(cause) = self.outside_stop_once_exited() {
                     self.stop();
                     return Err(MediaError::Killed {
                         name: self.name.clone(),

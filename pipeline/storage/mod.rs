@@ -379,18 +379,22 @@ pub(crate) fn path_and_cause(path: &std::path::Path, cause: &std::io::Error) -> 
     }
 }
 
-/// An error and its causes on one line, each cause only where the text before does not already
-/// say it (an error whose message quotes its source would otherwise say it twice).
-pub fn error_chain(err: &anyhow::Error) -> String {
-    let mut text = err.to_string();
+/// An error's message, then each of its causes that the text before does not already say (an
+/// error whose message quotes its source would otherwise say it twice).
+pub fn error_parts(err: &anyhow::Error) -> Vec<String> {
+    let mut parts = vec![err.to_string()];
     for cause in err.chain().skip(1) {
         let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
+        if !parts.iter().any(|p| p.contains(&cause)) {
+            parts.push(cause);
         }
     }
-    text
+    parts
+}
+
+/// [`error_parts`] on one line.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    error_parts(err).join(": ")
 }
 
 #[cfg(test)]
