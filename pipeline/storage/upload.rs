@@ -66,10 +66,15 @@ impl Uploader {
                                     s.stats.bytes += len;
                                 }
                                 Err(err) => {
-                                    tracing::error!(key = %store.url(&key), error = %err, "upload failed");
                                     s.failed += 1;
                                     s.stopped |= err.stops_batch();
-                                    s.first_error.get_or_insert(err);
+                                    // The first failure is the batch's error, which the caller
+                                    // reports: logging it here too would say it twice.
+                                    if s.first_error.is_some() {
+                                        tracing::error!(key = %store.url(&key), error = %err, "upload failed");
+                                    } else {
+                                        s.first_error = Some(err);
+                                    }
                                 }
                             }
                         }
