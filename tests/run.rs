@@ -219,6 +219,54 @@ fn a_bad_ledger_stops_run_before_anything_is_written() {
     assert!(!out.exists());
 }
 
+/// `[inference] device = "cuda"` with a CPU-only ONNX Runtime (the one the tests load) stops the
+/// run before any clip is read, naming the provider and what to install; it never falls back to
+/// the CPU. (No GPU in CI: the CUDA path itself is unmeasured here.)
+#[test]
+fn a_cuda_device_without_the_cuda_provider_stops_the_run_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ds");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[inference]\ndevice = \"cuda\"\n").unwrap();
+    let o = clearframe()
+        .args(["run", "--as-of", AS_OF, "--out"])
+        .arg(&out)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--catalog")
+        .arg(fixture("demo-catalog.jsonl"))
+        .arg("--ledger")
+        .arg(fixture("demo-ledger.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("on cuda:0")
+            && err.contains("CUDAExecutionProvider is not available")
+            && err.contains("onnxruntime-gpu"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    std::fs::write(&cfg, "[inference]\ndevice = \"gpu\"\n").unwrap();
+    let o = clearframe()
+        .args(["run", "--as-of", AS_OF, "--out"])
+        .arg(&out)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--catalog")
+        .arg(fixture("demo-catalog.jsonl"))
+        .arg("--ledger")
+        .arg(fixture("demo-ledger.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("device \"gpu\" is not cpu, cuda or cuda:N")
+    );
+}
+
 #[test]
 fn unknown_config_keys_are_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -237,6 +285,36 @@ fn unknown_config_keys_are_an_error() {
         .code(2);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("blurriness"), "{stderr}");
+}
+
+/// Face settings that cannot work together stop the run before any clip is read (exit 2, naming
+/// the key), instead of failing every clip: a stride the hold cannot bridge, a mask scale out of
+/// range.
+#[test]
+fn face_settings_that_cannot_work_stop_the_run_before_any_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    for (toml, key) in [
+        ("[faces]\nhold_frames = 1\nstride = 3\n", "faces.stride"),
+        ("[faces]\nstride = 0\n", "faces.stride"),
+        ("[faces]\nmask_scale = 0.8\n", "faces.mask_scale"),
+    ] {
+        std::fs::write(&cfg, toml).unwrap();
+        let out = clearframe()
+            .args(["run", "--as-of", AS_OF, "--out"])
+            .arg(dir.path().join("ds"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--catalog")
+            .arg(fixture("demo-catalog.jsonl"))
+            .arg("--ledger")
+            .arg(fixture("demo-ledger.jsonl"))
+            .assert()
+            .code(2);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(stderr.contains(key), "{toml}: {stderr}");
+        assert!(!dir.path().join("ds").exists(), "{toml}");
+    }
 }
 
 /// The verifier's veto, end to end through the real pipeline: with face masking switched off (a
@@ -276,7 +354,11 @@ fn frames_the_verifier_rejects_are_withheld_end_to_end() {
     let (masked, unmasked) = (dir.path().join("masked"), dir.path().join("unmasked"));
     run(&masked, None);
     let cfg = dir.path().join("no-masks.toml");
-    std::fs::write(&cfg, "[faces]\nthreshold = 1.0\nhold_frames = 0\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[faces]\nthreshold = 1.0\nhold_frames = 0\nstride = 1\n",
+    )
+    .unwrap();
     run(&unmasked, Some(&cfg));
 
     let record = |d: &Path| -> serde_json::Value {

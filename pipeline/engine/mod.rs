@@ -61,10 +61,11 @@ pub(crate) fn object_detector(
 
 /// How the verifier and the object detector run: on pipeline threads of their own, beside face
 /// detection, one intra-op thread each (no thread hand-offs on small models).
-pub(crate) fn single_thread_options() -> ModelOptions {
+pub(crate) fn single_thread_options(device: crate::inference::Device) -> ModelOptions {
     ModelOptions {
         intra_spinning: Some(false),
         intra_threads: Some(1),
+        device,
         ..ModelOptions::default()
     }
 }
@@ -131,6 +132,7 @@ impl Models {
         // little faster than one thread).
         let opts = ModelOptions {
             intra_spinning: Some(false),
+            device: config.inference.device,
             ..ModelOptions::default()
         };
         let variant = match f.model {
@@ -151,7 +153,7 @@ impl Models {
             None => FaceFinder::fast(&opts),
         }
         .context("cannot load the face detector")?;
-        let single = single_thread_options();
+        let single = single_thread_options(config.inference.device);
         let verifier = RetinaFace::new(
             &single,
             RetinaFaceConfig {
@@ -160,7 +162,16 @@ impl Models {
             },
         )
         .context("cannot load the verifier")?;
-        let objects = object_detector(&config.detect, &single)?;
+        // The object detector's input is 416x416 whatever the frame size: on small frames it is
+        // the slowest step of the stream, so it may use both cores (ONNX Runtime's pool, not
+        // spinning) when the other threads leave one idle.
+        let objects = object_detector(
+            &config.detect,
+            &ModelOptions {
+                intra_threads: None,
+                ..single.clone()
+            },
+        )?;
         let mut provenance = BTreeMap::new();
         for p in [
             faces.provenance(),
@@ -351,6 +362,7 @@ fn redact_clip<T: Send>(
         mask_scale: f.mask_scale,
         fill: f.fill,
         hold_frames: f.hold_frames,
+        stride: f.stride,
         zones,
         indoor,
     };
@@ -417,6 +429,12 @@ fn redact_clip<T: Send>(
     let finders = Finders {
         faces: &ctx.models.faces,
         persons: (indoor == Some(IndoorPolicy::BlurBackground)).then_some(&ctx.models.objects),
+        // Sampled frames (`--fps`) are far apart in time: each one is looked at.
+        stride: if ctx.config.sampling.fps.is_some() {
+            1
+        } else {
+            f.stride
+        },
     };
     let video_id = c.video_id.as_str();
     let info = &info;

@@ -105,6 +105,10 @@ impl Gate for Unchecked {
 pub(crate) struct Finders<'a> {
     pub faces: &'a FaceFinder,
     pub persons: Option<&'a NanoDet>,
+    /// Faces are looked for on every `stride`-th frame (1: every frame); the temporal hold fills
+    /// the frames between from the looked-at frames on both sides. Meant for consecutive frames:
+    /// under `--fps` sampling the engine looks at every frame.
+    pub stride: usize,
 }
 
 /// Time spent per step of the stream (the threads overlap).
@@ -132,7 +136,8 @@ pub(crate) struct StreamOutcome {
 const HELD_AT_FAILURE: &str =
     "the clip failed to decode before this frame's face hold could be completed";
 
-type Detected = (Frame, Vec<BBox>, Vec<BBox>);
+/// A frame, its faces (`None`: not looked at, see [`Finders::stride`]) and persons.
+type Detected = (Frame, Option<Vec<BBox>>, Vec<BBox>);
 
 /// Runs one clip's frames through the stream. `work` runs on a thread of its own, on redacted
 /// frames only (with the number of faces the gate found, all covered); `consume` takes its
@@ -298,7 +303,8 @@ pub(crate) fn redact_stream<G: Gate, T: Send>(
     out
 }
 
-/// The face thread: faces (and persons, when asked) on every decoded frame, in order; stops at
+/// The face thread: faces on every `stride`-th decoded frame (and persons, when asked, on every
+/// one), in order; stops at
 /// the first failure, which it hands on.
 fn find(
     frames: Receiver<Result<Frame, MediaError>>,
@@ -306,14 +312,20 @@ fn find(
     finders: &Finders<'_>,
 ) -> Duration {
     let mut spent = Duration::ZERO;
-    for frame in frames {
+    for (n, frame) in frames.into_iter().enumerate() {
         let item = frame.map_err(ClipError::from).and_then(|frame| {
             crate::fault::point("face_detect", frame.index());
             let t = Instant::now();
-            let faces = finders
-                .faces
-                .boxes(frame.image())
-                .map_err(|e| ClipError::model(e.into()))?;
+            let faces = if n % finders.stride.max(1) == 0 {
+                Some(
+                    finders
+                        .faces
+                        .boxes(frame.image())
+                        .map_err(|e| ClipError::model(e.into()))?,
+                )
+            } else {
+                None
+            };
             let persons = match finders.persons {
                 Some(nd) => nd
                     .persons(frame.image())

@@ -74,12 +74,102 @@ pub fn held_boxes(
     (out, added)
 }
 
+/// Whether `a` and `b`, seen `frames` frames apart, may be one face: [`same_face`], or of similar
+/// width (within 1.5x) with centres at most a face width a frame apart (a face crossing close to
+/// the camera).
+fn may_be_same(a: &BBox, b: &BBox, frames: usize) -> bool {
+    if same_face(a, b) {
+        return true;
+    }
+    let (wa, wb) = (a.x1 - a.x0, b.x1 - b.x0);
+    if !(wa > 0.0 && wb > 0.0 && (wa / wb).max(wb / wa) <= 1.5) {
+        return false;
+    }
+    let (dx, dy) = (
+        (a.x0 + a.x1 - b.x0 - b.x1) / 2.0,
+        (a.y0 + a.y1 - b.y0 - b.y1) / 2.0,
+    );
+    (dx * dx + dy * dy).sqrt() <= frames as f32 * wa.max(wb)
+}
+
+/// Looked-at frames on one side of a frame that was not: the nearest one's boxes and its distance
+/// in frames, and the next one beyond it (boxes, distance from the nearest one), if known.
+pub type Side<'a> = (&'a [BBox], usize, Option<(&'a [BBox], usize)>);
+
+/// The boxes of a frame that was not looked at (see [`TemporalHold::push`]), from the nearest
+/// frames that were, `prev` before and `next` after it. A face in both is interpolated. A face in
+/// one only came or went in between: it is masked where it was seen and, when the looked-at frame
+/// beyond gives its motion, where that motion takes it by this frame (a face crossing the frame
+/// fast is not left behind).
+pub fn between_boxes(prev: Option<Side<'_>>, next: Option<Side<'_>>) -> Vec<BBox> {
+    // `b` moved to where its motion, seen against the frame `d` frames beyond it, takes it
+    // `dist` frames the other way.
+    let extrapolate = |b: &BBox, beyond: Option<(&[BBox], usize)>, dist: usize| {
+        let (far, d) = beyond?;
+        let q = far.iter().find(|q| may_be_same(b, q, d))?;
+        let t = dist as f32 / d as f32;
+        Some(BBox {
+            x0: b.x0 + (b.x0 - q.x0) * t,
+            y0: b.y0 + (b.y0 - q.y0) * t,
+            x1: b.x1 + (b.x1 - q.x1) * t,
+            y1: b.y1 + (b.y1 - q.y1) * t,
+        })
+    };
+    let mut out = Vec::new();
+    let mut used = vec![false; prev.map_or(0, |(p, _, _)| p.len())];
+    let mut unmatched_next = Vec::new();
+    if let Some((n, ahead, beyond)) = next {
+        for b in n {
+            let m =
+                prev.and_then(|(p, _, _)| (0..p.len()).find(|&i| !used[i] && same_face(&p[i], b)));
+            match (m, prev) {
+                (Some(i), Some((p, back, _))) => {
+                    used[i] = true;
+                    out.push(lerp_box(&p[i], b, back as f32 / (back + ahead) as f32));
+                }
+                _ => {
+                    out.push(*b);
+                    out.extend(extrapolate(b, beyond, ahead));
+                    unmatched_next.push(*b);
+                }
+            }
+        }
+    }
+    if let Some((p, back, beyond)) = prev {
+        for (b, _) in p.iter().zip(&used).filter(|(_, u)| !**u) {
+            out.push(*b);
+            out.extend(extrapolate(b, beyond, back));
+            // A face too fast to overlap itself across the gap (up to a face width a frame):
+            // also masked on the way between, in addition to both ends (a wrong pairing of two
+            // faces only adds a mask).
+            if let Some((_, ahead, _)) = next {
+                for n in unmatched_next
+                    .iter()
+                    .filter(|n| may_be_same(b, n, back + ahead))
+                {
+                    out.push(lerp_box(b, n, back as f32 / (back + ahead) as f32));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Streaming temporal hold: delays items by `k` frames so that each one's mask set can look `k`
 /// frames back and ahead (see [`held_boxes`]). Memory is bounded by `2k + 1` frames.
+///
+/// Frames pushed without detections (`None`: the face detector skipped them, see
+/// [`crate::engine`]'s stride) get the boxes of the nearest looked-at frames on both sides
+/// ([`between_boxes`]), all counted as held; the next looked-at frame must come within `k + 1`
+/// frames, or the skipped frame is masked from the earlier side only.
 pub struct TemporalHold<T> {
     k: usize,
     past: VecDeque<Vec<BBox>>,
-    pending: VecDeque<(T, Vec<BBox>)>,
+    /// The last looked-at frame's detections and how many frames ago it was popped.
+    last_seen: Option<(Vec<BBox>, usize)>,
+    /// The looked-at frame before that one, and how many frames ago it was popped.
+    seen_before: Option<(Vec<BBox>, usize)>,
+    pending: VecDeque<(T, Option<Vec<BBox>>)>,
 }
 
 impl<T> TemporalHold<T> {
@@ -88,13 +178,15 @@ impl<T> TemporalHold<T> {
         Self {
             k,
             past: VecDeque::new(),
+            last_seen: None,
+            seen_before: None,
             pending: VecDeque::new(),
         }
     }
 
-    /// Adds the next frame and its detections; returns the frame `k` positions earlier with its
-    /// boxes to mask and the number of held ones, once it is known.
-    pub fn push(&mut self, item: T, dets: Vec<BBox>) -> Option<(T, Vec<BBox>, usize)> {
+    /// Adds the next frame and its detections (`None`: not looked at); returns the frame `k`
+    /// positions earlier with its boxes to mask and the number of held ones, once it is known.
+    pub fn push(&mut self, item: T, dets: Option<Vec<BBox>>) -> Option<(T, Vec<BBox>, usize)> {
         self.pending.push_back((item, dets));
         if self.pending.len() > self.k {
             self.pop()
@@ -114,13 +206,48 @@ impl<T> TemporalHold<T> {
 
     fn pop(&mut self) -> Option<(T, Vec<BBox>, usize)> {
         let (item, dets) = self.pending.pop_front()?;
+        for (_, ago) in self.last_seen.iter_mut().chain(self.seen_before.iter_mut()) {
+            *ago += 1;
+        }
+        let (dets, filled) = match dets {
+            Some(d) => {
+                self.seen_before = self.last_seen.take();
+                self.last_seen = Some((d.clone(), 0));
+                (d, 0)
+            }
+            None => {
+                let prev = self.last_seen.as_ref().map(|(b, back)| {
+                    let beyond = self
+                        .seen_before
+                        .as_ref()
+                        .map(|(f, d)| (f.as_slice(), *d - *back));
+                    (b.as_slice(), *back, beyond)
+                });
+                let mut ahead = self
+                    .pending
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, d))| d.as_deref().map(|d| (d, i + 1)));
+                let next = ahead.next().map(|(n, a)| {
+                    let beyond = ahead.next().map(|(f, a2)| (f, a2 - a));
+                    (n, a, beyond)
+                });
+                let b = between_boxes(prev, next);
+                let n = b.len();
+                (b, n)
+            }
+        };
         let past: Vec<Vec<BBox>> = self.past.iter().cloned().collect();
-        let future: Vec<Vec<BBox>> = self.pending.iter().map(|(_, d)| d.clone()).collect();
+        let future: Vec<Vec<BBox>> = self
+            .pending
+            .iter()
+            .map(|(_, d)| d.clone().unwrap_or_default())
+            .collect();
         let (boxes, added) = held_boxes(&past, &dets, &future, self.k);
         self.past.push_back(dets);
         if self.past.len() > self.k {
             self.past.pop_front();
         }
-        Some((item, boxes, added))
+        Some((item, boxes, added + filled))
     }
 }

@@ -216,7 +216,7 @@ pub fn detect(args: &DetectArgs, progress: bool) -> anyhow::Result<DetectOutcome
                 if detector.is_none() {
                     detector = Some(crate::engine::object_detector(
                         &config.detect,
-                        &crate::engine::single_thread_options(),
+                        &crate::engine::single_thread_options(config.inference.device),
                     )?);
                     outcome.model_loaded = true;
                 }

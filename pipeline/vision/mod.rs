@@ -74,7 +74,11 @@ mod tests {
         let m = crate::inference::Manifest::load(&crate::inference::models_dir()).unwrap();
         let d = |name: &str| m.models[name].defaults.clone();
         for name in ["centerface", "centerface_clean", "centerface_int8"] {
-            assert_eq!(d(name).threshold, centerface::DEFAULT_THRESHOLD, "{name}");
+            let want = match name {
+                "centerface_int8" => centerface::INT8_THRESHOLD,
+                _ => centerface::DEFAULT_THRESHOLD,
+            };
+            assert_eq!(d(name).threshold, want, "{name}");
             assert_eq!(d(name).nms_iou, centerface::NMS_IOU, "{name}");
             assert_eq!(d(name).input, None, "{name}");
         }
@@ -90,7 +94,7 @@ mod tests {
             assert_eq!(d(name).input, Some([side, side]), "{name}");
         }
         let c = crate::config::Config::default();
-        assert_eq!(c.faces.threshold, d("centerface_clean").threshold);
+        assert_eq!(c.faces.threshold, d("centerface_int8").threshold);
         assert_eq!(c.verifier.threshold, d("retinaface_tiny").threshold);
         assert_eq!(c.detect.threshold, d("nanodet_int8").threshold);
     }
