@@ -303,44 +303,156 @@ pub(crate) fn redact_stream<G: Gate, T: Send>(
     out
 }
 
-/// The face thread: faces on every `stride`-th decoded frame (and persons, when asked, on every
-/// one), in order; stops at
-/// the first failure, which it hands on.
+/// The face thread: faces (and persons, when asked, on every frame), in order; stops at the
+/// first failure, which it hands on.
+///
+/// With a stride above 1 not every frame is looked at for faces ([`Stride`]); the frames between
+/// are masked from the looked-at ones on both sides by the temporal hold. Each frame waits here
+/// until the next one arrives, so that the clip's last frame is always looked at.
 fn find(
     frames: Receiver<Result<Frame, MediaError>>,
     out: Sender<Result<Detected, ClipError>>,
     finders: &Finders<'_>,
 ) -> Duration {
     let mut spent = Duration::ZERO;
-    for (n, frame) in frames.into_iter().enumerate() {
-        let item = frame.map_err(ClipError::from).and_then(|frame| {
-            crate::fault::point("face_detect", frame.index());
-            let t = Instant::now();
-            let faces = if n % finders.stride.max(1) == 0 {
-                Some(
-                    finders
-                        .faces
-                        .boxes(frame.image())
-                        .map_err(|e| ClipError::model(e.into()))?,
-                )
-            } else {
-                None
-            };
-            let persons = match finders.persons {
-                Some(nd) => nd
-                    .persons(frame.image())
+    let mut stride = Stride::new(finders.stride);
+    let mut detect = |frame: Frame, look: bool| -> Result<Detected, ClipError> {
+        crate::fault::point("face_detect", frame.index());
+        let t = Instant::now();
+        let faces = if look {
+            Some(
+                finders
+                    .faces
+                    .boxes(frame.image())
                     .map_err(|e| ClipError::model(e.into()))?,
-                None => Vec::new(),
-            };
-            spent += t.elapsed();
-            Ok((frame, faces, persons))
-        });
+            )
+        } else {
+            None
+        };
+        let persons = match finders.persons {
+            Some(nd) => nd
+                .persons(frame.image())
+                .map_err(|e| ClipError::model(e.into()))?,
+            None => Vec::new(),
+        };
+        spent += t.elapsed();
+        Ok((frame, faces, persons))
+    };
+    let mut waiting: Option<Frame> = None;
+    for frame in frames {
+        let item = match frame {
+            Ok(frame) => {
+                let look = stride.arrive(frame.pts());
+                match (waiting.replace(frame), look) {
+                    // The waiting frame is not the last: looked at by the stride's rule.
+                    (Some(prev), Some(look)) => detect(prev, look),
+                    _ => continue,
+                }
+            }
+            Err(e) => {
+                // The waiting frame is the last good one: looked at.
+                if let Some(prev) = waiting.take() {
+                    let item = detect(prev, true);
+                    let stop = item.is_err();
+                    if out.send(item).is_err() || stop {
+                        return spent;
+                    }
+                }
+                Err(ClipError::from(e))
+            }
+        };
         let stop = item.is_err();
         if out.send(item).is_err() || stop {
-            break;
+            return spent;
         }
     }
+    if let Some(last) = waiting.take() {
+        let item = detect(last, true);
+        let _ = out.send(item);
+    }
     spent
+}
+
+/// Which frames the face detector looks at under a stride: every `stride`-th frame, and also the
+/// frames around a jump in time (a gap more than 1.5 times the shortest seen so far: a slideshow,
+/// a variable-rate clip's pause), since a frame there is not like its neighbours. The clip's first
+/// frame is looked at; the last one is by [`find`].
+struct Stride {
+    stride: usize,
+    /// Frames since the last looked-at one (of the frame decided last).
+    since: usize,
+    last_pts: Option<f64>,
+    shortest_gap: f64,
+    /// Whether the frame now waiting (the one before the newest) is looked at.
+    waiting_look: bool,
+}
+
+impl Stride {
+    fn new(stride: usize) -> Stride {
+        Stride {
+            stride: stride.max(1),
+            since: 0,
+            last_pts: None,
+            shortest_gap: f64::INFINITY,
+            waiting_look: true,
+        }
+    }
+
+    /// A new frame at `pts` arrived: returns whether the frame waiting before it is looked at
+    /// (`None` for the clip's first frame, when none waits) and sets the new frame's own rule.
+    fn arrive(&mut self, pts: f64) -> Option<bool> {
+        let Some(last) = self.last_pts.replace(pts) else {
+            self.waiting_look = true;
+            return None;
+        };
+        let gap = pts - last;
+        let jump = !gap.is_finite() || gap > 1.5 * self.shortest_gap;
+        if gap > 0.0 {
+            self.shortest_gap = self.shortest_gap.min(gap);
+        }
+        // The frame before a jump is looked at, and so is the frame after it.
+        let decided = self.waiting_look || jump;
+        self.since = if decided { 0 } else { self.since + 1 };
+        self.waiting_look = jump || self.since + 1 >= self.stride;
+        Some(decided)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stride;
+
+    /// Looked-at frames for frame times `pts` (the last is always looked at, as `find` does).
+    fn looked(stride: usize, pts: &[f64]) -> Vec<usize> {
+        let mut s = Stride::new(stride);
+        let mut out: Vec<usize> = pts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| s.arrive(*p).map(|l| (i - 1, l)))
+            .filter(|(_, l)| *l)
+            .map(|(i, _)| i)
+            .collect();
+        if !pts.is_empty() {
+            out.push(pts.len() - 1);
+        }
+        out
+    }
+
+    #[test]
+    fn every_stride_th_frame_the_first_and_the_last_are_looked_at() {
+        let regular: Vec<f64> = (0..11).map(|i| f64::from(i) * 0.04).collect();
+        assert_eq!(looked(3, &regular), [0, 3, 6, 9, 10]);
+        assert_eq!(looked(1, &regular), (0..11).collect::<Vec<_>>());
+        assert_eq!(looked(3, &regular[..2]), [0, 1]);
+        assert_eq!(looked(3, &regular[..1]), [0]);
+    }
+
+    #[test]
+    fn the_frames_around_a_jump_in_time_are_looked_at() {
+        // A slideshow: four photos two seconds apart after three regular frames.
+        let pts = [0.0, 0.04, 0.08, 2.0, 4.0, 6.0, 6.04, 6.08, 6.12];
+        assert_eq!(looked(3, &pts), [0, 2, 3, 4, 5, 8]);
+    }
 }
 
 /// Sends `item` to the work thread, taking finished results while it waits, so that neither

@@ -118,13 +118,31 @@ pub fn between_boxes(prev: Option<Side<'_>>, next: Option<Side<'_>>) -> Vec<BBox
     let mut out = Vec::new();
     let mut used = vec![false; prev.map_or(0, |(p, _, _)| p.len())];
     let mut unmatched_next = Vec::new();
+    // Pairs of one face on both sides, the most overlapping first: two faces close together
+    // must not each be paired with the other's next sighting (each mask would then sit between
+    // them).
+    let mut pair_of: Vec<Option<usize>> = vec![None; next.map_or(0, |(n, _, _)| n.len())];
+    if let (Some((p, _, _)), Some((n, _, _))) = (prev, next) {
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+        for (i, a) in p.iter().enumerate() {
+            for (j, b) in n.iter().enumerate() {
+                if same_face(a, b) {
+                    pairs.push((a.iou(b), i, j));
+                }
+            }
+        }
+        pairs.sort_by(|x, y| y.0.total_cmp(&x.0));
+        for (_, i, j) in pairs {
+            if !used[i] && pair_of[j].is_none() {
+                used[i] = true;
+                pair_of[j] = Some(i);
+            }
+        }
+    }
     if let Some((n, ahead, beyond)) = next {
-        for b in n {
-            let m =
-                prev.and_then(|(p, _, _)| (0..p.len()).find(|&i| !used[i] && same_face(&p[i], b)));
-            match (m, prev) {
+        for (j, b) in n.iter().enumerate() {
+            match (pair_of[j], prev) {
                 (Some(i), Some((p, back, _))) => {
-                    used[i] = true;
                     out.push(lerp_box(&p[i], b, back as f32 / (back + ahead) as f32));
                 }
                 _ => {

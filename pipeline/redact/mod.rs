@@ -764,6 +764,29 @@ mod tests {
         }
 
         #[test]
+        fn two_overlapping_faces_are_each_paired_with_their_own_next_sighting(
+            x in 50.0f32..150.0, gap in 60.0f32..75.0, d in 0.5f32..3.0,
+        ) {
+            // Two 100 px faces side by side, overlapping; the next looked-at frame lists them in
+            // the other order (scores flipped) and moved by `d`. Each skipped frame's masks must
+            // hold both faces where they are, not two masks between them.
+            let a = BBox::new(x, 50.0, x + 100.0, 150.0);
+            let b = BBox::new(x + gap, 50.0, x + gap + 100.0, 150.0);
+            let shift = |r: &BBox| BBox { x0: r.x0 + d, x1: r.x1 + d, ..*r };
+            let prev = [a, b];
+            let next = [shift(&b), shift(&a)];
+            let boxes = between_boxes(Some((&prev, 1, None)), Some((&next, 2, None)));
+            for truth in [a, b] {
+                let g: Vec<BBox> = boxes.iter().map(|m| grow_box(m, RedactOptions::default().mask_scale)).collect();
+                let covered = |x: f32, y: f32| g.iter().any(|m| mask_contains(MaskShape::Ellipse, m, x as u32, y as u32));
+                for (cx, cy) in [(truth.x0 + 2.0, truth.y0 + 2.0), (truth.x1 - 2.0, truth.y1 - 2.0),
+                                 (truth.x0 + 2.0, truth.y1 - 2.0), (truth.x1 - 2.0, truth.y0 + 2.0)] {
+                    prop_assert!(covered(cx, cy), "corner ({cx}, {cy}) of {truth:?} unmasked by {boxes:?}");
+                }
+            }
+        }
+
+        #[test]
         fn a_face_seen_on_either_side_of_skipped_frames_is_masked_in_all_of_them(
             b in arb_box(200.0, 200.0), stride in 2usize..6, n in 1usize..8,
             appear in 0usize..40, len in 0usize..40, step in -0.1f32..0.1,

@@ -161,7 +161,7 @@ impl FaceFinder {
             .into_iter()
             .map(|d| d.bbox)
             .collect();
-        if w.min(h) >= COARSE_MIN_SIDE && size.0 * 3 > w * 2 {
+        if !self.fast && w.min(h) >= COARSE_MIN_SIDE && size.0 * 3 > w * 2 {
             let half = (round_up(w.div_ceil(2), 32), round_up(h.div_ceil(2), 32));
             let extra: Vec<BBox> = self
                 .cf
