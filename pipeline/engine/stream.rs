@@ -418,6 +418,31 @@ impl Stride {
     }
 }
 
+/// Sends `item` to the work thread, taking finished results while it waits, so that neither
+/// bounded channel can block the other.
+fn send_draining<F, T>(
+    to_work: &Sender<F>,
+    item: F,
+    done: &Receiver<anyhow::Result<T>>,
+    take: &mut dyn FnMut(anyhow::Result<T>) -> Result<(), ClipError>,
+) -> Result<(), ClipError> {
+    let stopped = || ClipError::internal(anyhow::anyhow!("the frame work thread stopped"));
+    loop {
+        let mut sel = Select::new();
+        let send = sel.send(to_work);
+        let recv = sel.recv(done);
+        let op = sel.select();
+        if op.index() == send {
+            return op.send(to_work, item).map_err(|_| stopped());
+        }
+        debug_assert_eq!(op.index(), recv);
+        match op.recv(done) {
+            Ok(d) => take(d)?,
+            Err(_) => return Err(stopped()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Stride;
@@ -452,30 +477,5 @@ mod tests {
         // A slideshow: four photos two seconds apart after three regular frames.
         let pts = [0.0, 0.04, 0.08, 2.0, 4.0, 6.0, 6.04, 6.08, 6.12];
         assert_eq!(looked(3, &pts), [0, 2, 3, 4, 5, 8]);
-    }
-}
-
-/// Sends `item` to the work thread, taking finished results while it waits, so that neither
-/// bounded channel can block the other.
-fn send_draining<F, T>(
-    to_work: &Sender<F>,
-    item: F,
-    done: &Receiver<anyhow::Result<T>>,
-    take: &mut dyn FnMut(anyhow::Result<T>) -> Result<(), ClipError>,
-) -> Result<(), ClipError> {
-    let stopped = || ClipError::internal(anyhow::anyhow!("the frame work thread stopped"));
-    loop {
-        let mut sel = Select::new();
-        let send = sel.send(to_work);
-        let recv = sel.recv(done);
-        let op = sel.select();
-        if op.index() == send {
-            return op.send(to_work, item).map_err(|_| stopped());
-        }
-        debug_assert_eq!(op.index(), recv);
-        match op.recv(done) {
-            Ok(d) => take(d)?,
-            Err(_) => return Err(stopped()),
-        }
     }
 }
