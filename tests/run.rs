@@ -227,43 +227,34 @@ fn a_cuda_device_without_the_cuda_provider_stops_the_run_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ds");
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[inference]\ndevice = \"cuda\"\n").unwrap();
-    let o = clearframe()
-        .args(["run", "--as-of", AS_OF, "--out"])
-        .arg(&out)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--catalog")
-        .arg(fixture("demo-catalog.jsonl"))
-        .arg("--ledger")
-        .arg(fixture("demo-ledger.jsonl"))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let run_with = |config: &str| {
+        std::fs::write(&cfg, config).unwrap();
+        let o = clearframe()
+            .args(["run", "--as-of", AS_OF, "--out"])
+            .arg(&out)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--catalog")
+            .arg(fixture("demo-catalog.jsonl"))
+            .arg("--ledger")
+            .arg(fixture("demo-ledger.jsonl"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(!out.exists());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run_with("[inference]\ndevice = \"cuda\"\n");
     assert!(
         err.contains("on cuda:0")
             && err.contains("CUDAExecutionProvider is not available")
             && err.contains("onnxruntime-gpu"),
         "{err}"
     );
-    assert!(!out.exists());
-
-    std::fs::write(&cfg, "[inference]\ndevice = \"gpu\"\n").unwrap();
-    let o = clearframe()
-        .args(["run", "--as-of", AS_OF, "--out"])
-        .arg(&out)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--catalog")
-        .arg(fixture("demo-catalog.jsonl"))
-        .arg("--ledger")
-        .arg(fixture("demo-ledger.jsonl"))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    let err = run_with("[inference]\ndevice = \"gpu\"\n");
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("device \"gpu\" is not cpu, cuda or cuda:N")
+        err.contains("device \"gpu\" is not cpu, cuda or cuda:N"),
+        "{err}"
     );
 }
 
