@@ -3,78 +3,18 @@
 //!
 //! CVAT frame numbers are the positions of the clip's emitted frames in manifest order (0, 1, ...),
 //! which is the order CVAT gives them when a task is created from `frames/<video_id>/`; the
-//! source frame index is in the manifest. Tracks are built greedily per class: between two
-//! consecutive emitted frames, the (track, detection) pairs of one class are taken in order of
-//! decreasing IoU (ties: lower track id, then lower detection index) while IoU >= the threshold
-//! and neither side is taken yet. An unmatched detection starts a new track; a track that finds no
-//! match gets an `outside="1"` box at that frame and ends. Every detection is a keyframe with
-//! `source="auto"`.
+//! source frame index is in the manifest. The tracks come from [`super::track`] (constant-velocity
+//! prediction, single-frame gaps filled, ids in order of first appearance); this module only
+//! writes them. Every detection is a keyframe (`keyframe="1"`) with `source="auto"`; a frame a
+//! track missed and the tracker bridged gets no box, because CVAT interpolates linearly between two
+//! keyframes of a track (the box the tracker computed) and readers of the file that do not
+//! interpolate (datumaro, FiftyOne) then see exactly the frame's detections. A track ends with an
+//! `outside="1"` box at the first frame after its last sighting.
 
 use std::fmt::Write;
 
+use super::track::{self, BoxKind};
 use super::{ManifestEntry, escape_xml};
-use crate::vision::BBox;
-
-/// One track: label and `(cvat frame, box, outside)` triples.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Track {
-    /// Class name.
-    pub label: String,
-    /// Boxes in frame order; the last may be an `outside` marker.
-    pub boxes: Vec<(u64, BBox, bool)>,
-}
-
-/// Links the detections of a clip's frames (in order) into tracks, as documented above.
-pub fn tracks(frames: &[&ManifestEntry], min_iou: f32) -> Vec<Track> {
-    let mut tracks: Vec<Track> = Vec::new();
-    // Indices of tracks that have a box in the previous frame.
-    let mut active: Vec<usize> = Vec::new();
-    for (k, e) in frames.iter().enumerate() {
-        let k = k as u64;
-        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
-        for &t in &active {
-            let (_, last, _) = *tracks[t].boxes.last().expect("tracks are never empty");
-            for (j, d) in e.detections.iter().enumerate() {
-                if d.class == tracks[t].label {
-                    let iou = last.iou(&d.bbox);
-                    if iou >= min_iou {
-                        pairs.push((iou, t, j));
-                    }
-                }
-            }
-        }
-        pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let mut det_taken = vec![false; e.detections.len()];
-        let mut track_taken: Vec<usize> = Vec::new();
-        for (_, t, j) in pairs {
-            if det_taken[j] || track_taken.contains(&t) {
-                continue;
-            }
-            det_taken[j] = true;
-            track_taken.push(t);
-            tracks[t].boxes.push((k, e.detections[j].bbox, false));
-        }
-        let mut next_active = track_taken.clone();
-        for &t in &active {
-            if !track_taken.contains(&t) {
-                let (_, last, _) = *tracks[t].boxes.last().expect("tracks are never empty");
-                tracks[t].boxes.push((k, last, true));
-            }
-        }
-        for (j, d) in e.detections.iter().enumerate() {
-            if !det_taken[j] {
-                tracks.push(Track {
-                    label: d.class.clone(),
-                    boxes: vec![(k, d.bbox, false)],
-                });
-                next_active.push(tracks.len() - 1);
-            }
-        }
-        next_active.sort_unstable();
-        active = next_active;
-    }
-    tracks
-}
 
 /// A coordinate to two decimals, rounded from the value the manifest prints (the f32's shortest
 /// decimal form, which is what every reader of the manifest parses), not from the f32's binary
@@ -134,17 +74,26 @@ pub fn render(video_id: &str, frames: &[&ManifestEntry], labels: &[&str], min_io
         "      <original_size>\n        <width>{w}</width>\n        <height>{h}</height>\n      </original_size>"
     );
     s.push_str("    </task>\n  </meta>\n");
-    for (id, t) in tracks(frames, min_iou).iter().enumerate() {
+    for (id, t) in track::tracks(frames, min_iou, track::MAX_GAP)
+        .iter()
+        .enumerate()
+    {
         let _ = writeln!(
             s,
             "  <track id=\"{id}\" label=\"{}\" source=\"auto\">",
             escape_xml(&t.label)
         );
-        for (frame, b, outside) in &t.boxes {
+        for tb in &t.boxes {
+            let outside = match tb.kind {
+                BoxKind::Detected => false,
+                BoxKind::Outside => true,
+                BoxKind::Interpolated => continue,
+            };
+            let (frame, b) = (tb.frame, tb.bbox);
             let _ = writeln!(
                 s,
                 "    <box frame=\"{frame}\" keyframe=\"1\" outside=\"{}\" occluded=\"0\" xtl=\"{}\" ytl=\"{}\" xbr=\"{}\" ybr=\"{}\" z_order=\"0\"></box>",
-                u8::from(*outside),
+                u8::from(outside),
                 coord(b.x0),
                 coord(b.y0),
                 coord(b.x1),
@@ -160,107 +109,57 @@ pub fn render(video_id: &str, frames: &[&ManifestEntry], labels: &[&str], min_io
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emit::*;
+    use crate::emit::track::tests::entry;
 
-    fn entry(frame: u64, dets: &[(&str, u32, [f32; 4])]) -> ManifestEntry {
-        ManifestEntry {
-            video_id: "v".into(),
-            frame,
-            timestamp_s: frame as f64,
-            width: 100,
-            height: 100,
-            path: String::new(),
-            blake3: String::new(),
-            detections: dets
-                .iter()
-                .map(|(c, id, b)| EmittedDetection {
-                    class: (*c).into(),
-                    category_id: *id,
-                    score: 0.9,
-                    bbox: BBox {
-                        x0: b[0],
-                        y0: b[1],
-                        x1: b[2],
-                        y1: b[3],
-                    },
-                })
-                .collect(),
-            redaction: RedactionSummary {
-                faces_masked: 0,
-                zones: vec![],
-                indoor_policy: "none".into(),
-                verifier: VerifierResult {
-                    passed: true,
-                    faces_found: 0,
-                },
-            },
-            provenance: Provenance {
-                source_blake3: String::new(),
-                consent: ConsentBasis {
-                    kind: "k".into(),
-                    event_id: "e".into(),
-                    event_blake3: "h".into(),
-                },
-                models: Default::default(),
-                config_blake3: String::new(),
-                clearframe_version: String::new(),
-                ffmpeg_version: String::new(),
-                onnxruntime_version: String::new(),
-            },
+    #[test]
+    fn a_bridged_gap_has_no_box_and_the_track_ends_outside() {
+        // Fails on the old tracker: it wrote two tracks.
+        let frames = [
+            entry(0, &[("person", [0., 0., 20., 20.])]),
+            entry(1, &[("person", [2., 0., 22., 20.])]),
+            entry(2, &[]),
+            entry(3, &[("person", [6., 0., 26., 20.])]),
+            entry(4, &[]),
+        ];
+        let refs: Vec<_> = frames.iter().collect();
+        let xml = render("v", &refs, &["person"], 0.3);
+        assert_eq!(xml.matches("<track ").count(), 1, "{xml}");
+        let boxes: Vec<&str> = xml.lines().filter(|l| l.contains("<box ")).collect();
+        assert_eq!(boxes.len(), 4, "{xml}");
+        for (line, (frame, outside)) in boxes.iter().zip([(0, 0), (1, 0), (3, 0), (4, 1)]) {
+            assert!(
+                line.contains(&format!(
+                    "frame=\"{frame}\" keyframe=\"1\" outside=\"{outside}\""
+                )),
+                "{line}"
+            );
         }
+        assert!(boxes[3].contains("xtl=\"6.00\""), "{}", boxes[3]);
     }
 
     #[test]
-    fn greedy_iou_links_per_class_and_closes_tracks() {
-        let a = entry(
-            0,
-            &[
-                ("person", 1, [0., 0., 10., 10.]),
-                ("car", 3, [50., 50., 90., 90.]),
-            ],
-        );
-        // Person moved a little; a car box overlapping the person must not join its track.
-        let b = entry(
-            5,
-            &[
-                ("car", 3, [1., 1., 11., 11.]),
-                ("person", 1, [1., 0., 11., 10.]),
-            ],
-        );
-        let c = entry(10, &[("person", 1, [2., 0., 12., 10.])]);
-        let t = tracks(&[&a, &b, &c], 0.3);
-        assert_eq!(t.len(), 3);
-        assert_eq!(t[0].label, "person");
-        assert_eq!(
-            t[0].boxes.iter().map(|b| (b.0, b.2)).collect::<Vec<_>>(),
-            [(0, false), (1, false), (2, false)]
-        );
-        assert_eq!(t[1].label, "car");
-        assert_eq!(
-            t[1].boxes.iter().map(|b| (b.0, b.2)).collect::<Vec<_>>(),
-            [(0, false), (1, true)]
-        );
-        assert_eq!(t[2].label, "car");
-        assert_eq!(
-            t[2].boxes.iter().map(|b| (b.0, b.2)).collect::<Vec<_>>(),
-            [(1, false), (2, true)]
-        );
-    }
-
-    #[test]
-    fn greedy_prefers_the_highest_iou() {
-        let a = entry(
-            0,
-            &[
-                ("person", 1, [0., 0., 10., 10.]),
-                ("person", 1, [8., 0., 18., 10.]),
-            ],
-        );
-        let b = entry(1, &[("person", 1, [8., 0., 18., 10.])]);
-        let t = tracks(&[&a, &b], 0.1);
-        // The second track (exact match) wins; the first closes.
-        assert_eq!(t[1].boxes.len(), 2);
-        assert!(!t[1].boxes[1].2);
-        assert!(t[0].boxes[1].2);
+    fn the_same_clip_gives_the_same_bytes() {
+        let frames = [
+            entry(
+                0,
+                &[
+                    ("person", [0., 0., 20., 20.]),
+                    ("person", [0., 0., 20., 20.]),
+                ],
+            ),
+            entry(
+                1,
+                &[("car", [50., 0., 70., 20.]), ("person", [0., 0., 20., 20.])],
+            ),
+            entry(
+                2,
+                &[("person", [0., 0., 20., 20.]), ("car", [52., 0., 72., 20.])],
+            ),
+        ];
+        let refs: Vec<_> = frames.iter().collect();
+        let xml = render("v", &refs, &["person", "car"], 0.3);
+        assert_eq!(xml, render("v", &refs, &["person", "car"], 0.3));
+        assert!(xml.contains("<track id=\"0\" label=\"person\""), "{xml}");
+        assert!(xml.contains("<track id=\"2\" label=\"car\""), "{xml}");
     }
 }

@@ -11,7 +11,7 @@
 //! | `versions/<version>/selection.jsonl` | the included lines of the selection the run used |
 //! | `versions/<version>/annotations/coco.json` | COCO 1.0 detection ([`coco`]) |
 //! | `versions/<version>/annotations/labelstudio.json`, `….xml` | Label Studio tasks and labelling config ([`labelstudio`]) |
-//! | `versions/<version>/annotations/cvat/<video_id>.xml` | CVAT for video 1.1, one per clip, with tracks ([`cvat`]) |
+//! | `versions/<version>/annotations/cvat/<video_id>.xml` | CVAT for video 1.1, one per clip, with tracks ([`cvat`]; the tracker: [`track`]) |
 //! | `versions/<version>/report.html` | a self-contained page for people ([`report`]) |
 //! | `versions/<version>/changes.json` | the [`ChangesRecord`] against the version this one replaces |
 //! | `versions/<version>/removed.jsonl` | one [`RemovedClip`] per clip whose data the replaced version had and this one lacks |
@@ -38,6 +38,7 @@ pub mod merkle;
 pub(crate) mod output;
 mod record;
 pub mod report;
+pub mod track;
 
 pub use record::*;
 
@@ -144,7 +145,8 @@ pub struct EmitOptions {
     /// The default, `/data/local-files/?d=`, is what Label Studio serves local files under when
     /// `LOCAL_FILES_SERVING_ENABLED=true` and `LOCAL_FILES_DOCUMENT_ROOT` is the dataset folder.
     pub labelstudio_image_prefix: String,
-    /// Minimum IoU to link a detection to a track in the previous emitted frame (CVAT tracks).
+    /// Minimum IoU between a track's predicted box and a detection to link them (CVAT tracks,
+    /// [`track`]).
     pub track_iou: f32,
     /// At most this many frames per clip in the report's contact sheet (evenly spaced).
     pub report_frames_per_clip: usize,
