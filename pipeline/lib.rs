@@ -36,6 +36,7 @@ pub mod config;
 pub mod consent;
 pub mod emit;
 mod engine;
+pub mod evaluate;
 mod fault;
 pub mod hashing;
 pub mod inference;

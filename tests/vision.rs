@@ -464,3 +464,98 @@ fn int8_nanodet_keeps_every_reference_person_on_real_frames() {
         "INT8 recall of all classes {found}/{all}"
     );
 }
+
+/// The object detector's quality on the hand-labelled set (`fixtures/eval/objects/`, 61 images,
+/// 202 persons), scored by `benches/object_eval.py` with pycocotools: the default settings
+/// (letterboxed input, tiles for large frames, per-class thresholds) must find at least twice
+/// the mAP@0.5 of the old preprocessing (the frame stretched to 416x416, no tiles, 0.5 for every
+/// class), most persons, and most of the small pedestrians of the large 1536x1152 frames, where
+/// the old preprocessing finds one in four. Fails on the old detector (no `input` / `tile_size`
+/// settings; its default is the old preprocessing).
+#[test]
+fn the_default_detector_beats_the_stretched_input_on_the_labelled_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.toml");
+    std::fs::write(
+        &old,
+        "[detect]\nthreshold = 0.5\nclass_thresholds = {}\ninput = \"stretch\"\ntile_size = 0\n",
+    )
+    .unwrap();
+    let figures = dir.path().join("figures.json");
+    let python = crate::emit::venv_python("CLEARFRAME_CONSUMERS_PYTHON", "consumers-venv");
+    assert!(
+        python.exists(),
+        "{} is missing\nhint: run scripts/setup-consumers.sh",
+        python.display()
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&python)
+        .arg(root.join("benches/object_eval.py"))
+        .arg("--bin")
+        .arg(assert_cmd::cargo::cargo_bin("clearframe"))
+        .arg("--json")
+        .arg(&figures)
+        .arg("default")
+        .arg(&old)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&figures).unwrap()).unwrap();
+    let (new, old) = (&rows[0], &rows[1]);
+    let f = |v: &serde_json::Value| v.as_f64().unwrap();
+    assert!(
+        f(&new["mAP50"]) >= 2.0 * f(&old["mAP50"]),
+        "mAP@0.5 {} against the stretched input's {}",
+        new["mAP50"],
+        old["mAP50"]
+    );
+    let person = &new["classes"]["person"];
+    assert!(
+        f(&person["recall"]) >= 0.8 && f(&person["precision"]) >= 0.8,
+        "person {person}"
+    );
+    let large = &new["subsets"]["large"];
+    assert!(
+        f(&large["recall"]) >= 0.7 && f(&large["precision"]) >= 0.8,
+        "persons in the large frames: {large}"
+    );
+}
+
+/// Tile and threshold settings out of range stop `evaluate` (and every command that reads a
+/// config) before any image is read.
+#[test]
+fn detect_settings_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, want) in [
+        ("tile_size = 10", "detect.tile_size"),
+        ("tile_overlap = 0.9", "detect.tile_overlap"),
+        ("class_thresholds = { person = 1.5 }", "class_thresholds"),
+        ("input = \"squash\"", "input"),
+    ] {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, format!("[detect]\n{body}\n")).unwrap();
+        let out = crate::common::clearframe()
+            .args(["evaluate", "--coco"])
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("fixtures/eval/objects/annotations.json"),
+            )
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--out")
+            .arg(dir.path().join("r.json"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(want), "{body}: {err}");
+        assert!(!dir.path().join("r.json").exists());
+    }
+}

@@ -27,7 +27,7 @@ use crate::records::{FailureCode, Placement};
 use crate::redact::{IndoorPolicy, RedactOptions, RedactedFrame, Redactor, Zone};
 use crate::storage::{self, Location, S3Options, Sources, Store};
 use crate::vision::centerface::{CenterFaceConfig, CenterFaceVariant, FaceFinder};
-use crate::vision::nanodet::{NanoDet, NanoDetConfig};
+use crate::vision::nanodet::{NanoDet, NanoDetConfig, Tiling};
 use crate::vision::retinaface::{RetinaFace, RetinaFaceConfig};
 
 /// The loaded models of a run.
@@ -47,6 +47,11 @@ pub(crate) fn object_detector(
 ) -> anyhow::Result<NanoDet> {
     let mut nd = NanoDetConfig {
         variant: detect.model,
+        input: detect.input,
+        tiling: (detect.tile_size > 0).then_some(Tiling {
+            size: detect.tile_size,
+            overlap: detect.tile_overlap,
+        }),
         ..NanoDetConfig::default()
     };
     nd.thresholds = [detect.threshold; 80];

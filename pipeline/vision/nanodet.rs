@@ -1,11 +1,23 @@
 //! NanoDet-m (`nanodet_coco.onnx`): persons and the other 79 COCO classes.
 //!
-//! The frame is stretched to 416x416, BGR, normalised with mean (103.53, 116.28, 123.675) and
-//! std (57.375, 57.12, 58.395). For each stride 8, 16 and 32 the network gives a class tensor
+//! The network takes a fixed 416x416 BGR tensor normalised with mean (103.53, 116.28, 123.675)
+//! and std (57.375, 57.12, 58.395). For each stride 8, 16 and 32 it gives a class tensor
 //! `[1, K, 80]` (already sigmoid) and a box tensor `[1, K, 44]`: for each side (left, top, right,
 //! bottom) 11 bins whose softmax expectation times the stride is the distance from the grid point
 //! `(col * stride, row * stride)`. The output names say nothing, so tensors are matched by shape.
-//! Every class above its own threshold (default 0.5) becomes a candidate; NMS runs per class.
+//!
+//! How a frame reaches the 416x416 input ([`InputMode`]): `letterbox` (default) scales it to fit
+//! with its aspect kept and pads the rest with the mean colour; `stretch` (the old way) squeezes
+//! it, so a 2.35:1 street frame's cars come out a third of their width. A frame much larger
+//! than the input is also cut into overlapping tiles ([`Tiling`]) that each go through the network
+//! at (about) native resolution: a pedestrian 60 px tall in a 1536 px frame is 16 px after a
+//! whole-frame letterbox, too small for the stride-8 head, but 60 px in a tile. The whole-frame
+//! pass still runs and finds the objects too large for a tile. A tile's box that touches one of
+//! the tile's inner edges (an edge inside the frame) is a cut object and is dropped; such objects
+//! are whole in the neighbouring tile (when smaller than the overlap) or in the whole-frame pass.
+//! With tiles, the whole-frame pass keeps only boxes at least as large as the overlap: a smaller
+//! object is whole in some tile, at native resolution, where its box is better.
+//! Every class above its own threshold becomes a candidate; NMS runs per class over all passes.
 
 use image::RgbImage;
 
@@ -60,6 +72,116 @@ pub const INPUT_SIZE: u32 = 416;
 /// Default per-class score threshold.
 pub const DEFAULT_THRESHOLD: f32 = 0.5;
 
+/// Default tile side in frame pixels (the network's input: tiles run at native resolution).
+pub const DEFAULT_TILE_SIZE: u32 = 416;
+
+/// Default overlap of neighbouring tiles, as a fraction of the tile side.
+pub const DEFAULT_TILE_OVERLAP: f32 = 0.25;
+
+/// Tiles run only on frames whose longer side exceeds the tile side by this factor.
+const TILE_MIN_RATIO: f32 = 1.25;
+
+/// How a frame (or a tile) is fitted to the network's square input.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum InputMode {
+    /// Scaled to fit with its aspect ratio kept; the rest of the input is the mean colour.
+    #[default]
+    Letterbox,
+    /// Stretched to 416x416 whatever its aspect (the detector's original preprocessing).
+    Stretch,
+}
+
+/// Overlapping tiles for frames larger than the network input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tiling {
+    /// Tile side in frame pixels (letterboxed to the input: 416 means native resolution).
+    pub size: u32,
+    /// Overlap of neighbouring tiles, as a fraction of `size` (0 to 0.75).
+    pub overlap: f32,
+}
+
+impl Default for Tiling {
+    fn default() -> Self {
+        Tiling {
+            size: DEFAULT_TILE_SIZE,
+            overlap: DEFAULT_TILE_OVERLAP,
+        }
+    }
+}
+
+/// A rectangle of the frame that goes through the network: `(x, y, w, h)` in frame pixels, and
+/// whether each side (left, top, right, bottom) lies inside the frame (an inner tile edge).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Window {
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+    inner: [bool; 4],
+}
+
+/// Start offsets of `n` windows of `size` covering `0..len` with at least `overlap` between
+/// neighbours, spread evenly (first at 0, last ending at `len`).
+fn tile_starts(len: u32, size: u32, overlap: f32) -> Vec<u32> {
+    if len <= size {
+        return vec![0];
+    }
+    let step = (size as f32 * (1.0 - overlap)).max(1.0);
+    let n = ((len - size) as f32 / step).ceil() as u32 + 1;
+    (0..n)
+        .map(|i| ((u64::from(i) * u64::from(len - size)) as f64 / f64::from(n - 1)).round() as u32)
+        .collect()
+}
+
+/// The whole frame, then the tiles when `tiling` is set and the frame is large enough.
+fn windows(width: u32, height: u32, tiling: Option<Tiling>) -> Vec<Window> {
+    let mut out = vec![Window {
+        x: 0,
+        y: 0,
+        w: width,
+        h: height,
+        inner: [false; 4],
+    }];
+    let Some(t) = tiling else { return out };
+    if (width.max(height) as f32) <= t.size as f32 * TILE_MIN_RATIO {
+        return out;
+    }
+    for y in tile_starts(height, t.size, t.overlap) {
+        for x in tile_starts(width, t.size, t.overlap) {
+            let (w, h) = (t.size.min(width), t.size.min(height));
+            out.push(Window {
+                x,
+                y,
+                w,
+                h,
+                inner: [x > 0, y > 0, x + w < width, y + h < height],
+            });
+        }
+    }
+    out
+}
+
+/// Whether `b` (frame pixels) touches an inner edge of `w` (within `margin` pixels).
+fn touches_inner_edge(b: &BBox, w: &Window, margin: f32) -> bool {
+    let (x0, y0) = (w.x as f32, w.y as f32);
+    let (x1, y1) = (x0 + w.w as f32, y0 + w.h as f32);
+    (w.inner[0] && b.x0 <= x0 + margin)
+        || (w.inner[1] && b.y0 <= y0 + margin)
+        || (w.inner[2] && b.x1 >= x1 - margin)
+        || (w.inner[3] && b.y1 >= y1 - margin)
+}
+
 /// Default per-class NMS IoU threshold (NanoDet's own).
 pub const DEFAULT_NMS_IOU: f32 = 0.6;
 
@@ -76,6 +198,10 @@ pub struct NanoDetConfig {
     pub nms_iou: f32,
     /// Which model runs.
     pub variant: NanoDetVariant,
+    /// How a frame is fitted to the input.
+    pub input: InputMode,
+    /// Tiles for large frames (`None`: the whole frame only).
+    pub tiling: Option<Tiling>,
 }
 
 impl Default for NanoDetConfig {
@@ -84,6 +210,8 @@ impl Default for NanoDetConfig {
             thresholds: [DEFAULT_THRESHOLD; 80],
             nms_iou: DEFAULT_NMS_IOU,
             variant: NanoDetVariant::default(),
+            input: InputMode::default(),
+            tiling: Some(Tiling::default()),
         }
     }
 }
@@ -124,6 +252,14 @@ impl NanoDet {
                 "NanoDet thresholds must be >= 0".into(),
             ));
         }
+        if let Some(t) = config.tiling
+            && (t.size < 64 || !(0.0..=0.75).contains(&t.overlap))
+        {
+            return Err(VisionError::Config(format!(
+                "tiles must be at least 64 px with an overlap of 0 to 0.75 (got {} px, {})",
+                t.size, t.overlap
+            )));
+        }
         Ok(NanoDet {
             model: Model::load(config.variant.model_name(), options)?,
             config,
@@ -153,15 +289,66 @@ impl NanoDet {
     }
 
     /// Detects objects; boxes are in `img`'s pixels, clamped to it, highest score first;
-    /// `class_id` is the contiguous COCO index.
+    /// `class_id` is the contiguous COCO index. Runs the whole frame and, for a large frame,
+    /// its tiles (see the module docs).
     pub fn detect(&self, img: &RgbImage) -> Result<Vec<Detection>, VisionError> {
         if img.width() == 0 || img.height() == 0 {
             return Err(VisionError::EmptyImage);
         }
+        let windows = windows(img.width(), img.height(), self.config.tiling);
+        // With tiles, the whole-frame pass is there for the objects too large for a tile: an
+        // object smaller than the overlap is whole, at native resolution, in some tile, and the
+        // whole frame's (downscaled) box for it is the worse one.
+        let min_whole = match (windows.len() > 1, self.config.tiling) {
+            (true, Some(t)) => t.size as f32 * t.overlap,
+            _ => 0.0,
+        };
+        let mut candidates = Vec::new();
+        for (i, w) in windows.iter().enumerate() {
+            let found = if i == 0 {
+                self.detect_window(img, w)?
+            } else {
+                let tile = image::imageops::crop_imm(img, w.x, w.y, w.w, w.h).to_image();
+                self.detect_window(&tile, w)?
+            };
+            let margin = 0.01 * w.w.max(w.h) as f32;
+            candidates.extend(
+                found
+                    .into_iter()
+                    .filter(|d| {
+                        if i == 0 {
+                            d.bbox.width().max(d.bbox.height()) >= min_whole
+                        } else {
+                            !touches_inner_edge(&d.bbox, w, margin)
+                        }
+                    })
+                    .map(|d| Detection {
+                        bbox: d.bbox.clamp(img.width(), img.height()),
+                        ..d
+                    }),
+            );
+        }
+        Ok(nms_per_class(candidates, self.config.nms_iou))
+    }
+
+    /// Runs the network on `part` (the pixels of window `w`); boxes in frame pixels.
+    fn detect_window(&self, part: &RgbImage, w: &Window) -> Result<Vec<Detection>, VisionError> {
+        let side = INPUT_SIZE as f32;
+        let (resize, (sx, sy)) = match self.config.input {
+            InputMode::Stretch => (
+                (INPUT_SIZE, INPUT_SIZE),
+                (part.width() as f32 / side, part.height() as f32 / side),
+            ),
+            InputMode::Letterbox => {
+                let s = side / part.width().max(part.height()) as f32;
+                let fit = |v: u32| ((v as f32 * s).round() as u32).clamp(1, INPUT_SIZE);
+                ((fit(part.width()), fit(part.height())), (1.0 / s, 1.0 / s))
+            }
+        };
         let input = to_tensor(
-            img,
+            part,
             &TensorLayout {
-                resize: (INPUT_SIZE, INPUT_SIZE),
+                resize,
                 tensor: (INPUT_SIZE, INPUT_SIZE),
                 order: ChannelOrder::Bgr,
                 mean: [103.53, 116.28, 123.675],
@@ -169,10 +356,7 @@ impl NanoDet {
             },
         );
         let outputs = self.model.run(input.view())?;
-        let (sx, sy) = (
-            img.width() as f32 / INPUT_SIZE as f32,
-            img.height() as f32 / INPUT_SIZE as f32,
-        );
+        let (ox, oy) = (w.x as f32, w.y as f32);
         let mut candidates = Vec::new();
         for stride in STRIDES {
             let side = INPUT_SIZE as usize / stride;
@@ -205,9 +389,10 @@ impl NanoDet {
                         let (row, col) = ((i / side) as f32, (i % side) as f32);
                         let d = distances(&reg[i * 4 * BINS..(i + 1) * 4 * BINS], stride as f32);
                         let (px, py) = (col * stride as f32, row * stride as f32);
-                        BBox::new(px - d[0], py - d[1], px + d[2], py + d[3])
+                        let b = BBox::new(px - d[0], py - d[1], px + d[2], py + d[3])
                             .scale(sx, sy)
-                            .clamp(img.width(), img.height())
+                            .clamp(part.width(), part.height());
+                        BBox::new(b.x0 + ox, b.y0 + oy, b.x1 + ox, b.y1 + oy)
                     });
                     candidates.push(Detection {
                         bbox: b,
@@ -217,7 +402,7 @@ impl NanoDet {
                 }
             }
         }
-        Ok(nms_per_class(candidates, self.config.nms_iou))
+        Ok(candidates)
     }
 }
 
@@ -255,6 +440,62 @@ mod tests {
         assert!((d[1] - 40.0).abs() < 1e-3, "{d:?}");
         assert!((d[2] - 24.0).abs() < 1e-3, "{d:?}");
         assert!((d[3] - 40.0).abs() < 1e-3, "{d:?}");
+    }
+
+    #[test]
+    fn tiles_cover_the_frame_with_the_overlap() {
+        for (len, size, overlap) in [(1920, 416, 0.25), (1152, 416, 0.25), (640, 416, 0.25)] {
+            let s = tile_starts(len, size, overlap);
+            assert_eq!(s[0], 0);
+            assert_eq!(s.last().unwrap() + size, len, "{len}: {s:?}");
+            for p in s.windows(2) {
+                assert!(p[1] > p[0], "{s:?}");
+                assert!(
+                    (p[0] + size - p[1]) as f32 >= size as f32 * overlap - 1.0,
+                    "{len}: {s:?}"
+                );
+            }
+        }
+        assert_eq!(tile_starts(300, 416, 0.25), vec![0]);
+        // A frame close to the tile size is not tiled; a large one is, with inner edges marked.
+        assert_eq!(windows(500, 300, Some(Tiling::default())).len(), 1);
+        let w = windows(1536, 1152, Some(Tiling::default()));
+        assert_eq!(w.len(), 1 + 5 * 4);
+        assert_eq!(w[1].inner, [false, false, true, true]);
+        assert_eq!(windows(1536, 1152, None).len(), 1);
+    }
+
+    #[test]
+    fn a_box_cut_by_an_inner_tile_edge_is_dropped() {
+        let w = Window {
+            x: 100,
+            y: 0,
+            w: 416,
+            h: 416,
+            inner: [true, false, true, false],
+        };
+        let m = 4.0;
+        assert!(touches_inner_edge(
+            &BBox::new(101.0, 10.0, 150.0, 90.0),
+            &w,
+            m
+        ));
+        assert!(touches_inner_edge(
+            &BBox::new(400.0, 10.0, 515.0, 90.0),
+            &w,
+            m
+        ));
+        // The frame's own border (top, bottom here) is not an inner edge.
+        assert!(!touches_inner_edge(
+            &BBox::new(200.0, 0.0, 250.0, 416.0),
+            &w,
+            m
+        ));
+        assert!(!touches_inner_edge(
+            &BBox::new(120.0, 10.0, 490.0, 90.0),
+            &w,
+            m
+        ));
     }
 
     #[test]
