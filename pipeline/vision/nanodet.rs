@@ -72,8 +72,8 @@ pub const INPUT_SIZE: u32 = 416;
 /// Default per-class score threshold.
 pub const DEFAULT_THRESHOLD: f32 = 0.5;
 
-/// Default tile side in frame pixels (the network's input: tiles run at native resolution).
-pub const DEFAULT_TILE_SIZE: u32 = 416;
+/// Default tile side in frame pixels: a 640 px tile is scaled to the 416 px input (0.65x).
+pub const DEFAULT_TILE_SIZE: u32 = 640;
 
 /// Default overlap of neighbouring tiles, as a fraction of the tile side.
 pub const DEFAULT_TILE_OVERLAP: f32 = 0.25;
@@ -458,8 +458,12 @@ mod tests {
         }
         assert_eq!(tile_starts(300, 416, 0.25), vec![0]);
         // A frame close to the tile size is not tiled; a large one is, with inner edges marked.
-        assert_eq!(windows(500, 300, Some(Tiling::default())).len(), 1);
-        let w = windows(1536, 1152, Some(Tiling::default()));
+        let t416 = Some(Tiling {
+            size: 416,
+            overlap: 0.25,
+        });
+        assert_eq!(windows(500, 300, t416).len(), 1);
+        let w = windows(1536, 1152, t416);
         assert_eq!(w.len(), 1 + 5 * 4);
         assert_eq!(w[1].inner, [false, false, true, true]);
         assert_eq!(windows(1536, 1152, None).len(), 1);
