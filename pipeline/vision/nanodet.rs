@@ -52,7 +52,8 @@ pub enum NanoDetVariant {
     #[default]
     Reference,
     /// The network body statically quantised to INT8 (heads float): about 3x faster on one
-    /// thread, every reference person kept on the test frames (`tests/vision.rs`).
+    /// thread; with the stretched input every reference person kept on the test frames, with the
+    /// default letterbox 16 of 18 (`tests/vision.rs`).
     Int8,
 }
 
