@@ -210,7 +210,7 @@ def sweep(binary, gt_path, setting, gt, cats, names):
             cfg = tomllib.load(f)
     det = dict(cfg.get("detect", {}))
     det["threshold"] = 0.05
-    det.pop("class_thresholds", None)
+    det["class_thresholds"] = {}
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write("[detect]\n")
         for k, v in det.items():
