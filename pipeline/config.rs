@@ -223,13 +223,20 @@ impl Config {
         if let Some(fps) = fps {
             config.sampling.fps = Some(fps);
         }
-        if let Some(fps) = config.sampling.fps {
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting's range; a config that fails stops a command before it reads or
+    /// writes anything.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(fps) = self.sampling.fps {
             anyhow::ensure!(
                 fps.is_finite() && fps > 0.0,
                 "sampling fps must be > 0, got {fps}"
             );
         }
-        let f = &config.faces;
+        let f = &self.faces;
         anyhow::ensure!(
             f.mask_scale.is_finite() && (1.0..=3.0).contains(&f.mask_scale),
             "faces.mask_scale must be 1 to 3, got {}",
@@ -241,7 +248,7 @@ impl Config {
             f.hold_frames + 1,
             f.stride
         );
-        let d = &config.detect;
+        let d = &self.detect;
         anyhow::ensure!(
             d.tile_size == 0 || d.tile_size >= 64,
             "detect.tile_size must be 0 (no tiles) or at least 64 pixels, got {}",
@@ -253,12 +260,21 @@ impl Config {
             d.tile_overlap
         );
         anyhow::ensure!(
-            std::iter::once(&d.threshold)
-                .chain(d.class_thresholds.values())
-                .all(|t| (0.0..=1.0).contains(t)),
-            "detect.threshold and detect.class_thresholds must be 0 to 1"
+            (0.0..=1.0).contains(&d.threshold),
+            "detect.threshold must be 0 to 1, got {}",
+            d.threshold
         );
-        let l = &config.limits;
+        for (class, t) in &d.class_thresholds {
+            anyhow::ensure!(
+                crate::vision::coco::index_of(class).is_some(),
+                "detect.class_thresholds: {class:?} is not a COCO class"
+            );
+            anyhow::ensure!(
+                (0.0..=1.0).contains(t),
+                "detect.class_thresholds.{class} must be 0 to 1, got {t}"
+            );
+        }
+        let l = &self.limits;
         anyhow::ensure!(
             l.max_duration_s.is_finite() && l.max_duration_s > 0.0,
             "limits.max_duration_s must be > 0, got {}",
@@ -268,7 +284,7 @@ impl Config {
             l.max_frames > 0 && l.max_pixels > 0 && l.max_clip_bytes > 0,
             "limits.max_frames, max_pixels and max_clip_bytes must be > 0"
         );
-        Ok(config)
+        Ok(())
     }
 
     /// blake3 of the canonical JSON of the effective settings.

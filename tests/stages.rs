@@ -208,6 +208,28 @@ fn only_detect_settings_may_change(s: &Scenario) {
         .assert()
         .code(2);
     assert!(stderr(&a).contains("[faces] differ"), "{}", stderr(&a));
+    // A [detect] out of range is refused like `run` refuses it, before the work folder changes.
+    let record = std::fs::read(s.work.join("detect.json")).unwrap();
+    for bad in [
+        "threshold = 1.1",
+        "tile_size = 63",
+        "class_thresholds = { unicorn = 0.3 }",
+    ] {
+        std::fs::write(&cfg, format!("[sampling]\nfps = 4.0\n[detect]\n{bad}\n")).unwrap();
+        let a = clearframe()
+            .args(["detect", "--config"])
+            .arg(&cfg)
+            .arg("--work")
+            .arg(&s.work)
+            .assert()
+            .code(2);
+        assert!(stderr(&a).contains("detect."), "{bad}: {}", stderr(&a));
+        assert_eq!(
+            std::fs::read(s.work.join("detect.json")).unwrap(),
+            record,
+            "{bad}"
+        );
+    }
     std::fs::write(&cfg, "[sampling]\nfps = 4.0\n[detect]\nthreshold = 0.3\n").unwrap();
     let a = clearframe()
         .args(["detect", "--config"])

@@ -60,6 +60,9 @@ fn effective_config(redact: &Config, file: Option<&std::path::Path>) -> anyhow::
         return Ok(redact.clone());
     };
     let given = Config::load(path)?;
+    given
+        .validate()
+        .with_context(|| format!("invalid config {}", path.display()))?;
     let mut differ = Vec::new();
     if given.sampling != redact.sampling {
         differ.push("[sampling]");
