@@ -73,6 +73,9 @@ pub const INPUT_SIZE: u32 = 416;
 /// Default per-class score threshold.
 pub const DEFAULT_THRESHOLD: f32 = 0.5;
 
+/// The lowest person score [`NanoDet::persons`] (the indoor `blur_background` pass) keeps sharp.
+pub const PRIVACY_PERSON_THRESHOLD: f32 = 0.5;
+
 /// Default tile side in frame pixels: a 640 px tile is scaled to the 416 px input (0.65x).
 pub const DEFAULT_TILE_SIZE: u32 = 640;
 
@@ -145,8 +148,17 @@ fn tile_starts(len: u32, size: u32, overlap: f32) -> Vec<u32> {
         .collect()
 }
 
-/// The whole frame, then the tiles when `tiling` is set and the frame is large enough.
-fn windows(width: u32, height: u32, tiling: Option<Tiling>) -> Vec<Window> {
+/// At most this many tiles per frame: on a frame that would need more, the tiles grow (by 1.25x
+/// steps) until they fit, so a small `tile_size` on a large frame costs at most 65 network runs.
+const MAX_TILES: usize = 64;
+
+/// Share of a tile's longer side within which a box counts as touching an inner edge.
+const EDGE_MARGIN: f32 = 0.01;
+
+/// The whole frame, then the tiles when `tiling` is set and the frame is large enough, and the
+/// smallest box the whole-frame pass keeps: with tiles, an object smaller than the overlap (less
+/// the edge margins on both sides) is whole in some tile.
+fn windows(width: u32, height: u32, tiling: Option<Tiling>) -> (Vec<Window>, f32) {
     let mut out = vec![Window {
         x: 0,
         y: 0,
@@ -154,13 +166,19 @@ fn windows(width: u32, height: u32, tiling: Option<Tiling>) -> Vec<Window> {
         h: height,
         inner: [false; 4],
     }];
-    let Some(t) = tiling else { return out };
+    let Some(t) = tiling else { return (out, 0.0) };
     if (width.max(height) as f32) <= t.size as f32 * TILE_MIN_RATIO {
-        return out;
+        return (out, 0.0);
     }
-    for y in tile_starts(height, t.size, t.overlap) {
-        for x in tile_starts(width, t.size, t.overlap) {
-            let (w, h) = (t.size.min(width), t.size.min(height));
+    let mut size = t.size;
+    while tile_starts(height, size, t.overlap).len() * tile_starts(width, size, t.overlap).len()
+        > MAX_TILES
+    {
+        size = (size as f32 * 1.25).ceil() as u32;
+    }
+    for y in tile_starts(height, size, t.overlap) {
+        for x in tile_starts(width, size, t.overlap) {
+            let (w, h) = (size.min(width), size.min(height));
             out.push(Window {
                 x,
                 y,
@@ -170,7 +188,8 @@ fn windows(width: u32, height: u32, tiling: Option<Tiling>) -> Vec<Window> {
             });
         }
     }
-    out
+    let min_whole = size as f32 * (t.overlap - 2.0 * EDGE_MARGIN) - 1.0;
+    (out, min_whole)
 }
 
 /// Whether `b` (frame pixels) touches an inner edge of `w` (within `margin` pixels).
@@ -280,11 +299,14 @@ impl NanoDet {
     /// Persons only (COCO class 0), as boxes in `img`'s pixels: the indoor `blur_background`
     /// pass, which runs on the unredacted frame to keep persons sharp. Detection for the dataset
     /// is `stages::detect::detect_frame`, on a verified redacted frame.
+    ///
+    /// A person kept sharp leaves its background region unblurred, so this pass never takes a
+    /// person under [`PRIVACY_PERSON_THRESHOLD`], whatever `[detect]` allows the dataset.
     pub fn persons(&self, img: &RgbImage) -> Result<Vec<crate::vision::BBox>, VisionError> {
         Ok(self
             .detect(img)?
             .into_iter()
-            .filter(|d| d.class_id == 0)
+            .filter(|d| d.class_id == 0 && d.score >= PRIVACY_PERSON_THRESHOLD)
             .map(|d| d.bbox)
             .collect())
     }
@@ -296,14 +318,10 @@ impl NanoDet {
         if img.width() == 0 || img.height() == 0 {
             return Err(VisionError::EmptyImage);
         }
-        let windows = windows(img.width(), img.height(), self.config.tiling);
         // With tiles, the whole-frame pass is there for the objects too large for a tile: an
         // object smaller than the overlap is whole, at native resolution, in some tile, and the
         // whole frame's (downscaled) box for it is the worse one.
-        let min_whole = match (windows.len() > 1, self.config.tiling) {
-            (true, Some(t)) => t.size as f32 * t.overlap,
-            _ => 0.0,
-        };
+        let (windows, min_whole) = windows(img.width(), img.height(), self.config.tiling);
         let mut candidates = Vec::new();
         for (i, w) in windows.iter().enumerate() {
             let found = if i == 0 {
@@ -312,7 +330,7 @@ impl NanoDet {
                 let tile = image::imageops::crop_imm(img, w.x, w.y, w.w, w.h).to_image();
                 self.detect_window(&tile, w)?
             };
-            let margin = 0.01 * w.w.max(w.h) as f32;
+            let margin = EDGE_MARGIN * w.w.max(w.h) as f32;
             candidates.extend(
                 found
                     .into_iter()
@@ -463,11 +481,29 @@ mod tests {
             size: 416,
             overlap: 0.25,
         });
-        assert_eq!(windows(500, 300, t416).len(), 1);
-        let w = windows(1536, 1152, t416);
+        assert_eq!(windows(500, 300, t416).0.len(), 1);
+        let (w, min_whole) = windows(1536, 1152, t416);
         assert_eq!(w.len(), 1 + 5 * 4);
         assert_eq!(w[1].inner, [false, false, true, true]);
-        assert_eq!(windows(1536, 1152, None).len(), 1);
+        // An object cut by both edges of an overlap band is at least this large: the whole
+        // frame keeps it.
+        assert!(
+            min_whole < 416.0 * (0.25 - 2.0 * EDGE_MARGIN),
+            "{min_whole}"
+        );
+        assert_eq!(windows(1536, 1152, None).0.len(), 1);
+        // A tiny tile on a large frame: the tiles grow until at most MAX_TILES cover it.
+        let tiny = Some(Tiling {
+            size: 64,
+            overlap: 0.75,
+        });
+        let (w, _) = windows(7680, 4320, tiny);
+        assert!(w.len() <= MAX_TILES + 1, "{}", w.len());
+        let (right, bottom) = w
+            .iter()
+            .skip(1)
+            .fold((0, 0), |(r, b), t| (r.max(t.x + t.w), b.max(t.y + t.h)));
+        assert_eq!((right, bottom), (7680, 4320));
     }
 
     #[test]
