@@ -4,13 +4,15 @@
 //! recall, precision and mAP from them).
 //!
 //! It measures detection, not the pipeline: the images go to the detector as they are (the
-//! pipeline detects on redacted frames, where faces are blurred). Images are read from files the
-//! user names, decoded by the `image` crate (PNG, JPEG), and refused above the pipeline's
-//! `limits.max_pixels`.
+//! pipeline detects on redacted frames, where faces are blurred), and ONNX Runtime may use every
+//! core (the pipeline gives the detector one), so its milliseconds compare settings, not
+//! pipelines. Images are regular files inside the images folder (no symlinks), decoded by the
+//! `image` crate (PNG, JPEG) only when their real size is within the pipeline's
+//! `limits.max_pixels` and equals the COCO file's.
 
 #![allow(clippy::print_stderr, reason = "a command: its summary goes to stderr")]
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -28,10 +30,10 @@ pub struct EvaluateArgs {
     /// Folder the images' `file_name`s are relative to [default: `images/` beside the COCO file].
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
-    /// Settings file; only `[detect]` (and `limits.max_pixels`) matter here.
+    /// Settings file (checked whole); `[detect]`, `[inference]` and `limits.max_pixels` are used.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where to write the COCO results JSON.
+    /// Where to write the COCO results JSON (a new or regular file; written whole, at the end).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }
@@ -80,41 +82,75 @@ pub fn run_cli(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
             ..crate::inference::ModelOptions::default()
         },
     )?;
+    anyhow::ensure!(
+        !coco.images.is_empty(),
+        "{} lists no images",
+        args.coco.display()
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    for im in &coco.images {
+        anyhow::ensure!(
+            ids.insert(im.id),
+            "{}: image id {} is listed twice",
+            args.coco.display(),
+            im.id
+        );
+    }
+    // The output is checked before any work: a new file or a regular one, never through a link.
+    if let Ok(meta) = std::fs::symlink_metadata(&args.out) {
+        anyhow::ensure!(
+            meta.file_type().is_file(),
+            "{} exists and is not a regular file (a link, a folder, ...): refusing to write it",
+            args.out.display()
+        );
+    }
     let started = Instant::now();
     let mut results = Vec::new();
     for im in &coco.images {
         let name = Path::new(&im.file_name);
         anyhow::ensure!(
             name.components()
-                .all(|c| matches!(c, std::path::Component::Normal(_))),
-            "image {}: file_name {:?} must be a relative path inside {}",
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+                && name.components().any(|c| matches!(c, Component::Normal(_))),
+            "image {}: file_name {:?} must name a file inside {}",
             im.id,
             im.file_name,
             dir.display()
         );
         let path = dir.join(name);
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("image {}: cannot open {}", im.id, path.display()))?;
         anyhow::ensure!(
-            u64::from(im.width) * u64::from(im.height) <= config.limits.max_pixels,
-            "{}: {}x{} is over limits.max_pixels",
+            meta.file_type().is_file(),
+            "image {}: {} is not a regular file (a link, a folder, ...)",
+            im.id,
+            path.display()
+        );
+        let open = || -> anyhow::Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+            Ok(image::ImageReader::open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?
+                .with_guessed_format()?)
+        };
+        let (w, h) = open()?
+            .into_dimensions()
+            .with_context(|| format!("cannot read the size of {}", path.display()))?;
+        anyhow::ensure!(
+            (w, h) == (im.width, im.height),
+            "{} is {w}x{h}, the COCO file says {}x{}",
             path.display(),
             im.width,
             im.height
         );
-        let img = image::ImageReader::open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?
-            .with_guessed_format()?
+        anyhow::ensure!(
+            u64::from(w) * u64::from(h) <= config.limits.max_pixels,
+            "{}: {w}x{h} is over limits.max_pixels ({})",
+            path.display(),
+            config.limits.max_pixels
+        );
+        let img = open()?
             .decode()
             .with_context(|| format!("cannot decode {}", path.display()))?
             .into_rgb8();
-        anyhow::ensure!(
-            (img.width(), img.height()) == (im.width, im.height),
-            "{} is {}x{}, the COCO file says {}x{}",
-            path.display(),
-            img.width(),
-            img.height(),
-            im.width,
-            im.height
-        );
         for d in detector.detect(&img)? {
             let b = d.bbox;
             results.push(Result_ {
@@ -133,7 +169,15 @@ pub fn run_cli(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed().as_secs_f64();
     let mut out = serde_json::to_vec(&results)?;
     out.push(b'\n');
-    std::fs::write(&args.out, out)
+    // Whole or not at all: a temporary file beside the output, renamed over it.
+    let parent = match args.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(parent)
+        .with_context(|| format!("cannot write in {}", parent.display()))?;
+    std::io::Write::write_all(&mut tmp, &out)?;
+    tmp.persist(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!(
         "evaluate: {} images, {} detections, {:.1} ms per image; results in {}",

@@ -583,3 +583,101 @@ fn detect_settings_out_of_range_are_refused() {
         assert!(!dir.path().join("r.json").exists());
     }
 }
+
+/// `evaluate` on hostile sets: every case stops with exit 2, naming the problem, before anything
+/// is written, and a link at `--out` is never followed.
+#[test]
+fn evaluate_refuses_hostile_sets_and_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/media/dog.jpg");
+    std::fs::copy(&src, images.join("dog.jpg")).unwrap();
+    std::os::unix::fs::symlink(&src, images.join("link.jpg")).unwrap();
+    let (w, h) = image::image_dimensions(&src).unwrap();
+    let im = |id: u32, name: &str, w: u32, h: u32| serde_json::json!({"id": id, "file_name": name, "width": w, "height": h});
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep").unwrap();
+    let link_out = dir.path().join("out-link.json");
+    std::os::unix::fs::symlink(&victim, &link_out).unwrap();
+    let out = dir.path().join("r.json");
+    for (what, images_list, out_path, want) in [
+        ("no images", vec![], &out, "lists no images"),
+        (
+            "a repeated id",
+            vec![im(1, "dog.jpg", w, h), im(1, "dog.jpg", w, h)],
+            &out,
+            "listed twice",
+        ),
+        (
+            "an empty name",
+            vec![im(1, "", w, h)],
+            &out,
+            "must name a file",
+        ),
+        (
+            "a parent folder",
+            vec![im(1, "../images/dog.jpg", w, h)],
+            &out,
+            "must name a file",
+        ),
+        (
+            "a symlinked image",
+            vec![im(1, "link.jpg", w, h)],
+            &out,
+            "not a regular file",
+        ),
+        (
+            "a size that lies",
+            vec![im(1, "dog.jpg", 10, 10)],
+            &out,
+            "the COCO file says 10x10",
+        ),
+        (
+            "a linked output",
+            vec![im(1, "dog.jpg", w, h)],
+            &link_out,
+            "not a regular file",
+        ),
+    ] {
+        let coco = dir.path().join("set.json");
+        std::fs::write(
+            &coco,
+            serde_json::json!({ "images": images_list }).to_string(),
+        )
+        .unwrap();
+        let o = crate::common::clearframe()
+            .args(["evaluate", "--coco"])
+            .arg(&coco)
+            .arg("--out")
+            .arg(out_path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(!out.exists(), "{what}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep", "{what}");
+    }
+    // "./dog.jpg" is a file inside the folder: accepted, results written.
+    let coco = dir.path().join("set.json");
+    std::fs::write(
+        &coco,
+        serde_json::json!({ "images": [im(7, "./dog.jpg", w, h)] }).to_string(),
+    )
+    .unwrap();
+    crate::common::clearframe()
+        .args(["evaluate", "--coco"])
+        .arg(&coco)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(results.iter().all(|r| r["image_id"] == 7), "{results:?}");
+    assert!(
+        results.iter().any(|r| r["category_id"] == 18),
+        "the dog: {results:?}"
+    );
+}
