@@ -285,11 +285,13 @@ pub fn tracks(frames: &[&ManifestEntry], min_iou: f32, max_gap: u64) -> Vec<Trac
             l.last = z;
             l.seen = k;
         }
-        // Tracks unmatched for more than `max_gap` frames end.
-        for l in live.iter().filter(|l| k - l.seen > max_gap) {
+        // Tracks unmatched for more than `max_gap` frames end, and so does every track unmatched
+        // at a jump (a gap there would be filled across the jump when it is matched after it).
+        let ends = |l: &Live| k - l.seen > max_gap || (jumped && l.seen != k);
+        for l in live.iter().filter(|l| ends(l)) {
             end(&mut out, l);
         }
-        live.retain(|l| k - l.seen <= max_gap);
+        live.retain(|l| !ends(l));
         for (j, d) in dets.iter().enumerate() {
             if !det_taken[j] {
                 live.push(Live {
@@ -502,6 +504,12 @@ pub(crate) mod tests {
         // A track seen just before a jump continues across it.
         let t = run(&[at(0, true), at(5, true), at(50, true), at(55, true)]);
         assert_eq!(t.len(), 1, "{t:?}");
+        // A track missed at the jump frame itself ends there: no box is interpolated for source
+        // frame 50 from frames 5 and 55.
+        let t = run(&[at(0, true), at(5, true), at(50, false), at(55, true)]);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(kinds(&t[0]), [(0, D), (1, D), (2, O)]);
+        assert_eq!(kinds(&t[1]), [(3, D)]);
     }
 
     #[test]
