@@ -137,6 +137,10 @@ def ratio(a, b):
 
 
 def report(name, gt, gt_path, dets, ms, cats, names):
+    other = defaultdict(int)
+    for d in dets:
+        if d["category_id"] not in cats:
+            other[d["category_id"]] += 1
     dets = [d for d in dets if d["category_id"] in cats]
     counts = match(gt, dets)
     mall, m50, per = coco_map(gt_path, dets, cats)
@@ -149,6 +153,9 @@ def report(name, gt, gt_path, dets, ms, cats, names):
         r, p = ratio(tp, n), ratio(tp, tp + fp)
         row["classes"][names[c]] = {"labelled": n, "tp": tp, "fp": fp, "recall": r, "precision": p, "ap50": per[c]}
         print(f"| {names[c]} | {n} | {tp} | {fp} | {r:.3f} | {p:.3f} | {per[c]:.3f} |")
+    print(f"\nboxes of classes the set does not label (not scored; COCO category id: count): "
+          f"{dict(sorted(other.items())) or 'none'}")
+    row["unlabelled_classes"] = {str(k): v for k, v in sorted(other.items())}
     subsets = sorted({im.get("subset", "all") for im in gt["images"]})
     print("\nperson by subset: " + ", ".join(
         f"{s} {counts[(s, 1)][1]}/{counts[(s, 1)][0]} found, {counts[(s, 1)][2]} false "

@@ -577,7 +577,8 @@ def on_sigterm(signum, _frame):
 
 
 def main():
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # SIGINT already raises KeyboardInterrupt
+        signal.signal(sig, on_sigterm)
     if len(sys.argv) != 3:
         sys.exit("usage: check_labelstudio.py DATASET_DIR OUT_DIR")
     dataset = os.path.realpath(sys.argv[1])
