@@ -204,23 +204,6 @@ fn collect_jobs(inputs: &[PathBuf]) -> (Vec<Job>, Vec<(PathBuf, anyhow::Error)>)
 }
 
 /// Where the output of `job` goes.
-/// An output is written as a new file or over a plain one: never through a link (which would
-/// overwrite whatever it points to) nor into a FIFO or device.
-fn check_destination(dest: &Path) -> anyhow::Result<()> {
-    match std::fs::symlink_metadata(dest) {
-        Ok(m) if m.file_type().is_symlink() => bail!(
-            "{} is a symbolic link: anonymize does not write through it (remove it, or choose \
-             another output)",
-            dest.display()
-        ),
-        Ok(m) if !m.is_file() => bail!(
-            "{} exists and is not a plain file: not overwritten",
-            dest.display()
-        ),
-        _ => Ok(()),
-    }
-}
-
 fn output_path(job: &Job, output: Option<&Path>, single_file: bool) -> PathBuf {
     let input = job.path();
     let stem = input
@@ -327,7 +310,7 @@ pub fn run(args: &AnonymizeArgs) -> anyhow::Result<ExitCode> {
             }),
             Ctx::Anonymize(detector) => {
                 let dest = output_path(job, args.output.as_deref(), single_file);
-                let r = check_destination(&dest).and_then(|()| match job {
+                let r = crate::storage::check_output_file(&dest).and_then(|()| match job {
                     Job::Image(p) => anonymize_image(p, &dest, detector, &redact_opts),
                     Job::Video(p) => anonymize_video(
                         p,

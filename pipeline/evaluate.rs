@@ -96,14 +96,8 @@ pub fn run_cli(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
             im.id
         );
     }
-    // The output is checked before any work: a new file or a regular one, never through a link.
-    if let Ok(meta) = std::fs::symlink_metadata(&args.out) {
-        anyhow::ensure!(
-            meta.file_type().is_file(),
-            "{} exists and is not a regular file (a link, a folder, ...): refusing to write it",
-            args.out.display()
-        );
-    }
+    // The output is checked before any work: a new file or a plain one, never through a link.
+    crate::storage::check_output_file(&args.out)?;
     let started = Instant::now();
     let mut results = Vec::new();
     for im in &coco.images {
@@ -176,6 +170,7 @@ pub fn run_cli(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
     };
     let mut tmp = tempfile::NamedTempFile::new_in(parent)
         .with_context(|| format!("cannot write in {}", parent.display()))?;
+    crate::storage::set_file_mode(tmp.as_file())?;
     std::io::Write::write_all(&mut tmp, &out)?;
     tmp.persist(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;

@@ -637,7 +637,7 @@ fn evaluate_refuses_hostile_sets_and_outputs() {
             "a linked output",
             vec![im(1, "dog.jpg", w, h)],
             &link_out,
-            "not a regular file",
+            "is a symbolic link",
         ),
     ] {
         let coco = dir.path().join("set.json");

@@ -276,6 +276,23 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Checks a local output file before anything is computed for it: it may be new or a plain file
+/// (to be replaced), never a link (writing through it would overwrite whatever it points to), a
+/// folder, a FIFO or a device.
+pub fn check_output_file(dest: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.file_type().is_symlink() => anyhow::bail!(
+            "{} is a symbolic link: not written through (remove it, or choose another output)",
+            dest.display()
+        ),
+        Ok(m) if !m.is_file() => anyhow::bail!(
+            "{} exists and is not a plain file: not overwritten",
+            dest.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Sets [`FILE_MODE`] on a file ClearFrame created (before it is renamed into place).
 pub fn set_file_mode(file: &std::fs::File) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
