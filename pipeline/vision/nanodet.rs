@@ -171,14 +171,18 @@ fn windows(width: u32, height: u32, tiling: Option<Tiling>) -> (Vec<Window>, f32
         return (out, 0.0);
     }
     let mut size = t.size;
-    while tile_starts(height, size, t.overlap).len() * tile_starts(width, size, t.overlap).len()
-        > MAX_TILES
-    {
+    let (mut xs, mut ys) = (
+        tile_starts(width, size, t.overlap),
+        tile_starts(height, size, t.overlap),
+    );
+    while xs.len() * ys.len() > MAX_TILES {
         size = (size as f32 * 1.25).ceil() as u32;
+        xs = tile_starts(width, size, t.overlap);
+        ys = tile_starts(height, size, t.overlap);
     }
-    for y in tile_starts(height, size, t.overlap) {
-        for x in tile_starts(width, size, t.overlap) {
-            let (w, h) = (size.min(width), size.min(height));
+    let (w, h) = (size.min(width), size.min(height));
+    for &y in &ys {
+        for &x in &xs {
             out.push(Window {
                 x,
                 y,
@@ -331,26 +335,18 @@ impl NanoDet {
                 self.detect_window(&tile, w)?
             };
             let margin = EDGE_MARGIN * w.w.max(w.h) as f32;
-            candidates.extend(
-                found
-                    .into_iter()
-                    .filter(|d| {
-                        if i == 0 {
-                            d.bbox.width().max(d.bbox.height()) >= min_whole
-                        } else {
-                            !touches_inner_edge(&d.bbox, w, margin)
-                        }
-                    })
-                    .map(|d| Detection {
-                        bbox: d.bbox.clamp(img.width(), img.height()),
-                        ..d
-                    }),
-            );
+            candidates.extend(found.into_iter().filter(|d| {
+                if i == 0 {
+                    d.bbox.width().max(d.bbox.height()) >= min_whole
+                } else {
+                    !touches_inner_edge(&d.bbox, w, margin)
+                }
+            }));
         }
         Ok(nms_per_class(candidates, self.config.nms_iou))
     }
 
-    /// Runs the network on `part` (the pixels of window `w`); boxes in frame pixels.
+    /// Runs the network on `part` (the pixels of window `w`); boxes in frame pixels, inside `w`.
     fn detect_window(&self, part: &RgbImage, w: &Window) -> Result<Vec<Detection>, VisionError> {
         let side = INPUT_SIZE as f32;
         let (resize, (sx, sy)) = match self.config.input {
