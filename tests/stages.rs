@@ -199,14 +199,16 @@ fn resume_redoes_nothing(s: &Scenario) {
 /// threshold finds more.
 fn only_detect_settings_may_change(s: &Scenario) {
     let cfg = s.path("cfg.toml");
-    std::fs::write(&cfg, "[sampling]\nfps = 4.0\n[faces]\nthreshold = 0.3\n").unwrap();
-    let a = clearframe()
-        .args(["detect", "--config"])
-        .arg(&cfg)
-        .arg("--work")
-        .arg(&s.work)
-        .assert()
-        .code(2);
+    let detect_with = |toml: &str| {
+        std::fs::write(&cfg, toml).unwrap();
+        clearframe()
+            .args(["detect", "--config"])
+            .arg(&cfg)
+            .arg("--work")
+            .arg(&s.work)
+            .assert()
+    };
+    let a = detect_with("[sampling]\nfps = 4.0\n[faces]\nthreshold = 0.3\n").code(2);
     assert!(stderr(&a).contains("[faces] differ"), "{}", stderr(&a));
     // A [detect] out of range is refused like `run` refuses it, before the work folder changes.
     let record = std::fs::read(s.work.join("detect.json")).unwrap();
@@ -215,14 +217,7 @@ fn only_detect_settings_may_change(s: &Scenario) {
         "tile_size = 63",
         "class_thresholds = { unicorn = 0.3 }",
     ] {
-        std::fs::write(&cfg, format!("[sampling]\nfps = 4.0\n[detect]\n{bad}\n")).unwrap();
-        let a = clearframe()
-            .args(["detect", "--config"])
-            .arg(&cfg)
-            .arg("--work")
-            .arg(&s.work)
-            .assert()
-            .code(2);
+        let a = detect_with(&format!("[sampling]\nfps = 4.0\n[detect]\n{bad}\n")).code(2);
         assert!(stderr(&a).contains("detect."), "{bad}: {}", stderr(&a));
         assert_eq!(
             std::fs::read(s.work.join("detect.json")).unwrap(),
@@ -230,14 +225,7 @@ fn only_detect_settings_may_change(s: &Scenario) {
             "{bad}"
         );
     }
-    std::fs::write(&cfg, "[sampling]\nfps = 4.0\n[detect]\nthreshold = 0.3\n").unwrap();
-    let a = clearframe()
-        .args(["detect", "--config"])
-        .arg(&cfg)
-        .arg("--work")
-        .arg(&s.work)
-        .assert()
-        .success();
+    let a = detect_with("[sampling]\nfps = 4.0\n[detect]\nthreshold = 0.3\n").success();
     assert!(stdout(&a).contains("4 redone"), "{}", stdout(&a));
     let low = s.path("low");
     emit(&s.work, &low).code(1);
